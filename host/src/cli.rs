@@ -1,0 +1,176 @@
+//! Command line: `sluice run`, logging setup, Ctrl-C handling, exit summary.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Overrides, Pipeline};
+use crate::pipeline::{self, RunSummary};
+use crate::stats::Stats;
+
+/// Sluice runs change-data-capture transforms as WebAssembly plugins.
+///
+/// Debezium change events (from a kcat -J dump today, Kafka next) are decoded
+/// once, handed in batches to the plugins in a folder, and their output is
+/// written to a sink together with the source offsets, exactly once.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline: source → Debezium decoding → plugins → sink.
+    ///
+    /// Examples:
+    ///   sluice run --source file:events.jsonl --sink sqlite:out.db --plugins plugins/ --until-caught-up
+    ///   sluice run examples/pg-plain.toml --until-caught-up
+    ///
+    /// The sink stores the source offsets in the same transaction as the rows,
+    /// so running the same input again applies nothing twice. Rejected events
+    /// land in the `sluice_dlq` table with the reason and the stage.
+    /// Drop or replace a .wasm in the plugin folder while running: it is
+    /// compiled in the background and swapped in between two batches.
+    /// Log verbosity follows RUST_LOG (default `info`).
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline file (TOML). Command-line options override its keys.
+    pub pipeline: Option<PathBuf>,
+
+    /// Where events come from: `file:PATH` (kcat -C -J JSON lines).
+    #[arg(long, value_name = "URI")]
+    pub source: Option<String>,
+
+    /// Where results go: `sqlite:PATH`.
+    #[arg(long, value_name = "URI")]
+    pub sink: Option<String>,
+
+    /// Folder of .wasm plugins (watched for changes).
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+
+    /// Stop (exit 0) once the source has nothing more, instead of following it.
+    #[arg(long)]
+    pub until_caught_up: bool,
+
+    /// Pipeline name; offsets are stored under it [default: sluice].
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Most records per batch [default: 500].
+    #[arg(long, value_name = "N")]
+    pub max_batch: Option<usize>,
+}
+
+/// Initialise logging on stderr.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// Entry point after argument parsing.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pipeline = Pipeline::load(
+        args.pipeline.as_deref(),
+        Overrides {
+            source: args.source,
+            sink: args.sink,
+            plugins: args.plugins,
+            until_caught_up: args.until_caught_up,
+            name: args.name,
+            max_batch_records: args.max_batch,
+        },
+    )?;
+    tracing::info!(
+        pipeline = %pipeline.name,
+        source = ?pipeline.source,
+        sink = ?pipeline.sink,
+        plugins = %pipeline.plugins.display(),
+        until_caught_up = pipeline.until_caught_up,
+        "starting"
+    );
+    let cancel = CancellationToken::new();
+    let ctrl_c = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!(
+                    "interrupt: finishing the current batch, then stopping (Ctrl-C again to abort)"
+                );
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::error!("second interrupt: aborting; uncommitted batches will be re-read on restart");
+                    std::process::exit(130);
+                }
+            }
+        })
+    };
+    let summary = pipeline::run(pipeline, cancel)
+        .await
+        .context("pipeline failed")?;
+    ctrl_c.abort();
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary) {
+    let st = &s.stats;
+    let g = Stats::get;
+    println!(
+        "read {} records in {:.2}s ({} already applied, skipped; {} tombstones; {} unrouted)",
+        g(&st.read),
+        s.elapsed.as_secs_f64(),
+        g(&st.skipped),
+        g(&st.tombstones),
+        g(&st.unrouted)
+    );
+    println!(
+        "committed {} records in {} batches, {} sink writes, {} plugin reloads",
+        g(&st.committed),
+        g(&st.batches),
+        g(&st.writes),
+        g(&st.reloads)
+    );
+    println!(
+        "dead-lettered {} (decode {}, plugin {}, sink {}){}",
+        st.dead_lettered(),
+        g(&st.dlq_decode),
+        g(&st.dlq_plugin),
+        g(&st.dlq_sink),
+        if st.dead_lettered() > 0 {
+            " -> see table sluice_dlq"
+        } else {
+            ""
+        }
+    );
+    println!("sink tables:");
+    for (t, n) in &s.tables {
+        println!("  {t:<24} {n:>8} rows");
+    }
+}

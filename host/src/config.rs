@@ -1,0 +1,388 @@
+//! Pipeline configuration: the TOML file, CLI overrides, and validation that
+//! names the bad key. Unknown keys are errors (`deny_unknown_fields`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+
+use crate::decode::temporal::TimeUnit;
+use crate::model::ColumnType;
+
+/// A pipeline as written in `PIPELINE.toml`. Every field may also come from the CLI.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Pipeline name: offsets in the sink are stored under it.
+    pub name: Option<String>,
+    /// `file:PATH` (kcat -J JSON lines).
+    pub source: Option<String>,
+    /// `sqlite:PATH`.
+    pub sink: Option<String>,
+    /// Folder of `.wasm` plugins, watched for changes.
+    pub plugins: Option<PathBuf>,
+    /// Stop once the source has nothing more.
+    pub until_caught_up: Option<bool>,
+    #[serde(default)]
+    pub batch: BatchFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Column types for schemaless streams, per table name or full topic.
+    #[serde(default)]
+    pub columns: HashMap<String, HashMap<String, ColumnHint>>,
+}
+
+/// `[batch]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    /// Most records per batch (Spark's `maxOffsetsPerTrigger`).
+    pub max_records: Option<usize>,
+    /// Longest a partial batch waits for more records, e.g. "200ms".
+    pub max_wait: Option<String>,
+}
+
+/// `[limits]` section: sandbox limits per plugin instance.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Deadline for one plugin call, e.g. "5s".
+    pub call_timeout: Option<String>,
+    /// Memory cap per instance in MiB.
+    pub memory_mib: Option<u64>,
+}
+
+/// A declared column type for schemaless streams.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnHint {
+    #[serde(rename = "type")]
+    pub ty: HintType,
+    /// Decimal scale; for base64 (precise) decimals it is required.
+    pub scale: Option<u32>,
+    /// Unit of integer temporal values.
+    pub unit: Option<TimeUnit>,
+    /// How decimals are written: "text", "base64", or decided per value ("auto").
+    pub encoding: Option<DecimalEncoding>,
+}
+
+/// Types a column may be declared as.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HintType {
+    Boolean,
+    Int,
+    Float,
+    Decimal,
+    Text,
+    Bytes,
+    Timestamp,
+    LocalTimestamp,
+    Date,
+    Time,
+    Json,
+}
+
+impl HintType {
+    pub fn column_type(self) -> ColumnType {
+        match self {
+            HintType::Boolean => ColumnType::Boolean,
+            HintType::Int => ColumnType::Int,
+            HintType::Float => ColumnType::Float,
+            HintType::Decimal => ColumnType::Decimal,
+            HintType::Text => ColumnType::Text,
+            HintType::Bytes => ColumnType::Bytes,
+            HintType::Timestamp => ColumnType::Timestamp,
+            HintType::LocalTimestamp => ColumnType::LocalTimestamp,
+            HintType::Date => ColumnType::Date,
+            HintType::Time => ColumnType::Time,
+            HintType::Json => ColumnType::Json,
+        }
+    }
+}
+
+/// Decimal wire form in a schemaless stream.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalEncoding {
+    Auto,
+    Text,
+    Base64,
+}
+
+/// Column hints, looked up by full topic first, then by table name.
+#[derive(Clone, Debug, Default)]
+pub struct ColumnHints(HashMap<String, HashMap<String, ColumnHint>>);
+
+impl ColumnHints {
+    pub fn new(map: HashMap<String, HashMap<String, ColumnHint>>) -> Self {
+        ColumnHints(map)
+    }
+
+    pub fn for_topic(&self, topic: &str) -> Option<&HashMap<String, ColumnHint>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(topic).or_else(|| {
+            let table = topic.rsplit('.').next().unwrap_or(topic);
+            self.0.get(table)
+        })
+    }
+}
+
+/// A validated, complete pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: SourceSpec,
+    pub sink: SinkSpec,
+    pub plugins: PathBuf,
+    pub until_caught_up: bool,
+    pub max_batch_records: usize,
+    pub max_batch_wait: Duration,
+    pub call_timeout: Duration,
+    pub memory_limit_bytes: usize,
+    pub hints: ColumnHints,
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    File(PathBuf),
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkSpec {
+    /// The sqlx URL and the database path.
+    Sqlite { url: String, path: PathBuf },
+}
+
+/// Values given on the command line; they override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub source: Option<String>,
+    pub sink: Option<String>,
+    pub plugins: Option<PathBuf>,
+    pub until_caught_up: bool,
+    pub name: Option<String>,
+    pub max_batch_records: Option<usize>,
+}
+
+impl Pipeline {
+    /// Read the optional file, apply overrides, validate.
+    pub fn load(file: Option<&Path>, ov: Overrides) -> anyhow::Result<Pipeline> {
+        let pf = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading pipeline file {}", path.display()))?;
+                toml::from_str::<PipelineFile>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => PipelineFile::default(),
+        };
+        let base = file.and_then(Path::parent).unwrap_or(Path::new(""));
+        Self::from_parts(pf, ov, base)
+    }
+
+    /// Combine a parsed file (paths relative to `base`) with overrides.
+    pub fn from_parts(pf: PipelineFile, ov: Overrides, base: &Path) -> anyhow::Result<Pipeline> {
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let source = match ov.source {
+            Some(s) => parse_source(&s, Path::new(""))?,
+            None => match pf.source {
+                Some(s) => parse_source(&s, base).context("key `source`")?,
+                None => bail!("no source: give --source file:PATH or `source = \"file:PATH\"` in the pipeline file"),
+            },
+        };
+        let sink = match ov.sink {
+            Some(s) => parse_sink(&s, Path::new(""))?,
+            None => match pf.sink {
+                Some(s) => parse_sink(&s, base).context("key `sink`")?,
+                None => bail!("no sink: give --sink sqlite:PATH or `sink = \"sqlite:PATH\"` in the pipeline file"),
+            },
+        };
+        let plugins = match ov.plugins.or_else(|| pf.plugins.map(rel)) {
+            Some(p) => p,
+            None => bail!(
+                "no plugin folder: give --plugins DIR or `plugins = \"DIR\"` in the pipeline file"
+            ),
+        };
+        let max_batch_records = ov.max_batch_records.or(pf.batch.max_records).unwrap_or(500);
+        if max_batch_records == 0 {
+            bail!("key `batch.max_records` must be at least 1");
+        }
+        let max_batch_wait = match pf.batch.max_wait {
+            Some(s) => parse_duration(&s).context("key `batch.max_wait`")?,
+            None => Duration::from_millis(200),
+        };
+        let call_timeout = match pf.limits.call_timeout {
+            Some(s) => parse_duration(&s).context("key `limits.call_timeout`")?,
+            None => Duration::from_secs(5),
+        };
+        let memory_mib = pf.limits.memory_mib.unwrap_or(128);
+        if memory_mib < 1 {
+            bail!("key `limits.memory_mib` must be at least 1");
+        }
+        for (table, cols) in &pf.columns {
+            for (col, hint) in cols {
+                let key = format!("columns.{table}.{col}");
+                if hint.scale.is_some() && hint.ty != HintType::Decimal {
+                    bail!("key `{key}.scale` applies to decimals only");
+                }
+                if hint.encoding.is_some() && hint.ty != HintType::Decimal {
+                    bail!("key `{key}.encoding` applies to decimals only");
+                }
+                if hint.unit.is_some()
+                    && !matches!(
+                        hint.ty,
+                        HintType::Timestamp | HintType::LocalTimestamp | HintType::Time
+                    )
+                {
+                    bail!("key `{key}.unit` applies to timestamps and times only");
+                }
+                if hint.encoding == Some(DecimalEncoding::Base64) && hint.scale.is_none() {
+                    tracing::warn!(column = %key, "base64 decimals without `scale`: every value of this column will be dead-lettered");
+                }
+            }
+        }
+        Ok(Pipeline {
+            name: ov.name.or(pf.name).unwrap_or_else(|| "sluice".into()),
+            source,
+            sink,
+            plugins,
+            until_caught_up: ov.until_caught_up || pf.until_caught_up.unwrap_or(false),
+            max_batch_records,
+            max_batch_wait,
+            call_timeout,
+            memory_limit_bytes: (memory_mib as usize) << 20,
+            hints: ColumnHints::new(pf.columns),
+        })
+    }
+}
+
+/// `file:PATH`.
+pub fn parse_source(s: &str, base: &Path) -> anyhow::Result<SourceSpec> {
+    match s.split_once(':') {
+        Some(("file", path)) if !path.is_empty() => Ok(SourceSpec::File(base.join(path))),
+        _ => bail!("unsupported source `{s}`: expected file:PATH (kcat -C -J JSON lines)"),
+    }
+}
+
+/// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABS/PATH` (sqlx URL forms).
+pub fn parse_sink(s: &str, base: &Path) -> anyhow::Result<SinkSpec> {
+    let Some(rest) = s.strip_prefix("sqlite:") else {
+        bail!("unsupported sink `{s}`: expected sqlite:PATH");
+    };
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        bail!("sink `{s}`: give a database file path (sqlite:PATH)");
+    }
+    let path = base.join(path);
+    Ok(SinkSpec::Sqlite {
+        url: format!("sqlite://{}", path.display()),
+        path,
+    })
+}
+
+/// Human durations: `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration like 250ms, 10s, 5m"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => bail!("`{s}`: unknown unit `{other}` (use ms, s, m or h)"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Pipeline> {
+        let pf: PipelineFile = toml::from_str(text)?;
+        Pipeline::from_parts(pf, Overrides::default(), Path::new("/base"))
+    }
+
+    #[test]
+    fn full_file() {
+        let p = parse(
+            r#"
+            name = "demo"
+            source = "file:events.jsonl"
+            sink = "sqlite:out.db"
+            plugins = "plugins"
+            [batch]
+            max_records = 100
+            max_wait = "50ms"
+            [columns.orders]
+            amount = { type = "decimal", scale = 2 }
+            placed_at = { type = "local-timestamp", unit = "us" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.name, "demo");
+        assert_eq!(p.source, SourceSpec::File("/base/events.jsonl".into()));
+        assert_eq!(p.plugins, PathBuf::from("/base/plugins"));
+        assert_eq!(p.max_batch_wait, Duration::from_millis(50));
+        let h = p.hints.for_topic("pg.public.orders").unwrap();
+        assert_eq!(h["amount"].scale, Some(2));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_position() {
+        let err = toml::from_str::<PipelineFile>("sorce = \"file:x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sorce") && err.contains("line 1"), "{err}");
+        let err =
+            toml::from_str::<PipelineFile>("[columns.t]\nx = { type = \"decimal\", scael = 2 }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("scael"), "{err}");
+    }
+
+    #[test]
+    fn misplaced_hint_options_are_named() {
+        let err = parse(
+            "source=\"file:a\"\nsink=\"sqlite:b\"\nplugins=\"p\"\n[columns.t]\nx = { type = \"text\", scale = 2 }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("columns.t.x.scale"), "{err:#}");
+    }
+
+    #[test]
+    fn sink_urls() {
+        let base = Path::new("");
+        assert_eq!(
+            parse_sink("sqlite:out.db", base).unwrap(),
+            SinkSpec::Sqlite {
+                url: "sqlite://out.db".into(),
+                path: "out.db".into()
+            }
+        );
+        assert!(
+            matches!(parse_sink("sqlite:///tmp/x.db", base).unwrap(), SinkSpec::Sqlite { path, .. } if path == Path::new("/tmp/x.db"))
+        );
+        assert!(parse_sink("postgres://x", base).is_err());
+        assert!(parse_source("kafka://x", base).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! Exact decimals: Connect's base64 two's-complement bytes, JSON numbers and
+//! decimal text all become canonical decimal text. Nothing passes through f64.
+
+use base64::Engine as _;
+use num_bigint::BigInt;
+
+/// Canonical text of `unscaled × 10^-scale`, keeping the scale (`1234`, 2 → `12.34`).
+pub fn from_unscaled(unscaled: &BigInt, scale: u32) -> String {
+    let digits = unscaled.magnitude().to_string();
+    let neg = unscaled.sign() == num_bigint::Sign::Minus;
+    let scale = scale as usize;
+    let mut out = String::with_capacity(digits.len() + scale + 3);
+    if neg {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+    } else if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', scale - digits.len()));
+        out.push_str(&digits);
+    }
+    out
+}
+
+/// Decode Connect's `Decimal` bytes (base64 of a big-endian two's complement
+/// unscaled integer) with the scale from the schema.
+pub fn from_base64(text: &str, scale: u32) -> Result<String, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("`{text}` is not base64 decimal bytes: {e}"))?;
+    if bytes.is_empty() {
+        return Err("empty decimal bytes".into());
+    }
+    Ok(from_unscaled(&BigInt::from_signed_bytes_be(&bytes), scale))
+}
+
+/// Canonicalise a decimal written as text or as a JSON number (which may use an
+/// exponent, e.g. `1.5E+3`). Returns `None` if `text` is not a decimal number.
+pub fn canonical(text: &str) -> Option<String> {
+    let t = text.trim();
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let (neg, body) = match mantissa.as_bytes().first()? {
+        b'-' => (true, &mantissa[1..]),
+        b'+' => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if body.ends_with('.') {
+        return None;
+    }
+    // unscaled digits and scale, then apply the exponent
+    let mut digits = format!("{int}{frac}");
+    let mut scale = frac.len() as i64 - exp;
+    if scale < 0 {
+        if -scale > 4096 {
+            return None;
+        }
+        digits.extend(std::iter::repeat_n('0', (-scale) as usize));
+        scale = 0;
+    }
+    if scale > 4096 {
+        return None;
+    }
+    let unscaled: BigInt = digits.parse().ok()?;
+    let unscaled = if neg { -unscaled } else { unscaled };
+    Some(from_unscaled(&unscaled, scale as u32))
+}
+
+/// Is `text` shaped like base64 (what a precise decimal looks like without a
+/// schema)? Used to explain, never to decode.
+pub fn looks_like_base64(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() % 4 == 0
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+        && text.trim_end_matches('=').bytes().all(|b| b != b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_two_complement() {
+        // real values from the fixture: orders.amount "YMc=" is 247.75
+        assert_eq!(from_base64("YMc=", 2).unwrap(), "247.75");
+        assert_eq!(from_base64("AA==", 2).unwrap(), "0.00");
+        assert_eq!(from_base64("/w==", 2).unwrap(), "-0.01");
+        assert_eq!(from_base64("gA==", 0).unwrap(), "-128");
+        assert_eq!(from_base64("AIA=", 0).unwrap(), "128");
+        assert_eq!(from_base64("Bw==", 3).unwrap(), "0.007");
+        assert!(from_base64("not base64!", 2).is_err());
+    }
+
+    #[test]
+    fn canonical_numbers() {
+        assert_eq!(canonical("168.40").as_deref(), Some("168.40"));
+        assert_eq!(canonical("-0.5").as_deref(), Some("-0.5"));
+        assert_eq!(canonical("1.5E+3").as_deref(), Some("1500"));
+        assert_eq!(canonical("15e-3").as_deref(), Some("0.015"));
+        assert_eq!(canonical("007").as_deref(), Some("7"));
+        assert_eq!(
+            canonical("12345678901234567890.123456789").as_deref(),
+            Some("12345678901234567890.123456789")
+        );
+        for bad in ["", "abc", "1.", "--1", "1e", "YMc="] {
+            assert_eq!(canonical(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn base64_shape() {
+        assert!(looks_like_base64("YMc="));
+        assert!(looks_like_base64("U0o="));
+        assert!(!looks_like_base64("168.40"));
+        assert!(!looks_like_base64("NEW"));
+        assert!(!looks_like_base64("a=b="));
+    }
+}

@@ -1,0 +1,586 @@
+//! Debezium change records (JSON converter output) to typed [`ChangeEvent`]s.
+//!
+//! Accepts the three envelope shapes seen in the wild: `{schema, payload}`, a
+//! bare payload, and `{payload}` alone. With a schema, every column is typed
+//! from it (each distinct schema text is parsed once and cached). Without one,
+//! JSON values keep their natural type unless the pipeline declares the column
+//! (`[columns]` hints); what cannot be known is refused, never guessed.
+
+pub mod decimal;
+pub mod schema;
+pub mod temporal;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value as Json;
+
+use crate::config::{ColumnHint, ColumnHints, DecimalEncoding, HintType};
+use crate::model::{ChangeEvent, Column, ColumnType, Op, RawRecord, TableDesc, Value};
+use schema::{Encoding, RowSchema};
+use temporal::TimeUnit;
+
+/// Why a record could not be decoded; the message goes to the DLQ.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+/// A decoded record.
+#[derive(Debug)]
+pub enum Decoded {
+    Change(ChangeEvent),
+    /// A null value after a delete (Kafka log compaction marker); nothing to apply.
+    Tombstone,
+}
+
+#[derive(Deserialize)]
+struct Wrapper<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Decodes records, caching parsed schemas and interning table descriptors.
+pub struct Decoder {
+    hints: ColumnHints,
+    schemas: HashMap<String, Arc<RowSchema>>,
+    key_schemas: HashMap<String, Arc<Vec<String>>>,
+    tables: HashMap<TableKey, Arc<TableDesc>>,
+    /// Key column names last seen per topic, for records whose key is unreadable.
+    known_keys: HashMap<Arc<str>, Arc<Vec<String>>>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct TableKey {
+    topic: Arc<str>,
+    columns: Vec<Column>,
+    key: Vec<String>,
+}
+
+/// Column names, types and converters of one record's row.
+struct RowLayout {
+    columns: Vec<Column>,
+    encodings: Vec<Option<Encoding>>,
+}
+
+impl Decoder {
+    pub fn new(hints: ColumnHints) -> Self {
+        Decoder {
+            hints,
+            schemas: HashMap::new(),
+            key_schemas: HashMap::new(),
+            tables: HashMap::new(),
+            known_keys: HashMap::new(),
+        }
+    }
+
+    /// Decode one record.
+    pub fn decode(&mut self, rec: &RawRecord) -> Result<Decoded, DecodeError> {
+        let Some(text) = rec.value.as_deref() else {
+            return Ok(Decoded::Tombstone);
+        };
+        let err = |m: String| DecodeError(m);
+        let wrapper: Wrapper<'_> = serde_json::from_str(text)
+            .map_err(|e| err(format!("value is not a JSON object: {e}")))?;
+        let (schema_text, payload_text) = match (wrapper.schema, wrapper.payload) {
+            (schema, Some(p)) => (schema.map(|s| s.get()).filter(|s| *s != "null"), p.get()),
+            (_, None) => (None, text),
+        };
+        if payload_text == "null" {
+            return Ok(Decoded::Tombstone);
+        }
+        let payload: Json = serde_json::from_str(payload_text)
+            .map_err(|e| err(format!("payload is not JSON: {e}")))?;
+        let obj = payload
+            .as_object()
+            .ok_or_else(|| err("payload is not a JSON object".into()))?;
+        let op = match obj.get("op").and_then(Json::as_str) {
+            Some("c") => Op::Create,
+            Some("u") => Op::Update,
+            Some("d") => Op::Delete,
+            Some("r") => Op::Read,
+            Some("t") => Op::Truncate,
+            Some(other) => return Err(err(format!("unknown Debezium op `{other}`"))),
+            None => {
+                return Err(err(
+                    "payload has no `op`: not a Debezium change event (schema-change or heartbeat records need a pipeline that reads them)".into(),
+                ))
+            }
+        };
+        let before = obj.get("before").filter(|v| !v.is_null());
+        let after = obj.get("after").filter(|v| !v.is_null());
+        let source = obj.get("source");
+
+        let row_schema = match schema_text {
+            Some(s) => Some(self.row_schema(s).map_err(err)?),
+            None => None,
+        };
+        let topic = rec.id.topic.clone();
+        let layout = match &row_schema {
+            Some(rs) => RowLayout {
+                columns: rs.fields.iter().map(|f| f.column.clone()).collect(),
+                encodings: rs.fields.iter().map(|f| Some(f.encoding.clone())).collect(),
+            },
+            None => self.schemaless_layout(&topic, before, after)?,
+        };
+
+        let key_names = self.key_names(rec, &layout.columns)?;
+        let mut key_idx = Vec::with_capacity(key_names.len());
+        for k in key_names.iter() {
+            let i = layout
+                .columns
+                .iter()
+                .position(|c| &c.name == k)
+                .ok_or_else(|| err(format!("key column `{k}` is not a column of the row")))?;
+            key_idx.push(i as u32);
+        }
+
+        let ctx = |image: &str| format!("{} ({image})", rec.id.topic);
+        let before_vals = before
+            .map(|b| {
+                self.row_values(&topic, &layout, b)
+                    .map_err(|e| err(format!("{}: {e}", ctx("before"))))
+            })
+            .transpose()?;
+        let after_vals = after
+            .map(|a| {
+                self.row_values(&topic, &layout, a)
+                    .map_err(|e| err(format!("{}: {e}", ctx("after"))))
+            })
+            .transpose()?;
+
+        let key = if op == Op::Truncate {
+            Vec::new()
+        } else {
+            let image = after_vals
+                .as_ref()
+                .or(before_vals.as_ref())
+                .ok_or_else(|| {
+                    err(format!(
+                        "`{}` event without `before` or `after`",
+                        op_name(op)
+                    ))
+                })?;
+            key_idx
+                .iter()
+                .map(|&i| image[i as usize].clone())
+                .collect::<Vec<_>>()
+        };
+        if key.iter().any(|v| *v == Value::Null) {
+            return Err(err(format!(
+                "key column is null in the row image of {}",
+                rec.id.topic
+            )));
+        }
+
+        let desc = self.intern_table(&topic, layout.columns, &key_names, key_idx);
+        let event_time_ms = source
+            .and_then(|s| s.get("ts_ms"))
+            .or_else(|| obj.get("ts_ms"))
+            .and_then(Json::as_i64)
+            .unwrap_or(0);
+        Ok(Decoded::Change(ChangeEvent {
+            table: desc,
+            op,
+            key,
+            before: before_vals,
+            after: after_vals,
+            source_position: source.and_then(source_position),
+            event_time_ms,
+        }))
+    }
+
+    fn row_schema(&mut self, schema_text: &str) -> Result<Arc<RowSchema>, String> {
+        if let Some(rs) = self.schemas.get(schema_text) {
+            return Ok(rs.clone());
+        }
+        let schema: Json =
+            serde_json::from_str(schema_text).map_err(|e| format!("schema is not JSON: {e}"))?;
+        let rs = Arc::new(schema::parse_envelope_schema(&schema)?);
+        self.schemas.insert(schema_text.to_string(), rs.clone());
+        Ok(rs)
+    }
+
+    /// Columns of a schemaless record: the union of `after` and `before` fields,
+    /// typed by the pipeline's hints or left `unknown`.
+    fn schemaless_layout(
+        &self,
+        topic: &Arc<str>,
+        before: Option<&Json>,
+        after: Option<&Json>,
+    ) -> Result<RowLayout, DecodeError> {
+        let mut columns: Vec<Column> = Vec::new();
+        let mut encodings = Vec::new();
+        let hints = self.hints.for_topic(topic);
+        for image in [after, before].into_iter().flatten() {
+            let obj = image
+                .as_object()
+                .ok_or_else(|| DecodeError(format!("{topic}: row image is not a JSON object")))?;
+            for name in obj.keys() {
+                if columns.iter().any(|c| &c.name == name) {
+                    continue;
+                }
+                let hint = hints.and_then(|h| h.get(name));
+                columns.push(Column {
+                    name: name.clone(),
+                    ty: hint
+                        .map(|h| h.ty.column_type())
+                        .unwrap_or(ColumnType::Unknown),
+                    nullable: true,
+                    decimal: hint.and_then(|h| {
+                        (h.ty == HintType::Decimal).then_some(crate::model::DecimalParams {
+                            precision: None,
+                            scale: h.scale,
+                        })
+                    }),
+                });
+                encodings.push(None);
+            }
+        }
+        Ok(RowLayout { columns, encodings })
+    }
+
+    fn row_values(
+        &self,
+        topic: &Arc<str>,
+        layout: &RowLayout,
+        image: &Json,
+    ) -> Result<Vec<Value>, String> {
+        let obj = image.as_object().ok_or("row image is not a JSON object")?;
+        let hints = self.hints.for_topic(topic);
+        let mut out = Vec::with_capacity(layout.columns.len());
+        for (col, enc) in layout.columns.iter().zip(&layout.encodings) {
+            let v = obj.get(&col.name).unwrap_or(&Json::Null);
+            let value = match enc {
+                Some(enc) => typed_value(enc, v),
+                None => match hints.and_then(|h| h.get(&col.name)) {
+                    Some(hint) => hinted_value(hint, v),
+                    None => Ok(natural_value(v)),
+                },
+            }
+            .map_err(|e| format!("column `{}`: {e}", col.name))?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+
+    /// Key column names from the record's key, or the topic's known key.
+    fn key_names(
+        &mut self,
+        rec: &RawRecord,
+        columns: &[Column],
+    ) -> Result<Arc<Vec<String>>, DecodeError> {
+        let topic = &rec.id.topic;
+        let parsed = rec.key.as_deref().map(|k| self.parse_key(k));
+        match parsed {
+            Some(Ok(names)) => {
+                let names = Arc::new(names);
+                if self.known_keys.get(topic) != Some(&names) {
+                    self.known_keys.insert(topic.clone(), names.clone());
+                }
+                Ok(names)
+            }
+            Some(Err(why)) => match self.known_keys.get(topic) {
+                Some(names) if names.iter().all(|n| columns.iter().any(|c| &c.name == n)) => {
+                    Ok(names.clone())
+                }
+                _ => Err(DecodeError(format!(
+                    "Kafka key {:?} of {topic} is unreadable ({why}) and no key for this topic is known yet; refusing to guess the row identity",
+                    rec.key.as_deref().unwrap_or_default()
+                ))),
+            },
+            None => Ok(Arc::new(Vec::new())),
+        }
+    }
+
+    fn parse_key(&mut self, key: &str) -> Result<Vec<String>, String> {
+        let wrapper: Wrapper<'_> =
+            serde_json::from_str(key).map_err(|e| format!("not JSON: {e}"))?;
+        if let (Some(s), Some(_)) = (wrapper.schema, wrapper.payload) {
+            if let Some(names) = self.key_schemas.get(s.get()) {
+                return Ok(names.as_ref().clone());
+            }
+            let schema: Json = serde_json::from_str(s.get()).map_err(|e| e.to_string())?;
+            if let Some(names) = schema::key_field_names(&schema) {
+                self.key_schemas
+                    .insert(s.get().to_string(), Arc::new(names.clone()));
+                return Ok(names);
+            }
+        }
+        let body = match wrapper.payload {
+            Some(p) => p.get(),
+            None => key,
+        };
+        let v: Json = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+        match v {
+            Json::Object(m) => Ok(m.keys().cloned().collect()),
+            Json::Null => Ok(Vec::new()),
+            _ => Err("not a JSON object".into()),
+        }
+    }
+
+    fn intern_table(
+        &mut self,
+        topic: &Arc<str>,
+        columns: Vec<Column>,
+        key_names: &[String],
+        key: Vec<u32>,
+    ) -> Arc<TableDesc> {
+        let tk = TableKey {
+            topic: topic.clone(),
+            columns,
+            key: key_names.to_vec(),
+        };
+        if let Some(d) = self.tables.get(&tk) {
+            return d.clone();
+        }
+        let (namespace, name) = split_topic(topic);
+        let desc = Arc::new(TableDesc {
+            topic: topic.to_string(),
+            name,
+            namespace,
+            columns: tk.columns.clone(),
+            key,
+        });
+        self.tables.insert(tk, desc.clone());
+        desc
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Create => "c",
+        Op::Update => "u",
+        Op::Delete => "d",
+        Op::Read => "r",
+        Op::Truncate => "t",
+    }
+}
+
+/// `server.schema.table` → (`schema`, `table`).
+pub fn split_topic(topic: &str) -> (String, String) {
+    let mut parts = topic.rsplitn(3, '.');
+    let name = parts.next().unwrap_or(topic).to_string();
+    let namespace = if topic.contains('.') {
+        parts.next().unwrap_or("").to_string()
+    } else {
+        String::new()
+    };
+    (namespace, name)
+}
+
+fn source_position(source: &Json) -> Option<String> {
+    if let Some(lsn) = source.get("lsn").filter(|v| !v.is_null()) {
+        return Some(format!("lsn:{lsn}"));
+    }
+    if let Some(gtid) = source.get("gtid").and_then(Json::as_str) {
+        return Some(format!("gtid:{gtid}"));
+    }
+    let file = source.get("file").and_then(Json::as_str)?;
+    let pos = source.get("pos").map(|p| p.to_string()).unwrap_or_default();
+    let row = source.get("row").map(|p| p.to_string()).unwrap_or_default();
+    Some(format!("binlog:{file}:{pos}:{row}"))
+}
+
+/// A JSON integer that fits i64 (exact; serde_json keeps number text).
+fn as_int(v: &Json) -> Option<i64> {
+    v.as_i64()
+}
+
+fn typed_value(enc: &Encoding, v: &Json) -> Result<Value, String> {
+    if v.is_null() {
+        return Ok(Value::Null);
+    }
+    let want = |what: &str| format!("expected {what}, got {v}");
+    Ok(match enc {
+        Encoding::Boolean => Value::Boolean(v.as_bool().ok_or_else(|| want("a boolean"))?),
+        Encoding::Int => Value::Int(as_int(v).ok_or_else(|| want("an integer"))?),
+        Encoding::Float => match v {
+            Json::Number(n) => Value::Float(n.as_f64().ok_or_else(|| want("a number"))?),
+            // Connect writes non-finite doubles as strings
+            Json::String(s) => Value::Float(s.parse().map_err(|_| want("a number"))?),
+            _ => return Err(want("a number")),
+        },
+        Encoding::Text => Value::Text(v.as_str().ok_or_else(|| want("a string"))?.to_string()),
+        Encoding::Bytes => {
+            use base64::Engine as _;
+            let s = v.as_str().ok_or_else(|| want("base64 text"))?;
+            Value::Bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| format!("bad base64 `{s}`: {e}"))?,
+            )
+        }
+        Encoding::Decimal { scale } => match v {
+            Json::String(s) => Value::Decimal(decimal::from_base64(s, *scale)?),
+            Json::Number(n) => {
+                Value::Decimal(decimal::canonical(&n.to_string()).ok_or_else(|| want("a decimal"))?)
+            }
+            _ => return Err(want("decimal bytes or number")),
+        },
+        Encoding::VariableScaleDecimal => {
+            let scale = v
+                .get("scale")
+                .and_then(Json::as_u64)
+                .ok_or_else(|| want("{scale, value}"))?;
+            let bytes = v
+                .get("value")
+                .and_then(Json::as_str)
+                .ok_or_else(|| want("{scale, value}"))?;
+            Value::Decimal(decimal::from_base64(bytes, scale as u32)?)
+        }
+        Encoding::Date => Value::Date(
+            as_int(v)
+                .and_then(|d| i32::try_from(d).ok())
+                .ok_or_else(|| want("days since the epoch"))?,
+        ),
+        Encoding::Time(unit) => {
+            Value::Time(unit.to_micros(as_int(v).ok_or_else(|| want("an integer time"))?)?)
+        }
+        Encoding::LocalTimestamp(unit) => Value::LocalTimestamp(
+            unit.to_micros(as_int(v).ok_or_else(|| want("an integer timestamp"))?)?,
+        ),
+        Encoding::ZonedTimestamp => Value::Timestamp(temporal::parse_zoned(
+            v.as_str().ok_or_else(|| want("ISO text"))?,
+        )?),
+        Encoding::IsoDate => Value::Date(temporal::parse_date(
+            v.as_str().ok_or_else(|| want("ISO text"))?,
+        )?),
+        Encoding::IsoTime => Value::Time(temporal::parse_time(
+            v.as_str().ok_or_else(|| want("ISO text"))?,
+        )?),
+        Encoding::IsoLocalTimestamp => Value::LocalTimestamp(temporal::parse_local(
+            v.as_str().ok_or_else(|| want("ISO text"))?,
+        )?),
+        Encoding::JsonText => match v {
+            Json::String(s) => Value::Json(s.clone()),
+            other => Value::Json(other.to_string()),
+        },
+        Encoding::Nested => Value::Json(v.to_string()),
+    })
+}
+
+/// A schemaless value with no hint: keep exactly what came.
+fn natural_value(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            // Not knowing whether the source column is a float or a decimal,
+            // keep the exact digits that came (as a decimal), never rounded.
+            None => decimal::canonical(&n.to_string())
+                .map(Value::Decimal)
+                .unwrap_or_else(|| Value::Text(n.to_string())),
+        },
+        Json::String(s) => Value::Text(s.clone()),
+        other => Value::Json(other.to_string()),
+    }
+}
+
+/// A schemaless value with a user-declared type.
+fn hinted_value(hint: &ColumnHint, v: &Json) -> Result<Value, String> {
+    if v.is_null() {
+        return Ok(Value::Null);
+    }
+    let unit = |default: TimeUnit| hint.unit.unwrap_or(default);
+    match hint.ty {
+        HintType::Decimal => hinted_decimal(hint, v),
+        HintType::Text => match v {
+            Json::String(s) => Ok(Value::Text(s.clone())),
+            other => Ok(Value::Text(other.to_string())),
+        },
+        HintType::Json => match v {
+            Json::String(s) => Ok(Value::Json(s.clone())),
+            other => Ok(Value::Json(other.to_string())),
+        },
+        HintType::Int => typed_value(&Encoding::Int, v),
+        HintType::Float => typed_value(&Encoding::Float, v),
+        HintType::Boolean => match v {
+            Json::Number(n) if n.as_i64() == Some(0) => Ok(Value::Boolean(false)),
+            Json::Number(n) if n.as_i64() == Some(1) => Ok(Value::Boolean(true)),
+            _ => typed_value(&Encoding::Boolean, v),
+        },
+        HintType::Bytes => typed_value(&Encoding::Bytes, v),
+        HintType::Date => match v {
+            Json::String(_) => typed_value(&Encoding::IsoDate, v),
+            _ => typed_value(&Encoding::Date, v),
+        },
+        HintType::Time => match v {
+            Json::String(_) => typed_value(&Encoding::IsoTime, v),
+            _ => typed_value(&Encoding::Time(unit(TimeUnit::Us)), v),
+        },
+        HintType::LocalTimestamp => {
+            match v {
+                Json::String(_) => typed_value(&Encoding::IsoLocalTimestamp, v),
+                _ => {
+                    let u = hint.unit.ok_or("integer timestamp but no `unit` (ms, us or ns) is configured for this column")?;
+                    typed_value(&Encoding::LocalTimestamp(u), v)
+                }
+            }
+        }
+        HintType::Timestamp => {
+            match v {
+                Json::String(_) => typed_value(&Encoding::ZonedTimestamp, v),
+                _ => {
+                    let u = hint.unit.ok_or("integer timestamp but no `unit` (ms, us or ns) is configured for this column")?;
+                    let Value::LocalTimestamp(us) = typed_value(&Encoding::LocalTimestamp(u), v)?
+                    else {
+                        unreachable!("LocalTimestamp encoding yields LocalTimestamp")
+                    };
+                    Ok(Value::Timestamp(us))
+                }
+            }
+        }
+    }
+}
+
+fn hinted_decimal(hint: &ColumnHint, v: &Json) -> Result<Value, String> {
+    let s = match v {
+        Json::Number(n) => {
+            return decimal::canonical(&n.to_string())
+                .map(Value::Decimal)
+                .ok_or_else(|| format!("`{n}` is not a decimal"))
+        }
+        Json::String(s) => s,
+        other => return Err(format!("expected a decimal, got {other}")),
+    };
+    let encoding = hint.encoding.unwrap_or(if hint.scale.is_some() {
+        DecimalEncoding::Base64
+    } else {
+        DecimalEncoding::Auto
+    });
+    match encoding {
+        DecimalEncoding::Text => decimal::canonical(s)
+            .map(Value::Decimal)
+            .ok_or_else(|| format!("`{s}` is not decimal text")),
+        DecimalEncoding::Base64 => match hint.scale {
+            Some(scale) => decimal::from_base64(s, scale).map(Value::Decimal),
+            None => Err(unknown_scale(s)),
+        },
+        DecimalEncoding::Auto => {
+            let is_text = decimal::canonical(s).is_some();
+            let is_b64 = decimal::looks_like_base64(s);
+            match (is_text, is_b64) {
+                (true, false) => Ok(Value::Decimal(decimal::canonical(s).unwrap_or_default())),
+                (false, true) => Err(unknown_scale(s)),
+                (true, true) => Err(format!(
+                    "`{s}` reads both as decimal text and as base64 decimal bytes; set `encoding = \"text\"` or `encoding = \"base64\"` (with `scale`) for this column"
+                )),
+                (false, false) => Err(format!("`{s}` is neither decimal text nor base64 decimal bytes")),
+            }
+        }
+    }
+}
+
+fn unknown_scale(s: &str) -> String {
+    format!(
+        "`{s}` is a precise decimal (base64 bytes, Debezium decimal.handling.mode=precise) but the stream carries no schema, so its scale is unknown; refusing to guess. Set `scale` for this column under [columns], or enable schemas on the converter"
+    )
+}
+
+#[cfg(test)]
+mod tests;

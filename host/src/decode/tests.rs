@@ -1,0 +1,213 @@
+use super::*;
+use crate::config::ColumnHint;
+use crate::model::RecordId;
+
+const SCHEMAS: &str = include_str!("../../../tests/fixtures/debezium-pg/pg_events.schemas.jsonl");
+const PRECISE: &str =
+    include_str!("../../../tests/fixtures/debezium-pg/pg_events.plain-precise.jsonl");
+
+fn record(line: &str) -> RawRecord {
+    let v: Json = serde_json::from_str(line).unwrap();
+    RawRecord {
+        id: RecordId {
+            topic: v["topic"].as_str().unwrap().into(),
+            partition: v["partition"].as_i64().unwrap() as i32,
+            offset: v["offset"].as_i64().unwrap(),
+        },
+        key: v["key"].as_str().map(str::to_string),
+        value: v["payload"].as_str().map(str::to_string),
+    }
+}
+
+fn raw(topic: &str, key: Option<&str>, value: &str) -> RawRecord {
+    RawRecord {
+        id: RecordId {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+        },
+        key: key.map(str::to_string),
+        value: Some(value.to_string()),
+    }
+}
+
+fn change(d: Decoded) -> ChangeEvent {
+    match d {
+        Decoded::Change(c) => c,
+        Decoded::Tombstone => panic!("tombstone"),
+    }
+}
+
+#[test]
+fn schema_stream_types_every_column() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let first_order = SCHEMAS
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let c = change(dec.decode(&record(first_order)).unwrap());
+    assert_eq!(c.op, Op::Read);
+    assert_eq!(c.table.name, "orders");
+    assert_eq!(c.table.namespace, "public");
+    let after = c.after.unwrap();
+    let col = |n: &str| c.table.columns.iter().position(|x| x.name == n).unwrap();
+    assert_eq!(after[col("amount")], Value::Decimal("247.75".into()));
+    assert_eq!(
+        after[col("placed_at")],
+        Value::LocalTimestamp(1742575240457000)
+    );
+    assert_eq!(after[col("note")], Value::Text("rush ✓".into()));
+    assert_eq!(c.key, vec![Value::Int(1000)]);
+    assert_eq!(c.source_position.as_deref(), Some("lsn:27045584"));
+}
+
+#[test]
+fn schemas_are_parsed_once_and_descriptors_shared() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let mut tables = Vec::new();
+    for line in SCHEMAS
+        .lines()
+        .filter(|l| l.contains("\"pgserver1.public.customers\""))
+    {
+        if let Decoded::Change(c) = dec.decode(&record(line)).unwrap() {
+            tables.push(c.table);
+        }
+    }
+    assert!(tables.len() > 5);
+    assert!(tables.iter().all(|t| Arc::ptr_eq(t, &tables[0])));
+    assert_eq!(dec.schemas.len(), 1);
+}
+
+#[test]
+fn every_fixture_record_decodes_or_is_a_tombstone() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let (mut changes, mut tombstones) = (0, 0);
+    for line in SCHEMAS.lines() {
+        match dec.decode(&record(line)) {
+            Ok(Decoded::Change(_)) => changes += 1,
+            Ok(Decoded::Tombstone) => tombstones += 1,
+            Err(e) => panic!("{e}: {line}"),
+        }
+    }
+    assert_eq!((changes, tombstones), (349, 50));
+}
+
+#[test]
+fn precise_decimal_without_schema_is_refused_with_reason() {
+    let mut hints = HashMap::new();
+    hints.insert(
+        "orders".to_string(),
+        HashMap::from([(
+            "amount".to_string(),
+            ColumnHint {
+                ty: HintType::Decimal,
+                scale: None,
+                unit: None,
+                encoding: None,
+            },
+        )]),
+    );
+    let mut dec = Decoder::new(ColumnHints::new(hints));
+    let line = PRECISE
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let err = dec.decode(&record(line)).unwrap_err().to_string();
+    assert!(
+        err.contains("scale is unknown") && err.contains("amount"),
+        "{err}"
+    );
+}
+
+#[test]
+fn precise_decimal_with_configured_scale_decodes_exactly() {
+    let mut hints = HashMap::new();
+    hints.insert(
+        "pgserver1.public.orders".to_string(),
+        HashMap::from([(
+            "amount".to_string(),
+            ColumnHint {
+                ty: HintType::Decimal,
+                scale: Some(2),
+                unit: None,
+                encoding: None,
+            },
+        )]),
+    );
+    let mut dec = Decoder::new(ColumnHints::new(hints));
+    let line = PRECISE
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let c = change(dec.decode(&record(line)).unwrap());
+    assert!(c.after.unwrap().contains(&Value::Decimal("247.75".into())));
+}
+
+#[test]
+fn envelope_shapes() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let bare = r#"{"before":null,"after":{"id":1,"x":"a"},"op":"c","ts_ms":5}"#;
+    let only_payload = r#"{"payload":{"before":null,"after":{"id":1,"x":"a"},"op":"c","ts_ms":5}}"#;
+    for v in [bare, only_payload] {
+        let c = change(dec.decode(&raw("s.db.t", Some(r#"{"id":1}"#), v)).unwrap());
+        assert_eq!(
+            c.after.unwrap(),
+            vec![Value::Int(1), Value::Text("a".into())]
+        );
+        assert_eq!(c.event_time_ms, 5);
+    }
+    let tomb = RawRecord {
+        value: None,
+        ..raw("s.db.t", Some("{}"), "")
+    };
+    assert!(matches!(dec.decode(&tomb).unwrap(), Decoded::Tombstone));
+}
+
+#[test]
+fn schemaless_numbers_stay_exact() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let v = r#"{"after":{"id":1,"p":12345678901234567890.125,"f":0.1},"op":"c"}"#;
+    let c = change(dec.decode(&raw("t", Some(r#"{"id":1}"#), v)).unwrap());
+    let after = c.after.unwrap();
+    assert_eq!(after[1], Value::Decimal("12345678901234567890.125".into()));
+    assert_eq!(after[2], Value::Decimal("0.1".into()));
+}
+
+#[test]
+fn unreadable_key_uses_known_key_or_is_refused() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let v = r#"{"after":{"id":7,"x":"a"},"op":"c"}"#;
+    let err = dec
+        .decode(&raw("t", Some("****"), v))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("****") && err.contains("refusing"), "{err}");
+    dec.decode(&raw("t", Some(r#"{"id":1}"#), v)).unwrap();
+    let c = change(dec.decode(&raw("t", Some("****"), v)).unwrap());
+    assert_eq!(c.key, vec![Value::Int(7)]);
+}
+
+#[test]
+fn malformed_records_are_errors_not_panics() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    for v in [
+        "not json",
+        "[1,2]",
+        r#"{"after":{"id":1},"op":"x"}"#,
+        r#"{"after":{"id":1}}"#,
+    ] {
+        assert!(
+            dec.decode(&raw("t", Some(r#"{"id":1}"#), v)).is_err(),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn topic_split() {
+    assert_eq!(
+        split_topic("pgserver1.public.orders"),
+        ("public".into(), "orders".into())
+    );
+    assert_eq!(split_topic("orders"), ("".into(), "orders".into()));
+}

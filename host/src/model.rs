@@ -1,0 +1,204 @@
+//! The host's own typed change model. Decoding produces it, plugins receive it
+//! (converted at the boundary by `plugin::bindings`), sinks write it. Nothing
+//! here knows about Debezium JSON or WIT-generated types.
+
+use std::sync::Arc;
+
+/// Logical column type (mirrors `column-type` in the WIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Unknown,
+    Boolean,
+    Int,
+    Float,
+    Decimal,
+    Text,
+    Bytes,
+    Timestamp,
+    LocalTimestamp,
+    Date,
+    Time,
+    Json,
+}
+
+impl ColumnType {
+    /// Stable lower-case name, used in the sink's column catalog and in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::Unknown => "unknown",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Int => "int",
+            ColumnType::Float => "float",
+            ColumnType::Decimal => "decimal",
+            ColumnType::Text => "text",
+            ColumnType::Bytes => "bytes",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::LocalTimestamp => "local-timestamp",
+            ColumnType::Date => "date",
+            ColumnType::Time => "time",
+            ColumnType::Json => "json",
+        }
+    }
+}
+
+/// Decimal precision and scale as declared by the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DecimalParams {
+    pub precision: Option<u32>,
+    pub scale: Option<u32>,
+}
+
+/// A column of a source table or sink table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+    pub decimal: Option<DecimalParams>,
+}
+
+/// A typed value; positional within a row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Boolean(bool),
+    Int(i64),
+    Float(f64),
+    /// Canonical decimal text (see `decode::decimal`).
+    Decimal(String),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// µs since the epoch, UTC.
+    Timestamp(i64),
+    /// µs since 1970-01-01T00:00, no zone.
+    LocalTimestamp(i64),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// µs since midnight.
+    Time(i64),
+    Json(String),
+}
+
+impl Value {
+    /// The column type this value would have if nothing else were known.
+    pub fn natural_type(&self) -> ColumnType {
+        match self {
+            Value::Null => ColumnType::Unknown,
+            Value::Boolean(_) => ColumnType::Boolean,
+            Value::Int(_) => ColumnType::Int,
+            Value::Float(_) => ColumnType::Float,
+            Value::Decimal(_) => ColumnType::Decimal,
+            Value::Text(_) => ColumnType::Text,
+            Value::Bytes(_) => ColumnType::Bytes,
+            Value::Timestamp(_) => ColumnType::Timestamp,
+            Value::LocalTimestamp(_) => ColumnType::LocalTimestamp,
+            Value::Date(_) => ColumnType::Date,
+            Value::Time(_) => ColumnType::Time,
+            Value::Json(_) => ColumnType::Json,
+        }
+    }
+}
+
+/// Debezium's `op`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Read,
+    Truncate,
+}
+
+/// A source table's layout as seen on one topic: interned and shared by every
+/// event with the same columns, so batches carry each descriptor once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableDesc {
+    pub topic: String,
+    pub name: String,
+    pub namespace: String,
+    pub columns: Vec<Column>,
+    /// Indices into `columns`, in key order.
+    pub key: Vec<u32>,
+}
+
+/// Where a record sits in its source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record as the source delivered it, kept for the dead-letter queue.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    pub id: RecordId,
+    /// Kafka key as text (JSON for Debezium), if any.
+    pub key: Option<String>,
+    /// Kafka value as text; `None` is a tombstone.
+    pub value: Option<String>,
+}
+
+/// One decoded change event.
+#[derive(Clone, Debug)]
+pub struct ChangeEvent {
+    pub table: Arc<TableDesc>,
+    pub op: Op,
+    pub key: Vec<Value>,
+    pub before: Option<Vec<Value>>,
+    pub after: Option<Vec<Value>>,
+    /// Connector position (Postgres LSN, binlog file:pos), when known.
+    pub source_position: Option<String>,
+    /// `source.ts_ms`, or the envelope's `ts_ms` when absent.
+    pub event_time_ms: i64,
+}
+
+/// A sink table as a plugin declared it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SinkTable {
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub key: Vec<u32>,
+}
+
+/// One write for the sink.
+#[derive(Clone, Debug)]
+pub enum SinkWrite {
+    Upsert {
+        table: Arc<SinkTable>,
+        values: Vec<Value>,
+    },
+    Delete {
+        table: Arc<SinkTable>,
+        key: Vec<Value>,
+    },
+}
+
+/// Which stage rejected a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    Plugin,
+    Sink,
+}
+
+impl Stage {
+    /// Name used in the DLQ and in Kafka Connect style headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Plugin => "plugin",
+            Stage::Sink => "sink",
+        }
+    }
+}
+
+/// A rejected record with the reason, bound for the dead-letter queue.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub record: RawRecord,
+    pub stage: Stage,
+    /// The plugin that rejected it, for `Stage::Plugin`.
+    pub plugin: Option<String>,
+    pub reason: String,
+}

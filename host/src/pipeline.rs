@@ -1,0 +1,282 @@
+//! Wires the stages: source task → processor thread (decode + plugins) → sink
+//! task, with bounded channels between them and one cancellation token.
+//!
+//! Invariant (exactly once): a batch's sink writes, dead letters and the next
+//! offsets of every record in it commit in one sink transaction; at start the
+//! source resumes from the offsets in the sink. Plugin swaps happen only
+//! between batches, so every event is handled by exactly one plugin version.
+
+use std::collections::HashMap;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Pipeline, SinkSpec, SourceSpec};
+use crate::decode::{Decoded, Decoder};
+use crate::model::{DeadLetter, RawRecord, Stage};
+use crate::plugin::loader::{self, PluginUpdate};
+use crate::plugin::runtime::{Limits, Runtime};
+use crate::plugin::set::PluginSet;
+use crate::sink::sqlite::SqliteSink;
+use crate::sink::{EventWrites, SinkBatch};
+use crate::source::file::{FileSource, SourceItem};
+use crate::stats::Stats;
+
+/// Bounded channel depth between stages, in batches.
+const CHANNEL_BATCHES: usize = 4;
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub stats: Arc<Stats>,
+    pub tables: Vec<(String, i64)>,
+    pub elapsed: Duration,
+}
+
+/// Run a pipeline until the source ends (`until_caught_up`) or `cancel` fires.
+pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSummary> {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let SinkSpec::Sqlite { url, .. } = &p.sink;
+    let mut sink = SqliteSink::open(url, &p.name).await?;
+    let resume = sink.load_offsets().await?;
+    if !resume.is_empty() {
+        tracing::info!(
+            partitions = resume.len(),
+            "resuming from the sink's checkpoint"
+        );
+    }
+
+    let runtime = Runtime::new(Limits {
+        call_timeout: p.call_timeout,
+        memory_bytes: p.memory_limit_bytes,
+    })?;
+    if !p.plugins.is_dir() {
+        anyhow::bail!("plugin folder {} does not exist", p.plugins.display());
+    }
+    // Watch before the first scan so no change falls between the two.
+    let (update_tx, update_rx) = std_mpsc::channel::<PluginUpdate>();
+    let hashes = loader::Hashes::default();
+    let _watcher = loader::watch(runtime.clone(), &p.plugins, hashes.clone(), update_tx)?;
+    let plugin_dir = p.plugins.clone();
+    let rt = runtime.clone();
+    let initial =
+        tokio::task::spawn_blocking(move || loader::load_dir(&rt, &plugin_dir, &hashes)).await??;
+    let mut set = PluginSet::default();
+    for plugin in initial {
+        set.install(plugin);
+    }
+    if set.is_empty() {
+        anyhow::bail!(
+            "no plugin could be loaded from {}: put at least one .wasm component there (see README)",
+            p.plugins.display()
+        );
+    }
+    tracing::info!(plugins = ?set.summary(), "plugins ready");
+
+    let SourceSpec::File(path) = &p.source;
+    let source = FileSource {
+        path: path.clone(),
+        follow: !p.until_caught_up,
+        max_batch: p.max_batch_records,
+        max_wait: p.max_batch_wait,
+        resume,
+    };
+    let (raw_tx, raw_rx) = mpsc::channel::<Vec<SourceItem>>(CHANNEL_BATCHES);
+    let (sink_tx, mut sink_rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
+
+    let source_task = tokio::spawn(source.run(raw_tx, cancel.clone(), stats.clone()));
+    let processor = {
+        let stats = stats.clone();
+        let hints = p.hints.clone();
+        std::thread::Builder::new()
+            .name("sluice-processor".into())
+            .spawn(move || {
+                process_loop(raw_rx, sink_tx, update_rx, set, Decoder::new(hints), stats)
+            })?
+    };
+    let progress = spawn_progress(stats.clone(), cancel.clone());
+
+    let mut sink_error = None;
+    while let Some(batch) = sink_rx.recv().await {
+        let records = batch.records;
+        match sink.commit(batch).await {
+            Ok(report) => {
+                stats.add(&stats.writes, report.writes);
+                stats.add(&stats.dlq_sink, report.dlq_sink);
+                stats.add(&stats.committed, records);
+                stats.add(&stats.batches, 1);
+            }
+            Err(e) => {
+                sink_error = Some(e.context(
+                    "sink commit failed; the batch was rolled back and will be re-read on restart",
+                ));
+                cancel.cancel();
+                break;
+            }
+        }
+    }
+    drop(sink_rx);
+    progress.abort();
+    let source_result = source_task.await.context("source task panicked")?;
+    let _ = tokio::task::spawn_blocking(move || processor.join()).await;
+    if let Some(e) = sink_error {
+        return Err(e);
+    }
+    source_result?;
+    let tables = sink.table_counts().await.unwrap_or_default();
+    Ok(RunSummary {
+        stats,
+        tables,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn spawn_progress(stats: Arc<Stats>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let done = Stats::get(&stats.committed);
+            let read = Stats::get(&stats.read);
+            tracing::info!(
+                committed = done,
+                rate_per_s = (done - last) / 5,
+                in_flight = read.saturating_sub(done),
+                writes = Stats::get(&stats.writes),
+                dead_lettered = stats.dead_lettered(),
+                "progress"
+            );
+            last = done;
+        }
+    })
+}
+
+/// The processor: apply pending plugin swaps, decode, run plugins, hand the
+/// batch to the sink. Runs on its own thread: Wasm calls are CPU-bound and
+/// must not block the async runtime.
+fn process_loop(
+    mut input: mpsc::Receiver<Vec<SourceItem>>,
+    output: mpsc::Sender<SinkBatch>,
+    updates: std_mpsc::Receiver<PluginUpdate>,
+    mut plugins: PluginSet,
+    mut decoder: Decoder,
+    stats: Arc<Stats>,
+) {
+    let mut unrouted_topics: HashMap<Arc<str>, u64> = HashMap::new();
+    while let Some(items) = input.blocking_recv() {
+        // Batch boundary: swap in finished reloads.
+        while let Ok(update) = updates.try_recv() {
+            match update {
+                PluginUpdate::Install(p) => {
+                    let (name, version) = (p.info.name.clone(), p.info.version.clone());
+                    let old = plugins.install(p);
+                    stats.add(&stats.reloads, 1);
+                    tracing::info!(plugin = %name, version = %version, replaced = ?old.map(|o| o.version), "plugin swapped in at batch boundary");
+                }
+                PluginUpdate::Remove(id) => {
+                    if let Some(old) = plugins.remove(&id) {
+                        tracing::warn!(plugin = %old.name, "plugin file removed; plugin unloaded");
+                    }
+                }
+            }
+        }
+        let batch = process_batch(
+            items,
+            &mut plugins,
+            &mut decoder,
+            &stats,
+            &mut unrouted_topics,
+        );
+        if output.blocking_send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+fn dead(record: RawRecord, stage: Stage, plugin: Option<String>, reason: String) -> DeadLetter {
+    tracing::warn!(
+        topic = %record.id.topic, partition = record.id.partition, offset = record.id.offset,
+        stage = stage.as_str(), plugin = plugin.as_deref().unwrap_or(""),
+        "dead-lettered: {reason}"
+    );
+    DeadLetter {
+        record,
+        stage,
+        plugin,
+        reason,
+    }
+}
+
+fn process_batch(
+    items: Vec<SourceItem>,
+    plugins: &mut PluginSet,
+    decoder: &mut Decoder,
+    stats: &Stats,
+    unrouted_topics: &mut HashMap<Arc<str>, u64>,
+) -> SinkBatch {
+    let mut batch = SinkBatch {
+        records: items.len() as u64,
+        ..Default::default()
+    };
+    let mut offsets: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut decoded = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item.id().clone();
+        let next = offsets.entry((id.topic.clone(), id.partition)).or_insert(0);
+        *next = (*next).max(id.offset + 1);
+        match item {
+            SourceItem::Malformed { record, reason } => {
+                stats.add(&stats.dlq_decode, 1);
+                batch.dead.push(dead(record, Stage::Decode, None, reason));
+            }
+            SourceItem::Record(record) => match decoder.decode(&record) {
+                Ok(Decoded::Change(ev)) => decoded.push((record, ev)),
+                Ok(Decoded::Tombstone) => stats.add(&stats.tombstones, 1),
+                Err(e) => {
+                    stats.add(&stats.dlq_decode, 1);
+                    batch
+                        .dead
+                        .push(dead(record, Stage::Decode, None, e.to_string()));
+                }
+            },
+        }
+    }
+    let refs: Vec<_> = decoded.iter().map(|(r, ev)| (ev, &r.id)).collect();
+    let outcomes = plugins.process(&refs);
+    drop(refs);
+    for ((record, _ev), outcome) in decoded.into_iter().zip(outcomes) {
+        if outcome.unrouted {
+            stats.add(&stats.unrouted, 1);
+            let n = unrouted_topics.entry(record.id.topic.clone()).or_insert(0);
+            if *n == 0 {
+                tracing::warn!(topic = %record.id.topic, "no plugin handles this topic; its events are counted as unrouted and skipped");
+            }
+            *n += 1;
+            continue;
+        }
+        for (plugin, reason) in outcome.rejections {
+            stats.add(&stats.dlq_plugin, 1);
+            batch
+                .dead
+                .push(dead(record.clone(), Stage::Plugin, Some(plugin), reason));
+        }
+        if !outcome.writes.is_empty() {
+            batch.events.push(EventWrites {
+                record,
+                plugins: None,
+                writes: outcome.writes,
+            });
+        }
+    }
+    batch.offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    batch
+}

@@ -1,0 +1,6 @@
+//! Plugins: WIT bindings, the Wasm runtime, the live plugin set and loading.
+
+pub mod bindings;
+pub mod loader;
+pub mod runtime;
+pub mod set;

@@ -1,0 +1,352 @@
+//! The Wasm engine and plugin instances: compile once, instantiate cheaply from
+//! an `InstancePre`, call with a deadline (epoch interruption) and a memory cap,
+//! and grant no WASI capabilities (no files, network, env or clock access
+//! beyond what the WASI defaults stub out). Guest stderr goes to the host log.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, PluginInfo, Transform, TransformPre};
+
+/// wasmtime 48 has its own error type (not `std::error::Error`).
+fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow!("{e:#}")
+}
+
+/// How often the epoch ticks; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every plugin instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub call_timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// The process-wide engine, its epoch ticker and the shared linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+}
+
+impl Runtime {
+    pub fn new(limits: Limits) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(wasm_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err)?;
+        Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(wasm_err)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+        }))
+    }
+
+    /// Compile a component file and prepare it for instantiation.
+    pub fn compile(self: &Arc<Self>, path: &Path) -> anyhow::Result<Arc<Compiled>> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.compile_bytes(&bytes)
+            .with_context(|| format!("loading plugin {}", path.display()))
+    }
+
+    /// Compile component bytes and check they export the expected interface.
+    pub fn compile_bytes(self: &Arc<Self>, bytes: &[u8]) -> anyhow::Result<Arc<Compiled>> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if !exports.iter().any(|n| n == bindings::PLUGIN_INTERFACE) {
+            return Err(anyhow!(
+                "component does not export `{}` (it exports: {}); rebuild it against this host's WIT",
+                bindings::PLUGIN_INTERFACE,
+                if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
+            ));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("plugin imports something this host does not offer: {e}"))?;
+        let pre = TransformPre::new(pre).map_err(wasm_err)?;
+        Ok(Arc::new(Compiled {
+            runtime: self.clone(),
+            pre,
+        }))
+    }
+}
+
+/// A compiled, linked plugin from which instances are made.
+pub struct Compiled {
+    runtime: Arc<Runtime>,
+    pre: TransformPre<HostState>,
+}
+
+impl Compiled {
+    /// A fresh instance with its own store, limits and log tag.
+    pub fn instantiate(self: &Arc<Self>, tag: &str) -> anyhow::Result<Instance> {
+        let stderr = LogStream::new(tag, "stderr");
+        let stdout = LogStream::new(tag, "stdout");
+        let wasi = WasiCtx::builder()
+            .stdout(stdout)
+            .stderr(stderr.clone())
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.runtime.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.runtime.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                tag: tag.into(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self.pre.instantiate(&mut store).map_err(wasm_err)?;
+        Ok(Instance {
+            compiled: self.clone(),
+            store,
+            bindings,
+            stderr,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.runtime.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// A live plugin instance. After a trap it must be replaced.
+pub struct Instance {
+    compiled: Arc<Compiled>,
+    store: Store<HostState>,
+    bindings: Transform,
+    stderr: LogStream,
+}
+
+impl Instance {
+    pub fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
+    }
+
+    pub fn describe(&mut self) -> Result<PluginInfo, String> {
+        self.store
+            .set_epoch_deadline(self.compiled.deadline_ticks());
+        let plugin = self.bindings.sluice_transform_plugin();
+        plugin
+            .call_describe(&mut self.store)
+            .map(PluginInfo::from)
+            .map_err(|e| self.trap_message(e))
+    }
+
+    /// Call `process`; `Err` carries a trap explanation (the instance is then dead).
+    pub fn process(&mut self, batch: &bindings::Batch) -> Result<bindings::BatchResult, String> {
+        self.store
+            .set_epoch_deadline(self.compiled.deadline_ticks());
+        let plugin = self.bindings.sluice_transform_plugin();
+        plugin
+            .call_process(&mut self.store, batch)
+            .map_err(|e| self.trap_message(e))
+    }
+
+    fn trap_message(&self, err: wasmtime::Error) -> String {
+        let limits = self.compiled.runtime.limits;
+        let mut msg = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "plugin exceeded its call deadline of {:?} (runaway code stopped by epoch interruption)",
+                limits.call_timeout
+            ),
+            Some(trap) => format!("plugin trapped: {trap}"),
+            None => format!("plugin failed: {}", err.root_cause()),
+        };
+        let text = format!("{err:?}");
+        if text.contains("memory") && text.contains("limit")
+            || text.contains("forcing trap when growing memory")
+        {
+            msg = format!(
+                "plugin exceeded its memory limit of {} MiB: {msg}",
+                limits.memory_bytes >> 20
+            );
+        }
+        let tail = self.stderr.tail();
+        if !tail.trim().is_empty() {
+            msg.push_str("; guest stderr: ");
+            msg.push_str(tail.trim());
+        }
+        msg
+    }
+}
+
+/// Per-store host state.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    tag: Arc<str>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::sluice::transform::types::Host for HostState {}
+
+impl bindings::sluice::transform::host::Host for HostState {
+    fn log(&mut self, level: bindings::sluice::transform::types::LogLevel, message: String) {
+        let plugin = &*self.tag;
+        match bindings::log_level(level) {
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            _ => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}
+
+/// Guest stdout/stderr: complete lines go to the host log tagged with the
+/// plugin; the last few KiB are kept to explain a trap (a Rust panic prints
+/// its message to stderr just before trapping).
+#[derive(Clone)]
+struct LogStream {
+    tag: Arc<str>,
+    stream: &'static str,
+    state: Arc<Mutex<LogState>>,
+}
+
+#[derive(Default)]
+struct LogState {
+    line: Vec<u8>,
+    tail: VecDeque<u8>,
+}
+
+const TAIL_BYTES: usize = 2048;
+const MAX_LINE: usize = 8192;
+
+impl LogStream {
+    fn new(tag: &str, stream: &'static str) -> Self {
+        LogStream {
+            tag: tag.into(),
+            stream,
+            state: Arc::default(),
+        }
+    }
+
+    fn write(&self, buf: &[u8]) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        for &b in buf {
+            st.tail.push_back(b);
+            if st.tail.len() > TAIL_BYTES {
+                st.tail.pop_front();
+            }
+            if b == b'\n' || st.line.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(&st.line).into_owned();
+                st.line.clear();
+                tracing::info!(plugin = &*self.tag, stream = self.stream, "{line}");
+            } else {
+                st.line.push(b);
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        match self.state.lock() {
+            Ok(st) => {
+                let bytes: Vec<u8> = st.tail.iter().copied().collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        LogStream::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, wasmtime_wasi::p2::StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        LogStream::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

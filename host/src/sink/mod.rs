@@ -1,0 +1,34 @@
+//! Sinks: where a batch's writes, dead letters and offsets land, atomically.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::model::{DeadLetter, RawRecord, SinkWrite};
+
+/// The writes one source record produced.
+#[derive(Debug)]
+pub struct EventWrites {
+    pub record: RawRecord,
+    /// Plugins that produced the writes (for a sink-stage dead letter).
+    pub plugins: Option<String>,
+    pub writes: Vec<SinkWrite>,
+}
+
+/// Everything one batch commits, in one transaction.
+#[derive(Debug, Default)]
+pub struct SinkBatch {
+    pub events: Vec<EventWrites>,
+    pub dead: Vec<DeadLetter>,
+    /// Next offset per (topic, partition) after this batch.
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    /// Source records covered by the batch.
+    pub records: u64,
+}
+
+/// What a commit did beyond the batch's own dead letters.
+#[derive(Debug, Default)]
+pub struct SinkReport {
+    pub writes: u64,
+    pub dlq_sink: u64,
+}

@@ -1,0 +1,179 @@
+//! File source: `kcat -C -J` output, one JSON object per line with `topic`,
+//! `partition`, `offset`, `key` and `payload` (JSON text; payload null for a
+//! tombstone). Also how production dumps are replayed offline. Without
+//! `--until-caught-up` the file is followed like `tail -f`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{RawRecord, RecordId};
+use crate::stats::Stats;
+
+/// A line of the file, or why it could not be read.
+#[derive(Debug)]
+pub enum SourceItem {
+    Record(RawRecord),
+    /// A line that is not a kcat record; it goes to the DLQ under a pseudo id
+    /// (`file:PATH`, partition -1, offset = line number).
+    Malformed {
+        record: RawRecord,
+        reason: String,
+    },
+}
+
+impl SourceItem {
+    pub fn id(&self) -> &RecordId {
+        match self {
+            SourceItem::Record(r) => &r.id,
+            SourceItem::Malformed { record, .. } => &record.id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct KcatLine {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+/// Settings of the file source.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub follow: bool,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// Next offset to read per (topic, partition), from the sink's checkpoint.
+    pub resume: HashMap<(String, i32), i64>,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+impl FileSource {
+    /// Read the file, batch records and send them; ends at EOF unless following.
+    pub async fn run(
+        self,
+        out: mpsc::Sender<Vec<SourceItem>>,
+        cancel: CancellationToken,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<()> {
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .with_context(|| format!("opening source file {}", self.path.display()))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let pseudo_topic: Arc<str> = format!("file:{}", self.path.display()).into();
+        let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+        let mut next: HashMap<(String, i32), i64> = self.resume;
+        let mut line = String::new();
+        let mut line_no: i64 = 0;
+        let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
+        let mut batch_started = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let n = reader
+                .read_line(&mut line)
+                .await
+                .with_context(|| format!("reading {}", self.path.display()))?;
+            let at_eof = n == 0 || !line.ends_with('\n');
+            if at_eof && (self.follow || n == 0) {
+                // Hand over what we have, then wait for more (or stop).
+                if !batch.is_empty() {
+                    if out.send(std::mem::take(&mut batch)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !self.follow {
+                    break;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(POLL) => continue,
+                }
+            }
+            line_no += 1;
+            let text = line.trim_end_matches(['\n', '\r']);
+            if text.trim().is_empty() {
+                line.clear();
+                continue;
+            }
+            let item = match serde_json::from_str::<KcatLine>(text) {
+                Ok(k) => {
+                    let topic = match topics.get(&k.topic) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = k.topic.as_str().into();
+                            topics.insert(k.topic.clone(), t.clone());
+                            t
+                        }
+                    };
+                    let slot = next.entry((k.topic, k.partition)).or_insert(0);
+                    if k.offset < *slot {
+                        stats.add(&stats.skipped, 1);
+                        line.clear();
+                        continue;
+                    }
+                    *slot = k.offset + 1;
+                    SourceItem::Record(RawRecord {
+                        id: RecordId {
+                            topic,
+                            partition: k.partition,
+                            offset: k.offset,
+                        },
+                        key: k.key,
+                        value: k.payload,
+                    })
+                }
+                Err(e) => {
+                    let slot = next.entry((pseudo_topic.to_string(), -1)).or_insert(0);
+                    if line_no < *slot {
+                        line.clear();
+                        continue;
+                    }
+                    *slot = line_no + 1;
+                    SourceItem::Malformed {
+                        record: RawRecord {
+                            id: RecordId {
+                                topic: pseudo_topic.clone(),
+                                partition: -1,
+                                offset: line_no,
+                            },
+                            key: None,
+                            value: Some(text.to_string()),
+                        },
+                        reason: format!("line {line_no} is not a kcat -J record: {e}"),
+                    }
+                }
+            };
+            line.clear();
+            stats.add(&stats.read, 1);
+            if batch.is_empty() {
+                batch_started = Instant::now();
+            }
+            batch.push(item);
+            if batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait {
+                if out.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = out.send(batch).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources of raw change records.
+
+pub mod file;

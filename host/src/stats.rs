@@ -1,0 +1,39 @@
+//! Pipeline counters, shared by the stages and reported in progress lines and
+//! the exit summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters; each stage bumps its own.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records read from the source (after skipping already-applied ones).
+    pub read: AtomicU64,
+    /// Records skipped because the sink's checkpoint says they were applied.
+    pub skipped: AtomicU64,
+    pub tombstones: AtomicU64,
+    /// Events no plugin handles (their offsets still advance).
+    pub unrouted: AtomicU64,
+    /// Sink rows upserted or deleted.
+    pub writes: AtomicU64,
+    /// Records committed (offsets stored in the sink).
+    pub committed: AtomicU64,
+    pub dlq_decode: AtomicU64,
+    pub dlq_plugin: AtomicU64,
+    pub dlq_sink: AtomicU64,
+    pub batches: AtomicU64,
+    pub reloads: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn dead_lettered(&self) -> u64 {
+        Self::get(&self.dlq_decode) + Self::get(&self.dlq_plugin) + Self::get(&self.dlq_sink)
+    }
+}
