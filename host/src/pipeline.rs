@@ -178,7 +178,7 @@ fn process_loop(
             match update {
                 PluginUpdate::Install(p) => {
                     let (name, version) = (p.info.name.clone(), p.info.version.clone());
-                    let old = plugins.install(p);
+                    let old = plugins.install(*p);
                     stats.add(&stats.reloads, 1);
                     tracing::info!(plugin = %name, version = %version, replaced = ?old.map(|o| o.version), "plugin swapped in at batch boundary");
                 }

@@ -85,7 +85,7 @@ pub fn canonical(text: &str) -> Option<String> {
 /// schema)? Used to explain, never to decode.
 pub fn looks_like_base64(text: &str) -> bool {
     !text.is_empty()
-        && text.len() % 4 == 0
+        && text.len().is_multiple_of(4)
         && text.len() <= 64
         && text
             .bytes()

@@ -10,7 +10,7 @@ pub mod decimal;
 pub mod schema;
 pub mod temporal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -51,6 +51,9 @@ pub struct Decoder {
     tables: HashMap<TableKey, Arc<TableDesc>>,
     /// Key column names last seen per topic, for records whose key is unreadable.
     known_keys: HashMap<Arc<str>, Arc<Vec<String>>>,
+    /// Schemaless columns proven to hold text: they carried a string that is
+    /// not base64, which a precise (base64) decimal column never does.
+    proven_text: HashSet<(Arc<str>, String)>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -74,6 +77,7 @@ impl Decoder {
             key_schemas: HashMap::new(),
             tables: HashMap::new(),
             known_keys: HashMap::new(),
+            proven_text: HashSet::new(),
         }
     }
 
@@ -138,6 +142,9 @@ impl Decoder {
             key_idx.push(i as u32);
         }
 
+        if row_schema.is_none() {
+            self.gather_text_evidence(&topic, [before, after]);
+        }
         let ctx = |image: &str| format!("{} ({image})", rec.id.topic);
         let before_vals = before
             .map(|b| {
@@ -169,7 +176,7 @@ impl Decoder {
                 .map(|&i| image[i as usize].clone())
                 .collect::<Vec<_>>()
         };
-        if key.iter().any(|v| *v == Value::Null) {
+        if key.contains(&Value::Null) {
             return Err(err(format!(
                 "key column is null in the row image of {}",
                 rec.id.topic
@@ -258,13 +265,43 @@ impl Decoder {
                 Some(enc) => typed_value(enc, v),
                 None => match hints.and_then(|h| h.get(&col.name)) {
                     Some(hint) => hinted_value(hint, v),
-                    None => Ok(natural_value(v)),
+                    None => match v {
+                        Json::String(s)
+                            if decimal::looks_like_base64(s)
+                                && !self
+                                    .proven_text
+                                    .contains(&(topic.clone(), col.name.clone())) =>
+                        {
+                            Err(ambiguous_base64(s))
+                        }
+                        _ => Ok(natural_value(v)),
+                    },
                 },
             }
             .map_err(|e| format!("column `{}`: {e}", col.name))?;
             out.push(value);
         }
         Ok(out)
+    }
+
+    /// Mark undeclared schemaless columns that carry non-base64 text as text.
+    fn gather_text_evidence(&mut self, topic: &Arc<str>, images: [Option<&Json>; 2]) {
+        let hints = self.hints.for_topic(topic);
+        for image in images.into_iter().flatten() {
+            let Some(obj) = image.as_object() else {
+                continue;
+            };
+            for (name, v) in obj {
+                if let Json::String(s) = v {
+                    if !decimal::looks_like_base64(s)
+                        && hints.is_none_or(|h| !h.contains_key(name))
+                        && !self.proven_text.contains(&(topic.clone(), name.clone()))
+                    {
+                        self.proven_text.insert((topic.clone(), name.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Key column names from the record's key, or the topic's known key.
@@ -574,6 +611,12 @@ fn hinted_decimal(hint: &ColumnHint, v: &Json) -> Result<Value, String> {
             }
         }
     }
+}
+
+fn ambiguous_base64(s: &str) -> String {
+    format!(
+        "`{s}` is base64-shaped text in a schemaless stream, and this column has carried nothing else so far: that is how Debezium writes a precise decimal (decimal.handling.mode=precise), whose scale is unknown without the schema; refusing to guess. Declare the column under [columns] in the pipeline file: type = \"decimal\" with scale = N, or type = \"text\""
+    )
 }
 
 fn unknown_scale(s: &str) -> String {

@@ -211,3 +211,26 @@ fn topic_split() {
     );
     assert_eq!(split_topic("orders"), ("".into(), "orders".into()));
 }
+
+#[test]
+fn undeclared_base64_column_is_refused_until_proven_text() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let line = PRECISE
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let err = dec.decode(&record(line)).unwrap_err().to_string();
+    assert!(
+        err.contains("amount") && err.contains("refusing to guess"),
+        "{err}"
+    );
+    // a 4-letter status is base64-shaped too, but once the column carried
+    // other text it is known to be text
+    let v1 = r#"{"after":{"id":1,"status":"NEW"},"op":"c"}"#;
+    let v2 = r#"{"after":{"id":2,"status":"PAID"},"op":"c"}"#;
+    let fresh = dec.decode(&raw("x.y.t2", Some(r#"{"id":2}"#), v2));
+    assert!(fresh.is_err(), "first sight of PAID is ambiguous");
+    dec.decode(&raw("x.y.t2", Some(r#"{"id":1}"#), v1)).unwrap();
+    let c = change(dec.decode(&raw("x.y.t2", Some(r#"{"id":2}"#), v2)).unwrap());
+    assert_eq!(c.after.unwrap()[1], Value::Text("PAID".into()));
+}

@@ -19,7 +19,7 @@ use super::set::LoadedPlugin;
 
 /// A change to the plugin set, applied by the processor between batches.
 pub enum PluginUpdate {
-    Install(LoadedPlugin),
+    Install(Box<LoadedPlugin>),
     Remove(String),
 }
 
@@ -160,7 +160,7 @@ fn reload_loop(
                         match load_file(&runtime, &path) {
                             Ok(p) => {
                                 lock(&hashes).insert(id, p.hash.clone());
-                                PluginUpdate::Install(p)
+                                PluginUpdate::Install(Box::new(p))
                             }
                             Err(e) => {
                                 tracing::error!(file = %path.display(), "plugin rejected, the previous version keeps running: {e:#}");

@@ -92,10 +92,8 @@ impl FileSource {
             let at_eof = n == 0 || !line.ends_with('\n');
             if at_eof && (self.follow || n == 0) {
                 // Hand over what we have, then wait for more (or stop).
-                if !batch.is_empty() {
-                    if out.send(std::mem::take(&mut batch)).await.is_err() {
-                        return Ok(());
-                    }
+                if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(());
                 }
                 if !self.follow {
                     break;
@@ -165,10 +163,9 @@ impl FileSource {
                 batch_started = Instant::now();
             }
             batch.push(item);
-            if batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait {
-                if out.send(std::mem::take(&mut batch)).await.is_err() {
-                    return Ok(());
-                }
+            let full = batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait;
+            if full && out.send(std::mem::take(&mut batch)).await.is_err() {
+                return Ok(());
             }
         }
         if !batch.is_empty() {

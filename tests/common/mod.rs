@@ -1,0 +1,313 @@
+//! Helpers for end-to-end tests: build the guest components (never checked
+//! in), run the real `sluice` binary, and read a SQLite sink back as JSON.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value as Json};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Column as _, ConnectOptions, Row as _, TypeInfo as _, ValueRef as _};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/debezium-pg").join(name)
+}
+
+/// Build every guest once per test binary, in a target dir of its own so the
+/// outer `cargo test` lock is never contended.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = workspace().join("target/test-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .args([
+                "-p",
+                "mirror",
+                "-p",
+                "orders_enriched",
+                "-p",
+                "tagger_v1",
+                "-p",
+                "tagger_v2",
+                "-p",
+                "trap_on",
+            ])
+            .status()
+            .expect("running cargo to build guest components");
+        assert!(status.success(), "building guest components failed");
+        target.join("wasm32-wasip2/release")
+    });
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// A scratch folder with a plugin folder holding the given guests.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new(guests: &[(&str, &str)]) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        for (guest_name, file_name) in guests {
+            std::fs::copy(
+                guest(guest_name),
+                dir.path().join("plugins").join(format!("{file_name}.wasm")),
+            )
+            .unwrap();
+        }
+        Scratch { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("out.db")
+    }
+
+    /// `sluice run --source file:.. --sink sqlite:.. --plugins .. --until-caught-up [extra]`
+    pub fn run(&self, source: &Path, extra: &[&str]) -> Output {
+        let out = sluice()
+            .arg("run")
+            .args(extra)
+            .arg("--source")
+            .arg(format!("file:{}", source.display()))
+            .arg("--sink")
+            .arg(format!("sqlite:{}", self.db().display()))
+            .arg("--plugins")
+            .arg(self.path("plugins"))
+            .arg("--until-caught-up")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            panic!(
+                "sluice failed: {}\nstdout:\n{}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+}
+
+pub fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    c
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Run a query and return rows as JSON objects, keeping SQLite's own types.
+pub fn query(db: &Path, sql: &str) -> Vec<Map<String, Json>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+            .unwrap()
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                let mut m = Map::new();
+                for (i, c) in r.columns().iter().enumerate() {
+                    let raw = r.try_get_raw(i).unwrap();
+                    let v = if raw.is_null() {
+                        Json::Null
+                    } else {
+                        match raw.type_info().name() {
+                            "INTEGER" => json!(r.get::<i64, _>(i)),
+                            "REAL" => json!(r.get::<f64, _>(i)),
+                            "BLOB" => json!(r.get::<Vec<u8>, _>(i)),
+                            _ => json!(r.get::<String, _>(i)),
+                        }
+                    };
+                    m.insert(c.name().to_string(), v);
+                }
+                m
+            })
+            .collect()
+    })
+}
+
+pub fn table_exists(db: &Path, table: &str) -> bool {
+    !query(
+        db,
+        &format!("SELECT name FROM sqlite_master WHERE type='table' AND name='{table}'"),
+    )
+    .is_empty()
+}
+
+/// The expected final state, `{table: [row, ...]}`.
+pub fn expected(path: &Path) -> Map<String, Json> {
+    serde_json::from_str::<Json>(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+/// Decimal text without trailing fractional zeros: equal decimals, equal text.
+fn decimal_norm(s: &str) -> Option<String> {
+    let t = s.trim();
+    let (neg, body) = t.strip_prefix('-').map(|b| (true, b)).unwrap_or((false, t));
+    if body.is_empty()
+        || !body.chars().all(|c| c.is_ascii_digit() || c == '.')
+        || body.matches('.').count() > 1
+    {
+        return None;
+    }
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let zero = int == "0" && frac.is_empty();
+    Some(format!(
+        "{}{}{}{}",
+        if neg && !zero { "-" } else { "" },
+        int,
+        if frac.is_empty() { "" } else { "." },
+        frac
+    ))
+}
+
+fn instant(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+fn local(s: &str) -> Option<chrono::NaiveDateTime> {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok()
+}
+
+/// Does a sink value equal the expected value? Decimals compare as decimals,
+/// instants as instants, JSON documents as documents.
+pub fn value_matches(expected: &Json, actual: &Json) -> bool {
+    match (expected, actual) {
+        (Json::Null, a) => a.is_null(),
+        (Json::Bool(b), Json::Number(n)) => n.as_i64() == Some(*b as i64),
+        (Json::Number(e), Json::Number(a)) => {
+            decimal_norm(&e.to_string()) == decimal_norm(&a.to_string())
+        }
+        (Json::Number(e), Json::String(a)) => {
+            decimal_norm(&e.to_string()).is_some()
+                && decimal_norm(&e.to_string()) == decimal_norm(a)
+        }
+        (Json::String(e), Json::String(a)) => {
+            if e == a {
+                return true;
+            }
+            if let (Some(x), Some(y)) = (instant(e), instant(a)) {
+                return x == y;
+            }
+            if let (Some(x), Some(y)) = (local(e), local(a)) {
+                return x == y;
+            }
+            false
+        }
+        (Json::Object(_) | Json::Array(_), Json::String(a)) => {
+            serde_json::from_str::<Json>(a).ok().as_ref() == Some(expected)
+        }
+        _ => false,
+    }
+}
+
+/// Compare a sink table with expected rows (matched by `key` columns).
+/// Returns a list of differences; empty means equal.
+pub fn diff_table(db: &Path, table: &str, expected_rows: &[Json], key: &[&str]) -> Vec<String> {
+    let actual = if table_exists(db, table) {
+        query(db, &format!("SELECT * FROM \"{table}\""))
+    } else {
+        Vec::new()
+    };
+    let key_of = |row: &Map<String, Json>| {
+        key.iter()
+            .map(|k| {
+                decimal_norm(&row.get(*k).map(|v| v.to_string()).unwrap_or_default())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let mut diffs = Vec::new();
+    let mut by_key: std::collections::HashMap<String, &Map<String, Json>> =
+        actual.iter().map(|r| (key_of(r), r)).collect();
+    for e in expected_rows {
+        let e = e.as_object().unwrap();
+        let k = key_of(e);
+        match by_key.remove(&k) {
+            None => diffs.push(format!("{table}: missing row {k}")),
+            Some(a) => {
+                for (col, ev) in e {
+                    match a.get(col) {
+                        None => diffs.push(format!("{table} {k}: no column {col}")),
+                        Some(av) if !value_matches(ev, av) => {
+                            diffs.push(format!("{table} {k}.{col}: expected {ev}, got {av}"))
+                        }
+                        _ => {}
+                    }
+                }
+                if a.len() != e.len() {
+                    diffs.push(format!(
+                        "{table} {k}: {} columns, expected {}",
+                        a.len(),
+                        e.len()
+                    ));
+                }
+            }
+        }
+    }
+    for k in by_key.keys() {
+        diffs.push(format!("{table}: unexpected row {k}"));
+    }
+    diffs
+}
+
+/// Primary keys of the fixture tables.
+pub const PG_KEYS: &[(&str, &[&str])] = &[
+    ("customers", &["id"]),
+    ("products", &["id"]),
+    ("orders", &["order_id"]),
+    ("order_lines", &["order_id", "line_no"]),
+];
+
+/// Every fixture table equals `pg_expected.json`.
+pub fn assert_pg_state(db: &Path) {
+    let exp = expected(&fixture("pg_expected.json"));
+    let mut diffs = Vec::new();
+    for (table, key) in PG_KEYS {
+        diffs.extend(diff_table(db, table, exp[*table].as_array().unwrap(), key));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}

@@ -1,0 +1,153 @@
+//! Hot reload under load: the plugin file is replaced while events keep
+//! arriving; every event must be handled exactly once, by exactly one version,
+//! and the swap must fall on a batch boundary (all v1 events precede all v2).
+
+mod common;
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const EVENTS: i64 = 20_000;
+
+fn event_line(offset: i64) -> String {
+    let payload = serde_json::json!({
+        "before": null,
+        "after": {"id": offset, "qty": offset % 7, "note": format!("n{offset}")},
+        "op": "c",
+        "source": {"ts_ms": 1_700_000_000_000i64 + offset, "lsn": offset},
+    })
+    .to_string();
+    serde_json::json!({
+        "topic": "srv.public.items", "partition": 0, "offset": offset,
+        "key": format!("{{\"id\":{offset}}}"), "payload": payload,
+    })
+    .to_string()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count(db: &std::path::Path, sql: &str) -> i64 {
+    if !table_exists(db, "tagged") {
+        return 0;
+    }
+    query(db, sql)[0]["n"].as_i64().unwrap()
+}
+
+#[test]
+fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
+    let s = Scratch::new(&[("tagger_v1", "mirror")]);
+    let db = s.db();
+    // Pre-create the sink table with an audit trigger: it counts every write,
+    // independently of Sluice, so a repeated event would show as an update.
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::{ConnectOptions, Executor};
+            use std::str::FromStr;
+            let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+                .unwrap()
+                .create_if_missing(true)
+                .connect()
+                .await
+                .unwrap();
+            c.execute("CREATE TABLE tagged (topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL, version TEXT, PRIMARY KEY (topic, part, off))").await.unwrap();
+            c.execute("CREATE TABLE audit (inserts INTEGER NOT NULL, updates INTEGER NOT NULL)").await.unwrap();
+            c.execute("INSERT INTO audit VALUES (0, 0)").await.unwrap();
+            c.execute("CREATE TRIGGER t_ins AFTER INSERT ON tagged BEGIN UPDATE audit SET inserts = inserts + 1; END").await.unwrap();
+            c.execute("CREATE TRIGGER t_upd AFTER UPDATE ON tagged BEGIN UPDATE audit SET updates = updates + 1; END").await.unwrap();
+        });
+    }
+    let input = s.path("events.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let child = sluice()
+        .args(["run", "--max-batch", "100"])
+        .arg("--source")
+        .arg(format!("file:{}", input.display()))
+        .arg("--sink")
+        .arg(format!("sqlite:{}", db.display()))
+        .arg("--plugins")
+        .arg(s.path("plugins"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // A writer appends events steadily while the plugin is replaced.
+    let writer_input = input.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(writer_input)
+            .unwrap();
+        for chunk in 0..(EVENTS / 200) {
+            let lines: String = (chunk * 200..(chunk + 1) * 200)
+                .map(|o| event_line(o) + "\n")
+                .collect();
+            f.write_all(lines.as_bytes()).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    });
+
+    wait_for("the first events to land", Duration::from_secs(60), || {
+        count(&db, "SELECT count(*) AS n FROM tagged") >= 2_000
+    });
+    // Replace atomically (write aside, then rename), as the README advises.
+    let staged = s.path("plugins/.mirror.wasm.tmp");
+    std::fs::copy(guest("tagger_v2"), &staged).unwrap();
+    std::fs::rename(&staged, s.path("plugins/mirror.wasm")).unwrap();
+    wait_for("v2 to take over", Duration::from_secs(60), || {
+        count(&db, "SELECT count(*) AS n FROM tagged WHERE version = 'v2'") > 0
+    });
+    writer.join().unwrap();
+    wait_for("every event to land", Duration::from_secs(120), || {
+        count(&db, "SELECT count(*) AS n FROM tagged") >= EVENTS
+    });
+
+    // graceful shutdown (Ctrl-C)
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sluice exited with {}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("plugin swapped in at batch boundary"), "{log}");
+
+    // exactly once: every offset present, none written twice
+    let rows = query(&db, "SELECT off, version FROM tagged ORDER BY off");
+    assert_eq!(rows.len() as i64, EVENTS);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["off"], i as i64);
+    }
+    let audit = query(&db, "SELECT inserts, updates FROM audit");
+    assert_eq!(audit[0]["inserts"], EVENTS, "each event inserted once");
+    assert_eq!(audit[0]["updates"], 0, "no event applied twice");
+    // one cut: all v1 rows precede all v2 rows
+    let last_v1 = rows
+        .iter()
+        .rposition(|r| r["version"] == "v1")
+        .expect("v1 handled the start");
+    let first_v2 = rows
+        .iter()
+        .position(|r| r["version"] == "v2")
+        .expect("v2 handled the end");
+    assert_eq!(last_v1 + 1, first_v2, "versions interleave");
+    assert_eq!(
+        first_v2 % 100,
+        0,
+        "the swap falls on a batch boundary of 100 records"
+    );
+}
