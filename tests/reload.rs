@@ -47,27 +47,16 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
     let db = s.db();
     // Pre-create the sink table with an audit trigger: it counts every write,
     // independently of Sluice, so a repeated event would show as an update.
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            use sqlx::{ConnectOptions, Executor};
-            use std::str::FromStr;
-            let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-                .unwrap()
-                .create_if_missing(true)
-                .connect()
-                .await
-                .unwrap();
-            c.execute("CREATE TABLE tagged (topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL, version TEXT, PRIMARY KEY (topic, part, off))").await.unwrap();
-            c.execute("CREATE TABLE audit (inserts INTEGER NOT NULL, updates INTEGER NOT NULL)").await.unwrap();
-            c.execute("INSERT INTO audit VALUES (0, 0)").await.unwrap();
-            c.execute("CREATE TRIGGER t_ins AFTER INSERT ON tagged BEGIN UPDATE audit SET inserts = inserts + 1; END").await.unwrap();
-            c.execute("CREATE TRIGGER t_upd AFTER UPDATE ON tagged BEGIN UPDATE audit SET updates = updates + 1; END").await.unwrap();
-        });
-    }
+    execute(
+        &db,
+        &[
+            "CREATE TABLE tagged (topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL, version TEXT, PRIMARY KEY (topic, part, off))",
+            "CREATE TABLE audit (inserts INTEGER NOT NULL, updates INTEGER NOT NULL)",
+            "INSERT INTO audit VALUES (0, 0)",
+            "CREATE TRIGGER t_ins AFTER INSERT ON tagged BEGIN UPDATE audit SET inserts = inserts + 1; END",
+            "CREATE TRIGGER t_upd AFTER UPDATE ON tagged BEGIN UPDATE audit SET updates = updates + 1; END",
+        ],
+    );
     let input = s.path("events.jsonl");
     std::fs::write(&input, "").unwrap();
     let child = sluice()

@@ -152,31 +152,18 @@ fn declared_scale_missing_dead_letters_with_reason() {
 /// Count every write the sink makes to the mirrored tables with triggers, an
 /// audit independent of Sluice's own counters.
 fn install_write_audit(db: &std::path::Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::{ConnectOptions, Executor};
-        use std::str::FromStr;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        c.execute("CREATE TABLE audit_writes (n INTEGER NOT NULL)").await.unwrap();
-        c.execute("INSERT INTO audit_writes VALUES (0)").await.unwrap();
-        for (t, _) in PG_KEYS {
-            for ev in ["INSERT", "UPDATE", "DELETE"] {
-                c.execute(
-                    format!("CREATE TRIGGER audit_{t}_{ev} AFTER {ev} ON {t} BEGIN UPDATE audit_writes SET n = n + 1; END")
-                        .as_str(),
-                )
-                .await
-                .unwrap();
-            }
+    let mut stmts = vec![
+        "CREATE TABLE audit_writes (n INTEGER NOT NULL)".to_string(),
+        "INSERT INTO audit_writes VALUES (0)".to_string(),
+    ];
+    for (t, _) in PG_KEYS {
+        for ev in ["INSERT", "UPDATE", "DELETE"] {
+            stmts.push(format!(
+                "CREATE TRIGGER audit_{t}_{ev} AFTER {ev} ON {t} BEGIN UPDATE audit_writes SET n = n + 1; END"
+            ));
         }
-    });
+    }
+    execute(db, &stmts.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 #[test]

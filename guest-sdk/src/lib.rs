@@ -10,7 +10,7 @@
 //!
 //! # A complete plugin
 //!
-//! ```ignore
+//! ```no_run
 //! use sluice_guest::{export_plugin, Change, Column, ColumnType, Emitter, Op, Plugin, PluginInfo, Value};
 //!
 //! struct UpperNames;

@@ -32,7 +32,7 @@ pub enum Command {
     ///
     /// Examples:
     ///   sluice run --source file:events.jsonl --sink sqlite:out.db --plugins plugins/ --until-caught-up
-    ///   sluice run examples/pg-plain.toml --until-caught-up
+    ///   sluice run examples/demo.toml --until-caught-up   (after examples/demo.sh built the plugins)
     ///
     /// The sink stores the source offsets in the same transaction as the rows,
     /// so running the same input again applies nothing twice. Rejected events
@@ -78,8 +78,11 @@ pub struct RunArgs {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

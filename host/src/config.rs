@@ -25,6 +25,9 @@ pub struct PipelineFile {
     pub plugins: Option<PathBuf>,
     /// Stop once the source has nothing more.
     pub until_caught_up: Option<bool>,
+    /// The Debezium connector's `decimal.handling.mode`; matters only for
+    /// schemaless streams, where `precise` decimals are base64 text.
+    pub decimal_handling: Option<DecimalHandling>,
     #[serde(default)]
     pub batch: BatchFile,
     #[serde(default)]
@@ -32,6 +35,10 @@ pub struct PipelineFile {
     /// Column types for schemaless streams, per table name or full topic.
     #[serde(default)]
     pub columns: HashMap<String, HashMap<String, ColumnHint>>,
+    /// Primary-key columns per table name or full topic, for records whose
+    /// Kafka key is missing or unreadable.
+    #[serde(default)]
+    pub keys: HashMap<String, Vec<String>>,
 }
 
 /// `[batch]` section.
@@ -103,6 +110,19 @@ impl HintType {
     }
 }
 
+/// Debezium's `decimal.handling.mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalHandling {
+    /// Debezium's default: Connect `Decimal`, base64 bytes without a schema.
+    #[default]
+    Precise,
+    /// Decimals as text: no string is a base64 decimal.
+    String,
+    /// Decimals as JSON numbers: no string is a base64 decimal.
+    Double,
+}
+
 /// Decimal wire form in a schemaless stream.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +165,25 @@ pub struct Pipeline {
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
     pub hints: ColumnHints,
+    pub keys: TableKeys,
+    pub decimal_handling: DecimalHandling,
+}
+
+/// Configured primary keys, looked up by full topic first, then table name.
+#[derive(Clone, Debug, Default)]
+pub struct TableKeys(HashMap<String, Vec<String>>);
+
+impl TableKeys {
+    pub fn new(map: HashMap<String, Vec<String>>) -> Self {
+        TableKeys(map)
+    }
+
+    pub fn for_topic(&self, topic: &str) -> Option<&Vec<String>> {
+        self.0.get(topic).or_else(|| {
+            let table = topic.rsplit('.').next().unwrap_or(topic);
+            self.0.get(table)
+        })
+    }
 }
 
 /// Where events come from.
@@ -226,6 +265,11 @@ impl Pipeline {
         if memory_mib < 1 {
             bail!("key `limits.memory_mib` must be at least 1");
         }
+        for (table, key) in &pf.keys {
+            if key.is_empty() || key.iter().any(|k| k.trim().is_empty()) {
+                bail!("key `keys.{table}` must list one or more column names");
+            }
+        }
         for (table, cols) in &pf.columns {
             for (col, hint) in cols {
                 let key = format!("columns.{table}.{col}");
@@ -259,6 +303,8 @@ impl Pipeline {
             call_timeout,
             memory_limit_bytes: (memory_mib as usize) << 20,
             hints: ColumnHints::new(pf.columns),
+            keys: TableKeys::new(pf.keys),
+            decimal_handling: pf.decimal_handling.unwrap_or_default(),
         })
     }
 }

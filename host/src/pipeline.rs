@@ -92,10 +92,21 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let processor = {
         let stats = stats.clone();
         let hints = p.hints.clone();
+        let keys = p.keys.clone();
+        let decimal_handling = p.decimal_handling;
         std::thread::Builder::new()
             .name("sluice-processor".into())
             .spawn(move || {
-                process_loop(raw_rx, sink_tx, update_rx, set, Decoder::new(hints), stats)
+                process_loop(
+                    raw_rx,
+                    sink_tx,
+                    update_rx,
+                    set,
+                    Decoder::new(hints)
+                        .with_keys(keys)
+                        .with_decimal_handling(decimal_handling),
+                    stats,
+                )
             })?
     };
     let progress = spawn_progress(stats.clone(), cancel.clone());

@@ -155,6 +155,26 @@ pub fn query(db: &Path, sql: &str) -> Vec<Map<String, Json>> {
     })
 }
 
+/// Execute statements on the database (creating it if needed), outside Sluice.
+pub fn execute(db: &Path, statements: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Executor as _;
+        let mut conn = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+            .unwrap()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        for s in statements {
+            conn.execute(*s).await.unwrap();
+        }
+    })
+}
+
 pub fn table_exists(db: &Path, table: &str) -> bool {
     !query(
         db,
@@ -229,7 +249,24 @@ pub fn value_matches(expected: &Json, actual: &Json) -> bool {
             if let (Some(x), Some(y)) = (local(e), local(a)) {
                 return x == y;
             }
+            if e.contains('.') || a.contains('.') {
+                if let (Some(x), Some(y)) = (decimal_norm(e), decimal_norm(a)) {
+                    return x == y;
+                }
+            }
+            let time = |s: &str| chrono::NaiveTime::parse_from_str(s, "%H:%M:%S%.f").ok();
+            if let (Some(x), Some(y)) = (time(e), time(a)) {
+                return x == y;
+            }
             false
+        }
+        (Json::String(e), Json::Array(a)) => {
+            use base64::Engine as _;
+            let bytes: Option<Vec<u8>> = a
+                .iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            base64::engine::general_purpose::STANDARD.decode(e).ok() == bytes
         }
         (Json::Object(_) | Json::Array(_), Json::String(a)) => {
             serde_json::from_str::<Json>(a).ok().as_ref() == Some(expected)

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
-use crate::config::{ColumnHint, ColumnHints, DecimalEncoding, HintType};
+use crate::config::{
+    ColumnHint, ColumnHints, DecimalEncoding, DecimalHandling, HintType, TableKeys,
+};
 use crate::model::{ChangeEvent, Column, ColumnType, Op, RawRecord, TableDesc, Value};
 use schema::{Encoding, RowSchema};
 use temporal::TimeUnit;
@@ -46,6 +48,9 @@ struct Wrapper<'a> {
 /// Decodes records, caching parsed schemas and interning table descriptors.
 pub struct Decoder {
     hints: ColumnHints,
+    keys: TableKeys,
+    /// Whether an undeclared schemaless string may be a base64 decimal.
+    base64_decimals_possible: bool,
     schemas: HashMap<String, Arc<RowSchema>>,
     key_schemas: HashMap<String, Arc<Vec<String>>>,
     tables: HashMap<TableKey, Arc<TableDesc>>,
@@ -73,12 +78,26 @@ impl Decoder {
     pub fn new(hints: ColumnHints) -> Self {
         Decoder {
             hints,
+            keys: TableKeys::default(),
+            base64_decimals_possible: true,
             schemas: HashMap::new(),
             key_schemas: HashMap::new(),
             tables: HashMap::new(),
             known_keys: HashMap::new(),
             proven_text: HashSet::new(),
         }
+    }
+
+    /// Use configured primary keys for records whose Kafka key is missing or unreadable.
+    pub fn with_keys(mut self, keys: TableKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// What the connector's `decimal.handling.mode` is (default `precise`).
+    pub fn with_decimal_handling(mut self, mode: DecimalHandling) -> Self {
+        self.base64_decimals_possible = mode == DecimalHandling::Precise;
+        self
     }
 
     /// Decode one record.
@@ -267,7 +286,8 @@ impl Decoder {
                     Some(hint) => hinted_value(hint, v),
                     None => match v {
                         Json::String(s)
-                            if decimal::looks_like_base64(s)
+                            if self.base64_decimals_possible
+                                && decimal::looks_like_base64(s)
                                 && !self
                                     .proven_text
                                     .contains(&(topic.clone(), col.name.clone())) =>
@@ -304,7 +324,8 @@ impl Decoder {
         }
     }
 
-    /// Key column names from the record's key, or the topic's known key.
+    /// Key column names from the record's key; if it is missing or unreadable,
+    /// from the configuration, else from the key last seen on the topic.
     fn key_names(
         &mut self,
         rec: &RawRecord,
@@ -312,6 +333,20 @@ impl Decoder {
     ) -> Result<Arc<Vec<String>>, DecodeError> {
         let topic = &rec.id.topic;
         let parsed = rec.key.as_deref().map(|k| self.parse_key(k));
+        if !matches!(parsed, Some(Ok(_))) {
+            if let Some(names) = self.keys.for_topic(topic) {
+                if let Some(missing) = names
+                    .iter()
+                    .find(|n| !columns.iter().any(|c| &c.name == *n))
+                {
+                    return Err(DecodeError(format!(
+                        "configured key column `{missing}` (keys.{}) is not a column of {topic}",
+                        split_topic(topic).1
+                    )));
+                }
+                return Ok(Arc::new(names.clone()));
+            }
+        }
         match parsed {
             Some(Ok(names)) => {
                 let names = Arc::new(names);
@@ -325,8 +360,9 @@ impl Decoder {
                     Ok(names.clone())
                 }
                 _ => Err(DecodeError(format!(
-                    "Kafka key {:?} of {topic} is unreadable ({why}) and no key for this topic is known yet; refusing to guess the row identity",
-                    rec.key.as_deref().unwrap_or_default()
+                    "Kafka key {:?} of {topic} is unreadable ({why}) and no key for this topic is known yet; refusing to guess the row identity (declare it in the pipeline file: [keys] {} = [\"column\", ...])",
+                    rec.key.as_deref().unwrap_or_default(),
+                    split_topic(topic).1
                 ))),
             },
             None => Ok(Arc::new(Vec::new())),
@@ -615,7 +651,7 @@ fn hinted_decimal(hint: &ColumnHint, v: &Json) -> Result<Value, String> {
 
 fn ambiguous_base64(s: &str) -> String {
     format!(
-        "`{s}` is base64-shaped text in a schemaless stream, and this column has carried nothing else so far: that is how Debezium writes a precise decimal (decimal.handling.mode=precise), whose scale is unknown without the schema; refusing to guess. Declare the column under [columns] in the pipeline file: type = \"decimal\" with scale = N, or type = \"text\""
+        "`{s}` is base64-shaped text in a schemaless stream, and this column has carried nothing else so far: that is how Debezium writes a precise decimal (decimal.handling.mode=precise), whose scale is unknown without the schema; refusing to guess. Declare the column under [columns] in the pipeline file: type = \"decimal\" with scale = N, or type = \"text\"; or, if the connector does not use decimal.handling.mode=precise, set decimal_handling = \"string\" (or \"double\")"
     )
 }
 

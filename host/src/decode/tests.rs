@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::ColumnHint;
+use crate::config::{ColumnHint, DecimalHandling};
 use crate::model::RecordId;
 
 const SCHEMAS: &str = include_str!("../../../tests/fixtures/debezium-pg/pg_events.schemas.jsonl");
@@ -185,6 +185,37 @@ fn unreadable_key_uses_known_key_or_is_refused() {
     dec.decode(&raw("t", Some(r#"{"id":1}"#), v)).unwrap();
     let c = change(dec.decode(&raw("t", Some("****"), v)).unwrap());
     assert_eq!(c.key, vec![Value::Int(7)]);
+}
+
+#[test]
+fn string_decimal_mode_makes_base64_shaped_text_plain_text() {
+    let mut dec =
+        Decoder::new(ColumnHints::default()).with_decimal_handling(DecimalHandling::String);
+    let v = r#"{"after":{"id":1,"ship":"NONE"},"op":"c"}"#;
+    let c = change(dec.decode(&raw("x.y.t", Some(r#"{"id":1}"#), v)).unwrap());
+    assert_eq!(c.after.unwrap()[1], Value::Text("NONE".into()));
+}
+
+#[test]
+fn configured_key_replaces_an_unreadable_kafka_key() {
+    let keys = TableKeys::new(HashMap::from([("t".to_string(), vec!["id".to_string()])]));
+    let mut dec = Decoder::new(ColumnHints::default()).with_keys(keys);
+    let v = r#"{"after":{"id":7,"x":"a"},"op":"c"}"#;
+    let c = change(dec.decode(&raw("s.db.t", Some("****"), v)).unwrap());
+    assert_eq!(c.key, vec![Value::Int(7)]);
+    let c = change(dec.decode(&raw("s.db.t", None, v)).unwrap());
+    assert_eq!(
+        c.key,
+        vec![Value::Int(7)],
+        "a missing key uses the configured one too"
+    );
+    let bad = TableKeys::new(HashMap::from([("t".to_string(), vec!["nope".to_string()])]));
+    let mut dec = Decoder::new(ColumnHints::default()).with_keys(bad);
+    let err = dec
+        .decode(&raw("s.db.t", Some("****"), v))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
 }
 
 #[test]

@@ -10,8 +10,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
+use self::sluice::transform::types as wit;
 pub use exports::sluice::transform::plugin::{Batch, BatchResult};
-use sluice::transform::types as wit;
 
 /// The interface name a plugin must export; checked before instantiation so a
 /// mismatch gets a clear message rather than a linker error.
