@@ -5,11 +5,14 @@
 mod common;
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-const EVENTS: i64 = 20_000;
+/// At least this many events; the writer goes on until v2 has taken over.
+const MIN_EVENTS: i64 = 20_000;
 
 fn event_line(offset: i64) -> String {
     let payload = serde_json::json!({
@@ -71,21 +74,28 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .spawn()
         .unwrap();
 
-    // A writer appends events steadily while the plugin is replaced.
+    // A writer appends events steadily while the plugin is replaced, and goes
+    // on until told that v2 has taken over (so a slow machine cannot finish the
+    // stream before the swap).
     let writer_input = input.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_stop = stop.clone();
     let writer = std::thread::spawn(move || {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(writer_input)
             .unwrap();
-        for chunk in 0..(EVENTS / 200) {
-            let lines: String = (chunk * 200..(chunk + 1) * 200)
+        let mut written = 0i64;
+        while written < MIN_EVENTS || !writer_stop.load(Ordering::SeqCst) {
+            let lines: String = (written..written + 200)
                 .map(|o| event_line(o) + "\n")
                 .collect();
             f.write_all(lines.as_bytes()).unwrap();
             f.flush().unwrap();
+            written += 200;
             std::thread::sleep(Duration::from_millis(15));
         }
+        written
     });
 
     wait_for("the first events to land", Duration::from_secs(60), || {
@@ -98,9 +108,10 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
     wait_for("v2 to take over", Duration::from_secs(60), || {
         count(&db, "SELECT count(*) AS n FROM tagged WHERE version = 'v2'") > 0
     });
-    writer.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let events = writer.join().unwrap();
     wait_for("every event to land", Duration::from_secs(120), || {
-        count(&db, "SELECT count(*) AS n FROM tagged") >= EVENTS
+        count(&db, "SELECT count(*) AS n FROM tagged") >= events
     });
 
     // graceful shutdown (Ctrl-C)
@@ -117,12 +128,12 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
 
     // exactly once: every offset present, none written twice
     let rows = query(&db, "SELECT off, version FROM tagged ORDER BY off");
-    assert_eq!(rows.len() as i64, EVENTS);
+    assert_eq!(rows.len() as i64, events);
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["off"], i as i64);
     }
     let audit = query(&db, "SELECT inserts, updates FROM audit");
-    assert_eq!(audit[0]["inserts"], EVENTS, "each event inserted once");
+    assert_eq!(audit[0]["inserts"], events, "each event inserted once");
     assert_eq!(audit[0]["updates"], 0, "no event applied twice");
     // one cut: all v1 rows precede all v2 rows
     let last_v1 = rows

@@ -52,6 +52,8 @@ pub struct Decoder {
     /// Whether an undeclared schemaless string may be a base64 decimal.
     base64_decimals_possible: bool,
     schemas: HashMap<String, Arc<RowSchema>>,
+    /// The schema text last seen per topic, checked before hashing into `schemas`.
+    last_schema: HashMap<Arc<str>, (String, Arc<RowSchema>)>,
     key_schemas: HashMap<String, Arc<Vec<String>>>,
     tables: HashMap<TableKey, Arc<TableDesc>>,
     /// Key column names last seen per topic, for records whose key is unreadable.
@@ -81,6 +83,7 @@ impl Decoder {
             keys: TableKeys::default(),
             base64_decimals_possible: true,
             schemas: HashMap::new(),
+            last_schema: HashMap::new(),
             key_schemas: HashMap::new(),
             tables: HashMap::new(),
             known_keys: HashMap::new(),
@@ -138,7 +141,7 @@ impl Decoder {
         let source = obj.get("source");
 
         let row_schema = match schema_text {
-            Some(s) => Some(self.row_schema(s).map_err(err)?),
+            Some(s) => Some(self.row_schema(&rec.id.topic, s).map_err(err)?),
             None => None,
         };
         let topic = rec.id.topic.clone();
@@ -219,14 +222,29 @@ impl Decoder {
         }))
     }
 
-    fn row_schema(&mut self, schema_text: &str) -> Result<Arc<RowSchema>, String> {
+    fn row_schema(
+        &mut self,
+        topic: &Arc<str>,
+        schema_text: &str,
+    ) -> Result<Arc<RowSchema>, String> {
+        // Fast path: a topic's schema rarely changes, and comparing bytes is
+        // several times cheaper than hashing them for the map.
+        if let Some((text, rs)) = self.last_schema.get(topic) {
+            if text.as_str() == schema_text {
+                return Ok(rs.clone());
+            }
+        }
         if let Some(rs) = self.schemas.get(schema_text) {
+            self.last_schema
+                .insert(topic.clone(), (schema_text.to_string(), rs.clone()));
             return Ok(rs.clone());
         }
         let schema: Json =
             serde_json::from_str(schema_text).map_err(|e| format!("schema is not JSON: {e}"))?;
         let rs = Arc::new(schema::parse_envelope_schema(&schema)?);
         self.schemas.insert(schema_text.to_string(), rs.clone());
+        self.last_schema
+            .insert(topic.clone(), (schema_text.to_string(), rs.clone()));
         Ok(rs)
     }
 
