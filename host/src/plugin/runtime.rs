@@ -23,6 +23,20 @@ fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow!("{e:#}")
 }
 
+/// Where compiled plugins are cached, keyed by the component's bytes and the
+/// compiler settings: `SLUICE_CACHE_DIR` (empty disables), else
+/// `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`. Large interpreter guests
+/// (Python, JS) compile in seconds and load from the cache in milliseconds.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| dir.into());
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(Path::new(&xdg).join("sluice"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice"))
+}
+
 /// How often the epoch ticks; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -44,6 +58,19 @@ impl Runtime {
     pub fn new(limits: Limits) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        if let Some(dir) = cache_dir() {
+            let mut cc = wasmtime::CacheConfig::new();
+            cc.with_directory(&dir);
+            match wasmtime::Cache::new(cc) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                    tracing::debug!(dir = %dir.display(), "compiled-plugin cache");
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "compiled-plugin cache disabled: {e:#}")
+                }
+            }
+        }
         let engine = Engine::new(&config).map_err(wasm_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err)?;
