@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,11 +58,16 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
             "INSERT INTO audit VALUES (0, 0)",
             "CREATE TRIGGER t_ins AFTER INSERT ON tagged BEGIN UPDATE audit SET inserts = inserts + 1; END",
             "CREATE TRIGGER t_upd AFTER UPDATE ON tagged BEGIN UPDATE audit SET updates = updates + 1; END",
+            // every committed checkpoint, i.e. every batch boundary
+            "CREATE TABLE sluice_offsets (pipeline TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (pipeline, topic, partition))",
+            "CREATE TABLE boundaries (next_offset INTEGER NOT NULL)",
+            "CREATE TRIGGER b_ins AFTER INSERT ON sluice_offsets BEGIN INSERT INTO boundaries VALUES (NEW.next_offset); END",
+            "CREATE TRIGGER b_upd AFTER UPDATE ON sluice_offsets BEGIN INSERT INTO boundaries VALUES (NEW.next_offset); END",
         ],
     );
     let input = s.path("events.jsonl");
     std::fs::write(&input, "").unwrap();
-    let child = sluice()
+    let mut child = sluice()
         .args(["run", "--max-batch", "100"])
         .arg("--source")
         .arg(format!("file:{}", input.display()))
@@ -73,6 +78,20 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Collect the log while it runs.
+    let log = Arc::new(Mutex::new(String::new()));
+    let log_reader = {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
+    let log_has = |needle: &str| log.lock().unwrap().contains(needle);
 
     // A writer appends events steadily while the plugin is replaced, and goes
     // on until told that v2 has taken over (so a slow machine cannot finish the
@@ -101,8 +120,20 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
     wait_for("the first events to land", Duration::from_secs(60), || {
         count(&db, "SELECT count(*) AS n FROM tagged") >= 2_000
     });
-    // Replace atomically (write aside, then rename), as the README advises.
+    // A broken file is rejected and v1 keeps running.
     let staged = s.path("plugins/.mirror.wasm.tmp");
+    std::fs::write(&staged, b"\0asm garbage").unwrap();
+    std::fs::rename(&staged, s.path("plugins/mirror.wasm")).unwrap();
+    wait_for(
+        "the broken file to be rejected",
+        Duration::from_secs(60),
+        || log_has("plugin rejected, the previous version keeps running"),
+    );
+    let v1_then = count(&db, "SELECT count(*) AS n FROM tagged WHERE version = 'v1'");
+    wait_for("v1 to keep going", Duration::from_secs(60), || {
+        count(&db, "SELECT count(*) AS n FROM tagged WHERE version = 'v1'") > v1_then + 500
+    });
+    // Replace atomically (write aside, then rename), as the README advises.
     std::fs::copy(guest("tagger_v2"), &staged).unwrap();
     std::fs::rename(&staged, s.path("plugins/mirror.wasm")).unwrap();
     wait_for("v2 to take over", Duration::from_secs(60), || {
@@ -121,10 +152,10 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .status()
         .unwrap()
         .success());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sluice exited with {}", out.status);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("plugin swapped in at batch boundary"), "{log}");
+    let status = child.wait().unwrap();
+    log_reader.join().unwrap();
+    assert!(status.success(), "sluice exited with {status}");
+    assert!(log_has("plugin swapped in at batch boundary"));
 
     // exactly once: every offset present, none written twice
     let rows = query(&db, "SELECT off, version FROM tagged ORDER BY off");
@@ -145,9 +176,12 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .position(|r| r["version"] == "v2")
         .expect("v2 handled the end");
     assert_eq!(last_v1 + 1, first_v2, "versions interleave");
-    assert_eq!(
-        first_v2 % 100,
-        0,
-        "the swap falls on a batch boundary of 100 records"
+    let boundaries: Vec<i64> = query(&db, "SELECT next_offset FROM boundaries")
+        .iter()
+        .map(|r| r["next_offset"].as_i64().unwrap())
+        .collect();
+    assert!(
+        boundaries.contains(&(first_v2 as i64)),
+        "v2 started at offset {first_v2}, which is not a committed batch boundary"
     );
 }

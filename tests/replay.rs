@@ -37,10 +37,19 @@ fn mirror_of_schema_stream_equals_source_state() {
         "{}",
         stderr(&out)
     );
-    // decimals are stored exactly, as text, not as floating point
-    let amounts = query(&s.db(), "SELECT typeof(amount) AS t FROM orders GROUP BY 1");
-    assert_eq!(amounts.len(), 1);
-    assert_eq!(amounts[0]["t"], "text");
+    // decimals are stored exactly, as text, never as floating point
+    for (table, col) in [
+        ("orders", "amount"),
+        ("products", "price"),
+        ("order_lines", "unit_price"),
+    ] {
+        let types = query(
+            &s.db(),
+            &format!("SELECT DISTINCT typeof({col}) AS t FROM {table}"),
+        );
+        assert_eq!(types.len(), 1, "{table}.{col}: {types:?}");
+        assert_eq!(types[0]["t"], "text", "{table}.{col}");
+    }
 }
 
 #[test]
@@ -327,4 +336,106 @@ fn orders_enriched_normalises_orders() {
         !table_exists(&s.db(), "customers"),
         "orders_enriched handles only orders"
     );
+}
+
+/// Sink contents and DLQ (without ids and times) for comparing two runs.
+fn sink_snapshot(db: &std::path::Path) -> Vec<Vec<serde_json::Map<String, Json>>> {
+    let mut out: Vec<_> = PG_KEYS
+        .iter()
+        .filter(|(t, _)| table_exists(db, t))
+        .map(|(t, _)| query(db, &format!("SELECT * FROM {t} ORDER BY 1, 2")))
+        .collect();
+    out.push(query(db, "SELECT topic, partition, offset, stage, reason FROM sluice_dlq ORDER BY topic, partition, offset"));
+    out
+}
+
+#[test]
+fn a_resumed_run_decodes_exactly_like_a_straight_run() {
+    // Schemaless precise stream, no configuration: what the decoder learns
+    // (columns proven to be text) must survive a restart, or a resumed run
+    // would dead-letter rows a straight run applies.
+    let input = fixture("pg_events.plain-precise.jsonl");
+    let straight = Scratch::new(&[("mirror", "mirror")]);
+    straight.run(&input, &[]);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Resume right at the record whose name ("Nuno") is base64-shaped: only
+    // what earlier batches learned proves the column holds text.
+    let nuno = lines.iter().position(|l| l.contains("Nuno")).unwrap();
+    for cut in [nuno, 150, 300] {
+        let resumed = Scratch::new(&[("mirror", "mirror")]);
+        let head = resumed.path("head.jsonl");
+        std::fs::write(&head, lines[..cut].join("\n") + "\n").unwrap();
+        resumed.run(&head, &["--max-batch", "7"]);
+        let full = resumed.path("full.jsonl");
+        std::fs::write(&full, text.clone()).unwrap();
+        let out = resumed.run(&full, &["--max-batch", "7"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{cut} already applied")));
+        assert_eq!(
+            sink_snapshot(&resumed.db()),
+            sink_snapshot(&straight.db()),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_file_that_fails_to_load_at_start_stops_the_run() {
+    let s = Scratch::new(&[("mirror", "mirror")]);
+    std::fs::write(s.path("plugins/broken.wasm"), b"not a component").unwrap();
+    let out = sluice()
+        .args(["run", "--until-caught-up", "--source"])
+        .arg(format!(
+            "file:{}",
+            fixture("pg_events.schemas.jsonl").display()
+        ))
+        .arg("--sink")
+        .arg(format!("sqlite:{}", s.db().display()))
+        .arg("--plugins")
+        .arg(s.path("plugins"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("broken.wasm") && err.contains("failed to load"),
+        "{err}"
+    );
+    assert!(!table_exists(&s.db(), "customers"), "nothing was applied");
+}
+
+#[test]
+fn a_table_the_sink_cannot_take_dead_letters_its_events_with_the_plugin_name() {
+    let s = Scratch::new(&[("mirror", "mirror")]);
+    // customers already exists with another primary key
+    execute(
+        &s.db(),
+        &["CREATE TABLE customers (email TEXT PRIMARY KEY, id INTEGER)"],
+    );
+    s.run(&fixture("pg_events.schemas.jsonl"), &[]);
+    let dlq = query(
+        &s.db(),
+        "SELECT topic, stage, plugin, reason FROM sluice_dlq",
+    );
+    let customers_events = std::fs::read_to_string(fixture("pg_events.schemas.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"pgserver1.public.customers\"") && !l.ends_with("\"payload\": null}")
+        })
+        .count();
+    assert_eq!(dlq.len(), customers_events, "{dlq:?}");
+    for r in &dlq {
+        assert_eq!(r["stage"], "sink");
+        assert_eq!(r["plugin"], "mirror");
+        assert!(
+            r["reason"].as_str().unwrap().contains("primary key"),
+            "{r:?}"
+        );
+    }
+    let exp = expected(&fixture("pg_expected.json"));
+    for (table, key) in &PG_KEYS[1..] {
+        let d = diff_table(&s.db(), table, exp[*table].as_array().unwrap(), key);
+        assert!(d.is_empty(), "{d:?}");
+    }
 }

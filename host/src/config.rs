@@ -262,8 +262,8 @@ impl Pipeline {
             None => Duration::from_secs(5),
         };
         let memory_mib = pf.limits.memory_mib.unwrap_or(128);
-        if memory_mib < 1 {
-            bail!("key `limits.memory_mib` must be at least 1");
+        if !(1..=65536).contains(&memory_mib) {
+            bail!("key `limits.memory_mib` must be between 1 and 65536 (64 GiB)");
         }
         for (table, key) in &pf.keys {
             if key.is_empty() || key.iter().any(|k| k.trim().is_empty()) {
@@ -345,8 +345,8 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(match unit.trim() {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).context("duration too long")?),
+        "h" => Duration::from_secs(n.checked_mul(3600).context("duration too long")?),
         other => bail!("`{s}`: unknown unit `{other}` (use ms, s, m or h)"),
     })
 }

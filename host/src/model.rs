@@ -174,6 +174,18 @@ pub enum SinkWrite {
     },
 }
 
+/// A fact the decoder learned from the data that changes how later records
+/// decode. It is committed with the offsets of the batch that taught it and
+/// restored at start, so a resumed run decodes exactly like a straight one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// A schemaless column carried non-base64 text, so it is text, not a
+    /// base64 (precise) decimal.
+    TextColumn { topic: String, column: String },
+    /// The key columns last seen on a topic, for records with unreadable keys.
+    Key { topic: String, columns: Vec<String> },
+}
+
 /// Which stage rejected a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {

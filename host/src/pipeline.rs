@@ -43,6 +43,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let SinkSpec::Sqlite { url, .. } = &p.sink;
     let mut sink = SqliteSink::open(url, &p.name).await?;
     let resume = sink.load_offsets().await?;
+    let learned = sink.load_learned().await?;
     if !resume.is_empty() {
         tracing::info!(
             partitions = resume.len(),
@@ -63,8 +64,22 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let _watcher = loader::watch(runtime.clone(), &p.plugins, hashes.clone(), update_tx)?;
     let plugin_dir = p.plugins.clone();
     let rt = runtime.clone();
-    let initial =
+    let (initial, rejected) =
         tokio::task::spawn_blocking(move || loader::load_dir(&rt, &plugin_dir, &hashes)).await??;
+    if !rejected.is_empty() {
+        // Starting without a plugin the user put there would skip its
+        // tables' events for good: refuse instead.
+        anyhow::bail!(
+            "{} plugin file(s) in {} failed to load; fix or remove them:\n{}",
+            rejected.len(),
+            p.plugins.display(),
+            rejected
+                .iter()
+                .map(|(path, e)| format!("  {}: {e:#}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     let mut set = PluginSet::default();
     for plugin in initial {
         set.install(plugin);
@@ -94,20 +109,13 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         let hints = p.hints.clone();
         let keys = p.keys.clone();
         let decimal_handling = p.decimal_handling;
+        let mut decoder = Decoder::new(hints)
+            .with_keys(keys)
+            .with_decimal_handling(decimal_handling);
+        decoder.restore(learned);
         std::thread::Builder::new()
             .name("sluice-processor".into())
-            .spawn(move || {
-                process_loop(
-                    raw_rx,
-                    sink_tx,
-                    update_rx,
-                    set,
-                    Decoder::new(hints)
-                        .with_keys(keys)
-                        .with_decimal_handling(decimal_handling),
-                    stats,
-                )
-            })?
+            .spawn(move || process_loop(raw_rx, sink_tx, update_rx, set, decoder, stats))?
     };
     let progress = spawn_progress(stats.clone(), cancel.clone());
 
@@ -133,7 +141,12 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     drop(sink_rx);
     progress.abort();
     let source_result = source_task.await.context("source task panicked")?;
-    let _ = tokio::task::spawn_blocking(move || processor.join()).await;
+    let processor_result = tokio::task::spawn_blocking(move || processor.join())
+        .await
+        .context("joining the processor")?;
+    if processor_result.is_err() {
+        anyhow::bail!("the processor thread panicked; nothing after the last committed batch was applied (a restart resumes there)");
+    }
     if let Some(e) = sink_error {
         return Err(e);
     }
@@ -195,7 +208,7 @@ fn process_loop(
                 }
                 PluginUpdate::Remove(id) => {
                     if let Some(old) = plugins.remove(&id) {
-                        tracing::warn!(plugin = %old.name, "plugin file removed; plugin unloaded");
+                        tracing::warn!(plugin = %old.name, "plugin unloaded at batch boundary");
                     }
                 }
             }
@@ -283,11 +296,12 @@ fn process_batch(
         if !outcome.writes.is_empty() {
             batch.events.push(EventWrites {
                 record,
-                plugins: None,
+                plugins: Some(outcome.producers.join(",")),
                 writes: outcome.writes,
             });
         }
     }
     batch.offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    batch.learned = decoder.take_learned();
     batch
 }

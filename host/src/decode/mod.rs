@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 use crate::config::{
     ColumnHint, ColumnHints, DecimalEncoding, DecimalHandling, HintType, TableKeys,
 };
-use crate::model::{ChangeEvent, Column, ColumnType, Op, RawRecord, TableDesc, Value};
+use crate::model::{ChangeEvent, Column, ColumnType, Learned, Op, RawRecord, TableDesc, Value};
 use schema::{Encoding, RowSchema};
 use temporal::TimeUnit;
 
@@ -61,6 +61,8 @@ pub struct Decoder {
     /// Schemaless columns proven to hold text: they carried a string that is
     /// not base64, which a precise (base64) decimal column never does.
     proven_text: HashSet<(Arc<str>, String)>,
+    /// Facts learned since the last `take_learned`, to be committed with the batch.
+    learned: Vec<Learned>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -88,7 +90,27 @@ impl Decoder {
             tables: HashMap::new(),
             known_keys: HashMap::new(),
             proven_text: HashSet::new(),
+            learned: Vec::new(),
         }
+    }
+
+    /// Restore what earlier runs learned (from the sink's checkpoint).
+    pub fn restore(&mut self, facts: Vec<Learned>) {
+        for fact in facts {
+            match fact {
+                Learned::TextColumn { topic, column } => {
+                    self.proven_text.insert((topic.into(), column));
+                }
+                Learned::Key { topic, columns } => {
+                    self.known_keys.insert(topic.into(), Arc::new(columns));
+                }
+            }
+        }
+    }
+
+    /// Facts learned since the last call; commit them with the batch's offsets.
+    pub fn take_learned(&mut self) -> Vec<Learned> {
+        std::mem::take(&mut self.learned)
     }
 
     /// Use configured primary keys for records whose Kafka key is missing or unreadable.
@@ -152,8 +174,29 @@ impl Decoder {
             },
             None => self.schemaless_layout(&topic, before, after)?,
         };
+        let mut layout = layout;
 
-        let key_names = self.key_names(rec, &layout.columns)?;
+        // A truncate concerns the whole table: no key. A delete without row
+        // images (e.g. REPLICA IDENTITY NOTHING) takes its key from the Kafka key.
+        let key_only = op == Op::Delete && before.is_none() && after.is_none();
+        let key_names = if op == Op::Truncate {
+            Arc::new(Vec::new())
+        } else {
+            self.key_names(rec, &layout.columns)?
+        };
+        if key_only && row_schema.is_none() {
+            for k in key_names.iter() {
+                if !layout.columns.iter().any(|c| &c.name == k) {
+                    layout.columns.push(Column {
+                        name: k.clone(),
+                        ty: ColumnType::Unknown,
+                        nullable: false,
+                        decimal: None,
+                    });
+                    layout.encodings.push(None);
+                }
+            }
+        }
         let mut key_idx = Vec::with_capacity(key_names.len());
         for k in key_names.iter() {
             let i = layout
@@ -183,6 +226,33 @@ impl Decoder {
 
         let key = if op == Op::Truncate {
             Vec::new()
+        } else if key_only {
+            let key_obj = key_object(rec).ok_or_else(|| {
+                err(format!(
+                    "delete without `before` or `after` and without a readable Kafka key in {}",
+                    rec.id.topic
+                ))
+            })?;
+            let mut key = Vec::with_capacity(key_idx.len());
+            for &i in &key_idx {
+                let col = &layout.columns[i as usize];
+                let v = key_obj.get(&col.name).ok_or_else(|| {
+                    err(format!(
+                        "Kafka key has no `{}` for a delete without row images",
+                        col.name
+                    ))
+                })?;
+                key.push(
+                    self.column_value(&topic, col, &layout.encodings[i as usize], v)
+                        .map_err(|e| {
+                            err(format!(
+                                "{} (key): column `{}`: {e}",
+                                rec.id.topic, col.name
+                            ))
+                        })?,
+                );
+            }
+            key
         } else {
             let image = after_vals
                 .as_ref()
@@ -294,32 +364,44 @@ impl Decoder {
         image: &Json,
     ) -> Result<Vec<Value>, String> {
         let obj = image.as_object().ok_or("row image is not a JSON object")?;
-        let hints = self.hints.for_topic(topic);
         let mut out = Vec::with_capacity(layout.columns.len());
         for (col, enc) in layout.columns.iter().zip(&layout.encodings) {
             let v = obj.get(&col.name).unwrap_or(&Json::Null);
-            let value = match enc {
-                Some(enc) => typed_value(enc, v),
-                None => match hints.and_then(|h| h.get(&col.name)) {
-                    Some(hint) => hinted_value(hint, v),
-                    None => match v {
-                        Json::String(s)
-                            if self.base64_decimals_possible
-                                && decimal::looks_like_base64(s)
-                                && !self
-                                    .proven_text
-                                    .contains(&(topic.clone(), col.name.clone())) =>
-                        {
-                            Err(ambiguous_base64(s))
-                        }
-                        _ => Ok(natural_value(v)),
-                    },
-                },
-            }
-            .map_err(|e| format!("column `{}`: {e}", col.name))?;
-            out.push(value);
+            out.push(
+                self.column_value(topic, col, enc, v)
+                    .map_err(|e| format!("column `{}`: {e}", col.name))?,
+            );
         }
         Ok(out)
+    }
+
+    /// One column's value: by the schema's encoding, else the user's hint,
+    /// else as it came (refusing base64-shaped text that may be a decimal).
+    fn column_value(
+        &self,
+        topic: &Arc<str>,
+        col: &Column,
+        enc: &Option<Encoding>,
+        v: &Json,
+    ) -> Result<Value, String> {
+        if let Some(enc) = enc {
+            return typed_value(enc, v);
+        }
+        match self.hints.for_topic(topic).and_then(|h| h.get(&col.name)) {
+            Some(hint) => hinted_value(hint, v),
+            None => match v {
+                Json::String(s)
+                    if self.base64_decimals_possible
+                        && decimal::looks_like_base64(s)
+                        && !self
+                            .proven_text
+                            .contains(&(topic.clone(), col.name.clone())) =>
+                {
+                    Err(ambiguous_base64(s))
+                }
+                _ => Ok(natural_value(v)),
+            },
+        }
     }
 
     /// Mark undeclared schemaless columns that carry non-base64 text as text.
@@ -336,6 +418,10 @@ impl Decoder {
                         && !self.proven_text.contains(&(topic.clone(), name.clone()))
                     {
                         self.proven_text.insert((topic.clone(), name.clone()));
+                        self.learned.push(Learned::TextColumn {
+                            topic: topic.to_string(),
+                            column: name.clone(),
+                        });
                     }
                 }
             }
@@ -370,6 +456,10 @@ impl Decoder {
                 let names = Arc::new(names);
                 if self.known_keys.get(topic) != Some(&names) {
                     self.known_keys.insert(topic.clone(), names.clone());
+                    self.learned.push(Learned::Key {
+                        topic: topic.to_string(),
+                        columns: names.as_ref().clone(),
+                    });
                 }
                 Ok(names)
             }
@@ -448,6 +538,19 @@ fn op_name(op: Op) -> &'static str {
         Op::Delete => "d",
         Op::Read => "r",
         Op::Truncate => "t",
+    }
+}
+
+/// The Kafka key's fields (inside a `{schema, payload}` wrapper or bare).
+fn key_object(rec: &RawRecord) -> Option<serde_json::Map<String, Json>> {
+    let v: Json = serde_json::from_str(rec.key.as_deref()?).ok()?;
+    let v = match v.get("payload") {
+        Some(p) if v.get("schema").is_some() => p.clone(),
+        _ => v,
+    };
+    match v {
+        Json::Object(m) => Some(m),
+        _ => None,
     }
 }
 

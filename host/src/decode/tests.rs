@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::{ColumnHint, DecimalHandling};
-use crate::model::RecordId;
+use crate::model::{Learned, RecordId};
 
 const SCHEMAS: &str = include_str!("../../../tests/fixtures/debezium-pg/pg_events.schemas.jsonl");
 const PRECISE: &str =
@@ -188,6 +188,33 @@ fn unreadable_key_uses_known_key_or_is_refused() {
 }
 
 #[test]
+fn learned_facts_restore_the_same_decoding() {
+    let v1 = r#"{"after":{"id":1,"name":"Ada Lovelace"},"op":"c"}"#;
+    let v2 = r#"{"after":{"id":7,"name":"Nuno"},"op":"c"}"#;
+    let mut straight = Decoder::new(ColumnHints::default());
+    straight
+        .decode(&raw("s.p.c", Some(r#"{"id":1}"#), v1))
+        .unwrap();
+    let facts = straight.take_learned();
+    assert!(facts.contains(&Learned::TextColumn {
+        topic: "s.p.c".into(),
+        column: "name".into()
+    }));
+    assert!(straight.decode(&raw("s.p.c", Some("****"), v2)).is_ok());
+    // a run resumed after the first record decodes "Nuno" the same way
+    let mut resumed = Decoder::new(ColumnHints::default());
+    assert!(
+        resumed.decode(&raw("s.p.c", Some("****"), v2)).is_err(),
+        "without the facts"
+    );
+    let mut resumed = Decoder::new(ColumnHints::default());
+    resumed.restore(facts);
+    let c = change(resumed.decode(&raw("s.p.c", Some("****"), v2)).unwrap());
+    assert_eq!(c.after.unwrap()[1], Value::Text("Nuno".into()));
+    assert!(resumed.take_learned().is_empty(), "nothing new was learned");
+}
+
+#[test]
 fn string_decimal_mode_makes_base64_shaped_text_plain_text() {
     let mut dec =
         Decoder::new(ColumnHints::default()).with_decimal_handling(DecimalHandling::String);
@@ -216,6 +243,73 @@ fn configured_key_replaces_an_unreadable_kafka_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn delete_without_row_images_takes_its_key_from_the_kafka_key() {
+    let mut dec = Decoder::new(ColumnHints::default());
+    let v = r#"{"before":null,"after":null,"op":"d","source":{"ts_ms":9}}"#;
+    let c = change(dec.decode(&raw("s.db.t", Some(r#"{"id":42}"#), v)).unwrap());
+    assert_eq!(c.op, Op::Delete);
+    assert_eq!(c.key, vec![Value::Int(42)]);
+    assert_eq!(c.table.columns[c.table.key[0] as usize].name, "id");
+    let err = dec
+        .decode(&raw("s.db.t", Some("****"), v))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Kafka key"), "{err}");
+}
+
+#[test]
+fn truncate_has_no_key_and_no_rows() {
+    let keys = TableKeys::new(HashMap::from([("t".to_string(), vec!["id".to_string()])]));
+    let mut dec = Decoder::new(ColumnHints::default()).with_keys(keys);
+    let v = r#"{"before":null,"after":null,"op":"t","source":{"ts_ms":9}}"#;
+    let c = change(dec.decode(&raw("s.db.t", None, v)).unwrap());
+    assert_eq!(c.op, Op::Truncate);
+    assert!(c.key.is_empty() && c.before.is_none() && c.after.is_none());
+    assert_eq!(c.event_time_ms, 9);
+}
+
+#[test]
+fn logical_types_from_the_schema() {
+    let schema = r#"{"type":"struct","fields":[{"type":"struct","field":"after","optional":true,"fields":[
+        {"type":"int32","optional":false,"field":"id"},
+        {"type":"struct","optional":true,"name":"io.debezium.data.VariableScaleDecimal","field":"v","fields":[]},
+        {"type":"int64","optional":true,"name":"io.debezium.time.NanoTimestamp","field":"nt"},
+        {"type":"int64","optional":true,"name":"io.debezium.time.Timestamp","field":"ms"},
+        {"type":"int64","optional":true,"name":"io.debezium.time.MicroTime","field":"t"},
+        {"type":"int32","optional":true,"name":"io.debezium.time.Date","field":"d"},
+        {"type":"bytes","optional":true,"field":"b"},
+        {"type":"string","optional":true,"name":"io.debezium.data.Json","field":"j"}]}]}"#;
+    let payload = r#"{"before":null,"after":{"id":1,"v":{"scale":3,"value":"AeI="},"nt":1700000000123456000,
+        "ms":1700000000123,"t":3723000001,"d":-1,"b":"AQID","j":"{\"a\": [1]}"},"op":"c","source":{"ts_ms":5}}"#;
+    let value = format!(r#"{{"schema":{schema},"payload":{payload}}}"#);
+    let mut dec = Decoder::new(ColumnHints::default());
+    let c = change(
+        dec.decode(&raw("s.db.t", Some(r#"{"id":1}"#), &value))
+            .unwrap(),
+    );
+    assert_eq!(
+        c.after.unwrap(),
+        vec![
+            Value::Int(1),
+            Value::Decimal("0.482".into()),
+            Value::LocalTimestamp(1_700_000_000_123_456),
+            Value::LocalTimestamp(1_700_000_000_123_000),
+            Value::Time(3_723_000_001),
+            Value::Date(-1),
+            Value::Bytes(vec![1, 2, 3]),
+            Value::Json(r#"{"a": [1]}"#.into()),
+        ]
+    );
+    // a NanoTimestamp with sub-microsecond digits is refused, not truncated
+    let lossy = value.replace("1700000000123456000", "1700000000123456789");
+    let err = dec
+        .decode(&raw("s.db.t", Some(r#"{"id":1}"#), &lossy))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sub-microsecond"), "{err}");
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub enum PluginUpdate {
 /// file still being written is not compiled half-way.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// How long a removed plugin file must stay gone before the plugin is unloaded.
+const REMOVAL_GRACE: Duration = Duration::from_secs(2);
+
 fn plugin_id(path: &Path) -> Option<String> {
     if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
         return None;
@@ -79,23 +82,30 @@ pub fn list_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Load every plugin in the folder; failures are logged and skipped.
+/// Files that failed to load, with why.
+pub type Rejected = Vec<(PathBuf, anyhow::Error)>;
+
+/// Load every plugin in the folder; failures are logged and returned.
 pub fn load_dir(
     runtime: &Arc<Runtime>,
     dir: &Path,
     hashes: &Hashes,
-) -> anyhow::Result<Vec<LoadedPlugin>> {
+) -> anyhow::Result<(Vec<LoadedPlugin>, Rejected)> {
     let mut out = Vec::new();
+    let mut rejected = Vec::new();
     for path in list_dir(dir)? {
         match load_file(runtime, &path) {
             Ok(p) => {
                 lock(hashes).insert(p.id.clone(), p.hash.clone());
                 out.push(p)
             }
-            Err(e) => tracing::error!(file = %path.display(), "plugin rejected: {e:#}"),
+            Err(e) => {
+                tracing::error!(file = %path.display(), "plugin rejected: {e:#}");
+                rejected.push((path, e));
+            }
         }
     }
-    Ok(out)
+    Ok((out, rejected))
 }
 
 /// Watches the folder; returns the watcher (keep it alive) after spawning the
@@ -147,6 +157,7 @@ fn reload_loop(
             }
             Some(Err(e)) => tracing::warn!("plugin folder watch error: {e}"),
             None => {
+                let mut dirty_again = Vec::new();
                 for path in dirty.drain() {
                     let Some(id) = plugin_id(&path) else { continue };
                     let update = if path.is_file() {
@@ -168,15 +179,26 @@ fn reload_loop(
                             }
                         }
                     } else {
-                        if lock(&hashes).remove(&id).is_none() {
+                        if !lock(&hashes).contains_key(&id) {
                             continue;
                         }
+                        // A replacement by delete-then-copy must not unload the
+                        // plugin in between: wait, and unload only if the file
+                        // is still gone (it then comes back as a new file).
+                        std::thread::sleep(REMOVAL_GRACE);
+                        if path.exists() {
+                            dirty_again.push(path);
+                            continue;
+                        }
+                        lock(&hashes).remove(&id);
+                        tracing::warn!(file = %path.display(), "plugin file removed: unloading it; events of tables no other plugin handles are now counted as unrouted");
                         PluginUpdate::Remove(id)
                     };
                     if updates.send(update).is_err() {
                         return;
                     }
                 }
+                dirty.extend(dirty_again);
             }
         }
     }

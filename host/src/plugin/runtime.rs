@@ -1,7 +1,9 @@
 //! The Wasm engine and plugin instances: compile once, instantiate cheaply from
-//! an `InstancePre`, call with a deadline (epoch interruption) and a memory cap,
-//! and grant no WASI capabilities (no files, network, env or clock access
-//! beyond what the WASI defaults stub out). Guest stderr goes to the host log.
+//! an `InstancePre`, call with a deadline (epoch interruption) and a memory cap.
+//! WASI is linked with an empty context: no preopened files, no network, no
+//! environment, no arguments; clocks and random numbers are the WASI defaults
+//! (so a plugin that reads them is not deterministic). Guest stdout/stderr go
+//! to the host log.
 
 use std::collections::VecDeque;
 use std::io;
@@ -199,6 +201,8 @@ impl Instance {
     pub fn process(&mut self, batch: &bindings::Batch) -> Result<bindings::BatchResult, String> {
         self.store
             .set_epoch_deadline(self.compiled.deadline_ticks());
+        // A trap's reason quotes only what this call wrote to stderr.
+        self.stderr.clear_tail();
         let plugin = self.bindings.sluice_transform_plugin();
         plugin
             .call_process(&mut self.store, batch)
@@ -309,6 +313,12 @@ impl LogStream {
             } else {
                 st.line.push(b);
             }
+        }
+    }
+
+    fn clear_tail(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.tail.clear();
         }
     }
 

@@ -58,6 +58,8 @@ impl LoadedPlugin {
 #[derive(Debug, Default)]
 pub struct EventOutcome {
     pub writes: Vec<SinkWrite>,
+    /// Plugins whose writes these are.
+    pub producers: Vec<String>,
     /// (plugin, reason) for each plugin that rejected the event.
     pub rejections: Vec<(String, String)>,
     /// No plugin handles this event's table.
@@ -85,6 +87,17 @@ impl PluginSet {
 
     /// Add or replace a plugin (at a batch boundary: the caller guarantees it).
     pub fn install(&mut self, plugin: LoadedPlugin) -> Option<PluginInfo> {
+        if let Some(twin) = self
+            .plugins
+            .values()
+            .find(|p| p.id != plugin.id && p.info.name == plugin.info.name)
+        {
+            tracing::warn!(
+                plugin = %plugin.info.name,
+                files = %format!("{}.wasm, {}.wasm", twin.id, plugin.id),
+                "two plugin files describe the same plugin: both run and both write; remove one"
+            );
+        }
         self.plugins
             .insert(plugin.id.clone(), plugin)
             .map(|old| old.info)
@@ -127,7 +140,12 @@ impl PluginSet {
             for (&i, result) in mine.iter().zip(results) {
                 routed[i] = true;
                 match result {
-                    Ok(writes) => outcomes[i].writes.extend(writes),
+                    Ok(writes) => {
+                        if !writes.is_empty() {
+                            outcomes[i].producers.push(plugin.info.name.clone());
+                        }
+                        outcomes[i].writes.extend(writes)
+                    }
                     Err(reason) => outcomes[i]
                         .rejections
                         .push((plugin.info.name.clone(), reason)),

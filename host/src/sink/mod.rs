@@ -4,7 +4,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
-use crate::model::{DeadLetter, RawRecord, SinkWrite};
+use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
 
 /// The writes one source record produced.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct SinkBatch {
     pub offsets: Vec<(Arc<str>, i32, i64)>,
     /// Source records covered by the batch.
     pub records: u64,
+    /// Decoder facts learned from this batch (committed with its offsets).
+    pub learned: Vec<Learned>,
 }
 
 /// What a commit did beyond the batch's own dead letters.

@@ -22,7 +22,51 @@ use sqlx::{Connection, Row as _, SqliteConnection};
 
 use super::{SinkBatch, SinkReport};
 use crate::decode::temporal;
-use crate::model::{ColumnType, DeadLetter, SinkTable, SinkWrite, Stage, Value};
+use crate::model::{ColumnType, DeadLetter, Learned, SinkTable, SinkWrite, Stage, Value};
+
+/// Why a table or a row cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The data cannot go into this sink (bad key, constraint, type): the
+    /// event is dead-lettered and the pipeline goes on.
+    #[error("{0}")]
+    Rejected(String),
+    /// The sink itself failed (I/O, full disk, lock): the batch rolls back
+    /// and the run stops; nothing is committed, so a restart re-reads it.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// SQLite primary result codes that concern one row's data: TOOBIG,
+/// CONSTRAINT, MISMATCH, RANGE. Everything else is the database's own trouble.
+fn is_row_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25)),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+fn classify(e: sqlx::Error, context: impl FnOnce() -> String) -> SinkError {
+    if is_row_error(&e) {
+        SinkError::Rejected(format!("{}: {e}", context()))
+    } else {
+        SinkError::Database(e)
+    }
+}
+
+/// A value SQLite cannot hold faithfully.
+fn unstorable(values: &[Value]) -> Option<String> {
+    values.iter().find_map(|v| match v {
+        Value::Float(f) if f.is_nan() => {
+            Some("NaN cannot be stored in SQLite (it would become NULL)".to_string())
+        }
+        _ => None,
+    })
+}
 
 /// An open SQLite sink for one pipeline.
 pub struct SqliteSink {
@@ -75,6 +119,9 @@ const META: &[&str] = &[
         topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
         key TEXT, value TEXT, stage TEXT NOT NULL, plugin TEXT, reason TEXT NOT NULL,
         failed_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sluice_decoder_state (
+        pipeline TEXT NOT NULL, topic TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+        value TEXT NOT NULL, PRIMARY KEY (pipeline, topic, kind, name))",
     "CREATE TABLE IF NOT EXISTS sluice_columns (
         table_name TEXT NOT NULL, column_name TEXT NOT NULL, logical_type TEXT NOT NULL,
         PRIMARY KEY (table_name, column_name))",
@@ -111,15 +158,43 @@ impl SqliteSink {
         .bind(&self.pipeline)
         .fetch_all(&mut self.conn)
         .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
-                (
-                    (r.get::<String, _>(0), r.get::<i32, _>(1)),
-                    r.get::<i64, _>(2),
-                )
+                Ok((
+                    (r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
+                    r.try_get::<i64, _>(2)?,
+                ))
             })
-            .collect())
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading sluice_offsets")
+    }
+
+    /// What the decoder learned in committed batches of this pipeline.
+    pub async fn load_learned(&mut self) -> anyhow::Result<Vec<Learned>> {
+        let rows = sqlx::query(
+            "SELECT topic, kind, name, value FROM sluice_decoder_state WHERE pipeline = ?",
+        )
+        .bind(&self.pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (topic, kind, name, value): (String, String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            out.push(match kind.as_str() {
+                "text_column" => Learned::TextColumn {
+                    topic,
+                    column: name,
+                },
+                "key" => Learned::Key {
+                    topic,
+                    columns: serde_json::from_str(&value)
+                        .with_context(|| format!("sluice_decoder_state: bad key {value}"))?,
+                },
+                other => anyhow::bail!("sluice_decoder_state: unknown kind `{other}`"),
+            });
+        }
+        Ok(out)
     }
 
     /// Row counts of the user tables, for the exit summary.
@@ -146,6 +221,8 @@ impl SqliteSink {
         let mut tx = self.conn.begin().await.context("BEGIN")?;
 
         // Tables first, outside any per-event savepoint, so the cache stays true.
+        // A table the data cannot go into rejects its events; a failing
+        // database fails the batch (rolled back when `tx` drops).
         let mut broken: HashMap<*const SinkTable, String> = HashMap::new();
         for ev in &batch.events {
             for w in &ev.writes {
@@ -157,8 +234,15 @@ impl SqliteSink {
                 if broken.contains_key(&ptr) {
                     continue;
                 }
-                if let Err(e) = ensure_table(&mut tx, &mut self.tables, table, values).await {
-                    broken.insert(ptr, e);
+                match ensure_table(&mut tx, &mut self.tables, table, values).await {
+                    Ok(()) => {}
+                    Err(SinkError::Rejected(why)) => {
+                        broken.insert(ptr, why);
+                    }
+                    Err(SinkError::Database(e)) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("preparing sink table `{}`", table.name)))
+                    }
                 }
             }
         }
@@ -182,21 +266,29 @@ impl SqliteSink {
                     .entry(table.clone())
                     .or_insert_with(|| statements(table))
                     .clone();
-                let res = match w {
-                    SinkWrite::Upsert { values, .. } => {
-                        bind_all(sqlx::query(&stmts.upsert), values)
-                            .execute(&mut *tx)
-                            .await
-                    }
-                    SinkWrite::Delete { key, .. } => {
-                        bind_all(sqlx::query(&stmts.delete), key)
-                            .execute(&mut *tx)
-                            .await
-                    }
+                let values = match w {
+                    SinkWrite::Upsert { values, .. } => values,
+                    SinkWrite::Delete { key, .. } => key,
                 };
-                if let Err(e) = res {
-                    failed = Some(format!("writing to `{}`: {e}", table.name));
+                if let Some(why) = unstorable(values) {
+                    failed = Some(format!("writing to `{}`: {why}", table.name));
                     break;
+                }
+                let sql = match w {
+                    SinkWrite::Upsert { .. } => &stmts.upsert,
+                    SinkWrite::Delete { .. } => &stmts.delete,
+                };
+                if let Err(e) = bind_all(sqlx::query(sql), values).execute(&mut *tx).await {
+                    match classify(e, || format!("writing to `{}`", table.name)) {
+                        SinkError::Rejected(why) => {
+                            failed = Some(why);
+                            break;
+                        }
+                        SinkError::Database(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!("writing to sink table `{}`", table.name)))
+                        }
+                    }
                 }
             }
             match failed {
@@ -252,6 +344,27 @@ impl SqliteSink {
             .bind(*partition)
             .bind(*next)
             .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for fact in &batch.learned {
+            let (topic, kind, name, value) = match fact {
+                Learned::TextColumn { topic, column } => {
+                    (topic, "text_column", column.as_str(), String::new())
+                }
+                Learned::Key { topic, columns } => {
+                    (topic, "key", "", serde_json::to_string(columns)?)
+                }
+            };
+            sqlx::query(
+                "INSERT INTO sluice_decoder_state (pipeline, topic, kind, name, value) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (pipeline, topic, kind, name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(&self.pipeline)
+            .bind(topic)
+            .bind(kind)
+            .bind(name)
+            .bind(value)
             .execute(&mut *tx)
             .await?;
         }
@@ -335,18 +448,18 @@ async fn ensure_table(
     known: &mut HashMap<String, TableState>,
     table: &SinkTable,
     first_row: Option<&[Value]>,
-) -> Result<(), String> {
+) -> Result<(), SinkError> {
     if table.key.is_empty() {
-        return Err(format!(
+        return Err(SinkError::Rejected(format!(
             "sink table `{}` has no primary key; upserts need one",
             table.name
-        ));
+        )));
     }
     if table.name.starts_with("sluice_") {
-        return Err(format!(
+        return Err(SinkError::Rejected(format!(
             "sink table name `{}` is reserved for Sluice's bookkeeping",
             table.name
-        ));
+        )));
     }
     let key_names: Vec<String> = table
         .key
@@ -354,23 +467,19 @@ async fn ensure_table(
         .map(|&k| table.columns[k as usize].name.clone())
         .collect();
     if !known.contains_key(&table.name) {
-        if let Some(state) = read_table(conn, &table.name)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(state) = read_table(conn, &table.name).await? {
             known.insert(table.name.clone(), state);
         }
     }
-    let sql_err = |e: sqlx::Error| format!("sink table `{}`: {e}", table.name);
     match known.get_mut(&table.name) {
         Some(state) => {
             if state.key != key_names {
-                return Err(format!(
+                return Err(SinkError::Rejected(format!(
                     "sink table `{}` has primary key ({}) but the plugin declares ({})",
                     table.name,
                     state.key.join(", "),
                     key_names.join(", ")
-                ));
+                )));
             }
             for (i, c) in table.columns.iter().enumerate() {
                 if state.columns.iter().any(|n| n == &c.name) {
@@ -384,11 +493,8 @@ async fn ensure_table(
                     decl_type(ty)
                 ))
                 .execute(&mut *conn)
-                .await
-                .map_err(sql_err)?;
-                catalog(conn, &table.name, &c.name, ty)
-                    .await
-                    .map_err(sql_err)?;
+                .await?;
+                catalog(conn, &table.name, &c.name, ty).await?;
                 tracing::info!(table = %table.name, column = %c.name, "sink column added");
                 state.columns.push(c.name.clone());
             }
@@ -404,9 +510,7 @@ async fn ensure_table(
                     ""
                 };
                 defs.push(format!("{} {}{not_null}", quote(&c.name), decl_type(ty)));
-                catalog(conn, &table.name, &c.name, ty)
-                    .await
-                    .map_err(sql_err)?;
+                catalog(conn, &table.name, &c.name, ty).await?;
             }
             let ddl = format!(
                 "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
@@ -418,10 +522,7 @@ async fn ensure_table(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            sqlx::query(&ddl)
-                .execute(&mut *conn)
-                .await
-                .map_err(sql_err)?;
+            sqlx::query(&ddl).execute(&mut *conn).await?;
             tracing::info!(table = %table.name, "sink table created");
             known.insert(
                 table.name.clone(),

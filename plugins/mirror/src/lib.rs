@@ -12,6 +12,15 @@ impl Plugin for Mirror {
 
     fn on_change(change: &Change<'_>, out: &mut Emitter) -> Result<(), String> {
         let table = change.table();
+        if change.op() == Op::Truncate {
+            // Truncate carries no rows; mirroring it would need a sink-level
+            // truncate, which WIT v0.1 does not offer. Refuse loudly instead
+            // of leaving stale rows silently.
+            return Err(format!(
+                "TRUNCATE of {} cannot be mirrored by WIT v0.1 outputs",
+                table.topic()
+            ));
+        }
         if table.key_indices().is_empty() {
             return Err(format!(
                 "{} has no primary key: mirror cannot upsert it",
@@ -27,13 +36,7 @@ impl Plugin for Mirror {
                 out.upsert(sink, row.values().to_vec())
             }
             Op::Delete => out.delete(sink, change.key().to_vec()),
-            // Truncate carries no rows; mirroring it would need a sink-level
-            // truncate, which WIT v0.1 does not offer. Refuse loudly instead of
-            // leaving stale rows silently.
-            Op::Truncate => Err(format!(
-                "TRUNCATE of {} cannot be mirrored by WIT v0.1 outputs",
-                table.topic()
-            )),
+            Op::Truncate => Ok(()), // refused above
         }
     }
 }
