@@ -186,6 +186,15 @@ pub enum Learned {
     Key { topic: String, columns: Vec<String> },
 }
 
+impl SinkWrite {
+    /// The sink table written.
+    pub fn table(&self) -> &Arc<SinkTable> {
+        match self {
+            SinkWrite::Upsert { table, .. } | SinkWrite::Delete { table, .. } => table,
+        }
+    }
+}
+
 /// Which stage rejected a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {

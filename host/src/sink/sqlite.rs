@@ -224,17 +224,15 @@ impl SqliteSink {
         // A table the data cannot go into rejects its events; a failing
         // database fails the batch (rolled back when `tx` drops).
         let mut broken: HashMap<*const SinkTable, String> = HashMap::new();
+        let mut checked: std::collections::HashSet<*const SinkTable> = Default::default();
         for ev in &batch.events {
             for w in &ev.writes {
-                let (table, values) = match w {
-                    SinkWrite::Upsert { table, values } => (table, Some(values.as_slice())),
-                    SinkWrite::Delete { table, .. } => (table, None),
-                };
+                let table = w.table();
                 let ptr = Arc::as_ptr(table);
-                if broken.contains_key(&ptr) {
+                if !checked.insert(ptr) {
                     continue;
                 }
-                match ensure_table(&mut tx, &mut self.tables, table, values).await {
+                match ensure_table(&mut tx, &mut self.tables, table).await {
                     Ok(()) => {}
                     Err(SinkError::Rejected(why)) => {
                         broken.insert(ptr, why);
@@ -254,9 +252,7 @@ impl SqliteSink {
             }
             let mut failed: Option<String> = None;
             for w in &ev.writes {
-                let table = match w {
-                    SinkWrite::Upsert { table, .. } | SinkWrite::Delete { table, .. } => table,
-                };
+                let table = w.table();
                 if let Some(e) = broken.get(&Arc::as_ptr(table)) {
                     failed = Some(e.clone());
                     break;
@@ -447,7 +443,6 @@ async fn ensure_table(
     conn: &mut SqliteConnection,
     known: &mut HashMap<String, TableState>,
     table: &SinkTable,
-    first_row: Option<&[Value]>,
 ) -> Result<(), SinkError> {
     if table.key.is_empty() {
         return Err(SinkError::Rejected(format!(
@@ -481,11 +476,11 @@ async fn ensure_table(
                     key_names.join(", ")
                 )));
             }
-            for (i, c) in table.columns.iter().enumerate() {
+            for c in &table.columns {
                 if state.columns.iter().any(|n| n == &c.name) {
                     continue;
                 }
-                let ty = column_type(c.ty, first_row.and_then(|r| r.get(i)));
+                let ty = c.ty;
                 sqlx::query(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     quote(&table.name),
@@ -503,7 +498,7 @@ async fn ensure_table(
         None => {
             let mut defs = Vec::new();
             for (i, c) in table.columns.iter().enumerate() {
-                let ty = column_type(c.ty, first_row.and_then(|r| r.get(i)));
+                let ty = c.ty;
                 let not_null = if table.key.contains(&(i as u32)) {
                     " NOT NULL"
                 } else {
@@ -533,14 +528,6 @@ async fn ensure_table(
             );
             Ok(())
         }
-    }
-}
-
-/// The declared type, or the first row's value type when the source had none.
-fn column_type(declared: ColumnType, first: Option<&Value>) -> ColumnType {
-    match (declared, first) {
-        (ColumnType::Unknown, Some(v)) => v.natural_type(),
-        (t, _) => t,
     }
 }
 
