@@ -439,3 +439,36 @@ fn a_table_the_sink_cannot_take_dead_letters_its_events_with_the_plugin_name() {
         assert!(d.is_empty(), "{d:?}");
     }
 }
+
+#[test]
+fn an_undeclared_schemaless_column_keeps_each_value_exactly() {
+    let s = Scratch::new(&[("mirror", "mirror")]);
+    let line = |off: i64, x: &str| {
+        let payload = format!(
+            r#"{{"before":null,"after":{{"id":{off},"x":{x}}},"op":"c","source":{{"ts_ms":1}}}}"#
+        );
+        serde_json::json!({"topic": "srv.public.m", "partition": 0, "offset": off, "key": format!("{{\"id\":{off}}}"), "payload": payload}).to_string()
+    };
+    let events = s.path("m.jsonl");
+    // first an integer, then an exact decimal: a column typed INTEGER from the
+    // first row would turn "5.10" into the float 5.1
+    std::fs::write(
+        &events,
+        [
+            line(0, "5"),
+            line(1, "5.10"),
+            line(2, "12345678901234567890.5"),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    s.run(&events, &["--max-batch", "1"]);
+    let rows = query(&s.db(), "SELECT id, x, typeof(x) AS t FROM m ORDER BY id");
+    assert_eq!(rows[0]["x"], 5);
+    assert_eq!(
+        (rows[1]["x"].clone(), rows[1]["t"].clone()),
+        (Json::from("5.10"), Json::from("text"))
+    );
+    assert_eq!(rows[2]["x"], "12345678901234567890.5");
+}
