@@ -49,9 +49,20 @@ pub struct RunArgs {
     /// Pipeline file (TOML). Command-line options override its keys.
     pub pipeline: Option<PathBuf>,
 
-    /// Where events come from: `file:PATH` (kcat -C -J JSON lines).
+    /// Where events come from: `file:PATH` (kcat -C -J JSON lines) or
+    /// `kafka://HOST:PORT` (with --topics and --group).
     #[arg(long, value_name = "URI")]
     pub source: Option<String>,
+
+    /// Kafka: regex of the topics to consume, e.g. '^pgserver1\.public\..*'.
+    #[arg(long, value_name = "REGEX")]
+    pub topics: Option<String>,
+
+    /// Kafka: consumer group [default: sluice-<pipeline name>]. Offsets are
+    /// taken from the sink, not from the group; group offsets are committed
+    /// for lag monitoring only.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
 
     /// Where results go: `sqlite:PATH`.
     #[arg(long, value_name = "URI")]
@@ -103,6 +114,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.pipeline.as_deref(),
         Overrides {
             source: args.source,
+            topics: args.topics,
+            group: args.group,
             sink: args.sink,
             plugins: args.plugins,
             until_caught_up: args.until_caught_up,

@@ -17,8 +17,12 @@ use crate::model::ColumnType;
 pub struct PipelineFile {
     /// Pipeline name: offsets in the sink are stored under it.
     pub name: Option<String>,
-    /// `file:PATH` (kcat -J JSON lines).
+    /// `file:PATH` (kcat -J JSON lines) or `kafka://HOST:PORT[,HOST:PORT]`.
     pub source: Option<String>,
+    /// Kafka: regex of the topics to consume.
+    pub topics: Option<String>,
+    /// Kafka: consumer group.
+    pub group: Option<String>,
     /// `sqlite:PATH`.
     pub sink: Option<String>,
     /// Folder of `.wasm` plugins, watched for changes.
@@ -190,6 +194,11 @@ impl TableKeys {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     File(PathBuf),
+    Kafka {
+        brokers: String,
+        topics: String,
+        group: String,
+    },
 }
 
 /// Where results go.
@@ -203,6 +212,8 @@ pub enum SinkSpec {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub source: Option<String>,
+    pub topics: Option<String>,
+    pub group: Option<String>,
     pub sink: Option<String>,
     pub plugins: Option<PathBuf>,
     pub until_caught_up: bool,
@@ -233,8 +244,40 @@ impl Pipeline {
             Some(s) => parse_source(&s, Path::new(""))?,
             None => match pf.source {
                 Some(s) => parse_source(&s, base).context("key `source`")?,
-                None => bail!("no source: give --source file:PATH or `source = \"file:PATH\"` in the pipeline file"),
+                None => bail!("no source: give --source file:PATH or kafka://HOST:PORT (or `source = ...` in the pipeline file)"),
             },
+        };
+        let topics = ov.topics.or(pf.topics);
+        let group = ov.group.or(pf.group);
+        let source = match source {
+            SourceSpec::Kafka { brokers, .. } => {
+                let Some(topics) = topics else {
+                    bail!("a kafka:// source needs --topics REGEX (or `topics = ...` in the pipeline file)")
+                };
+                if let Err(e) = regex_lite::Regex::new(&topics) {
+                    bail!("--topics / key `topics`: `{topics}` is not a regular expression: {e}");
+                }
+                let group = group.unwrap_or_else(|| {
+                    format!(
+                        "sluice-{}",
+                        ov.name
+                            .clone()
+                            .or(pf.name.clone())
+                            .unwrap_or_else(|| "sluice".into())
+                    )
+                });
+                SourceSpec::Kafka {
+                    brokers,
+                    topics,
+                    group,
+                }
+            }
+            file => {
+                if topics.is_some() || group.is_some() {
+                    bail!("--topics and --group (keys `topics`, `group`) apply to kafka:// sources only");
+                }
+                file
+            }
         };
         let sink = match ov.sink {
             Some(s) => parse_sink(&s, Path::new(""))?,
@@ -309,11 +352,23 @@ impl Pipeline {
     }
 }
 
-/// `file:PATH`.
+/// `file:PATH` or `kafka://HOST:PORT[,HOST:PORT...]` (topics and group come
+/// from their own options).
 pub fn parse_source(s: &str, base: &Path) -> anyhow::Result<SourceSpec> {
+    if let Some(brokers) = s.strip_prefix("kafka://") {
+        let brokers = brokers.trim_end_matches('/');
+        if brokers.is_empty() || brokers.split(',').any(|b| !b.contains(':')) {
+            bail!("source `{s}`: expected kafka://HOST:PORT[,HOST:PORT]");
+        }
+        return Ok(SourceSpec::Kafka {
+            brokers: brokers.to_string(),
+            topics: String::new(),
+            group: String::new(),
+        });
+    }
     match s.split_once(':') {
         Some(("file", path)) if !path.is_empty() => Ok(SourceSpec::File(base.join(path))),
-        _ => bail!("unsupported source `{s}`: expected file:PATH (kcat -C -J JSON lines)"),
+        _ => bail!("unsupported source `{s}`: expected file:PATH (kcat -C -J JSON lines) or kafka://HOST:PORT"),
     }
 }
 
@@ -421,7 +476,10 @@ mod tests {
             matches!(parse_sink("sqlite:///tmp/x.db", base).unwrap(), SinkSpec::Sqlite { path, .. } if path == Path::new("/tmp/x.db"))
         );
         assert!(parse_sink("postgres://x", base).is_err());
-        assert!(parse_source("kafka://x", base).is_err());
+        assert!(parse_source("kafka://x", base).is_err(), "no port");
+        assert!(
+            matches!(parse_source("kafka://a:9092,b:9092", base).unwrap(), SourceSpec::Kafka { brokers, .. } if brokers == "a:9092,b:9092")
+        );
     }
 
     #[test]

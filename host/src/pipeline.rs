@@ -23,6 +23,7 @@ use crate::plugin::set::PluginSet;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::{EventWrites, SinkBatch};
 use crate::source::file::{FileSource, SourceItem};
+use crate::source::kafka::{Checkpoint, KafkaSource};
 use crate::stats::Stats;
 
 /// Bounded channel depth between stages, in batches.
@@ -92,18 +93,39 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     }
     tracing::info!(plugins = ?set.summary(), "plugins ready");
 
-    let SourceSpec::File(path) = &p.source;
-    let source = FileSource {
-        path: path.clone(),
-        follow: !p.until_caught_up,
-        max_batch: p.max_batch_records,
-        max_wait: p.max_batch_wait,
-        resume,
-    };
     let (raw_tx, raw_rx) = mpsc::channel::<Vec<SourceItem>>(CHANNEL_BATCHES);
     let (sink_tx, mut sink_rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
-
-    let source_task = tokio::spawn(source.run(raw_tx, cancel.clone(), stats.clone()));
+    // The sink's checkpoint, updated after every commit; the Kafka source
+    // resumes assigned partitions from it.
+    let checkpoint: Checkpoint = Arc::new(std::sync::Mutex::new(resume.clone()));
+    let source_task = match &p.source {
+        SourceSpec::File(path) => tokio::spawn(
+            FileSource {
+                path: path.clone(),
+                follow: !p.until_caught_up,
+                max_batch: p.max_batch_records,
+                max_wait: p.max_batch_wait,
+                resume,
+            }
+            .run(raw_tx, cancel.clone(), stats.clone()),
+        ),
+        SourceSpec::Kafka {
+            brokers,
+            topics,
+            group,
+        } => tokio::spawn(
+            KafkaSource {
+                brokers: brokers.clone(),
+                topics: topics.clone(),
+                group: group.clone(),
+                until_caught_up: p.until_caught_up,
+                max_batch: p.max_batch_records,
+                max_wait: p.max_batch_wait,
+                checkpoint: checkpoint.clone(),
+            }
+            .run(raw_tx, cancel.clone(), stats.clone()),
+        ),
+    };
     let processor = {
         let stats = stats.clone();
         let hints = p.hints.clone();
@@ -122,12 +144,17 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let mut sink_error = None;
     while let Some(batch) = sink_rx.recv().await {
         let records = batch.records;
+        let offsets = batch.offsets.clone();
         match sink.commit(batch).await {
             Ok(report) => {
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
                 stats.add(&stats.committed, records);
                 stats.add(&stats.batches, 1);
+                let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+                for (topic, partition, next) in offsets {
+                    cp.insert((topic.to_string(), partition), next);
+                }
             }
             Err(e) => {
                 sink_error = Some(e.context(

@@ -1,3 +1,4 @@
 //! Sources of raw change records.
 
 pub mod file;
+pub mod kafka;

@@ -1,0 +1,306 @@
+//! Kafka source (rdkafka): a consumer group subscribed to a topic regex, with
+//! cooperative rebalancing and manual offsets. Where to read from is decided
+//! by the sink's checkpoint, never by Kafka's group offsets: on every
+//! assignment each partition starts at the next offset the sink committed
+//! (or at the beginning). Group offsets are committed afterwards, for lag
+//! monitoring only. Per-partition order is kept (one consumer, in order).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::file::SourceItem;
+use crate::model::{RawRecord, RecordId};
+use crate::stats::Stats;
+
+/// Next offset per (topic, partition) as committed in the sink; shared with
+/// the sink task, which updates it after every commit.
+pub type Checkpoint = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+fn lock(c: &Checkpoint) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Settings of the Kafka source.
+pub struct KafkaSource {
+    pub brokers: String,
+    /// Regex over topic names (a leading `^` is added if missing).
+    pub topics: String,
+    pub group: String,
+    pub until_caught_up: bool,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub checkpoint: Checkpoint,
+}
+
+/// Sets each assigned partition's start offset from the sink's checkpoint.
+struct ResumeFromSink {
+    checkpoint: Checkpoint,
+    assigned: Arc<Mutex<HashMap<(String, i32), ()>>>,
+}
+
+impl ClientContext for ResumeFromSink {}
+
+impl ConsumerContext for ResumeFromSink {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let cp = lock(&self.checkpoint).clone();
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                for (topic, partition) in parts {
+                    let start = match cp.get(&(topic.clone(), partition)) {
+                        Some(&next) => Offset::Offset(next),
+                        None => Offset::Beginning,
+                    };
+                    tracing::info!(%topic, partition, start = ?start, "partition assigned; resuming from the sink's checkpoint");
+                    if let Err(err) = tpl.set_partition_offset(&topic, partition, start) {
+                        tracing::error!("setting the start offset of {topic}/{partition}: {err}");
+                    }
+                    assigned.insert((topic, partition), ());
+                }
+                drop(assigned);
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = res {
+                    tracing::error!("assigning partitions failed: {e}");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                for e in tpl.elements() {
+                    tracing::info!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        "partition revoked"
+                    );
+                    assigned.remove(&(e.topic().to_string(), e.partition()));
+                }
+                drop(assigned);
+                let res = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = res {
+                    tracing::error!("revoking partitions failed: {e}");
+                }
+            }
+            other => tracing::error!("rebalance error: {other:?}"),
+        }
+    }
+}
+
+impl KafkaSource {
+    /// Consume, batch and send until cancelled (or caught up).
+    pub async fn run(
+        self,
+        out: mpsc::Sender<Vec<SourceItem>>,
+        cancel: CancellationToken,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<()> {
+        let assigned = Arc::new(Mutex::new(HashMap::new()));
+        let context = ResumeFromSink {
+            checkpoint: self.checkpoint.clone(),
+            assigned: assigned.clone(),
+        };
+        let consumer: StreamConsumer<ResumeFromSink> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // librdkafka waits a whole second after a full local queue otherwise
+            .set("fetch.queue.backoff.ms", "10")
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .create_with_context(context)
+            .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))?;
+        let pattern = if self.topics.starts_with('^') {
+            self.topics.clone()
+        } else {
+            format!("^{}", self.topics)
+        };
+        consumer
+            .subscribe(&[&pattern])
+            .with_context(|| format!("subscribing to {pattern}"))?;
+
+        // With --until-caught-up: the end offsets at start are the finish line.
+        let targets = if self.until_caught_up {
+            Some(end_offsets(&consumer, &pattern)?)
+        } else {
+            None
+        };
+        if let Some(t) = &targets {
+            tracing::info!(
+                partitions = t.len(),
+                "catching up to the end offsets seen at start"
+            );
+        }
+        let mut reached: HashMap<(String, i32), i64> = lock(&self.checkpoint).clone();
+        let caught_up = |reached: &HashMap<(String, i32), i64>| {
+            targets.as_ref().is_some_and(|t| {
+                t.iter()
+                    .all(|(k, &end)| reached.get(k).copied().unwrap_or(0) >= end)
+            })
+        };
+
+        let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+        let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
+        let mut last_commit = Instant::now();
+        loop {
+            if caught_up(&reached) && batch.is_empty() {
+                tracing::info!("caught up with the end offsets seen at start");
+                break;
+            }
+            let deadline = Instant::now() + self.max_wait;
+            while batch.len() < self.max_batch {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    m = tokio::time::timeout_at(deadline, consumer.recv()) => match m {
+                        Err(_) => break, // max wait reached
+                        Ok(Err(e)) => {
+                            tracing::warn!("Kafka consumer error: {e}");
+                            continue;
+                        }
+                        Ok(Ok(m)) => m,
+                    },
+                };
+                let key = (msg.topic().to_string(), msg.partition());
+                // Redelivery after a rebalance: skip what the sink already has.
+                if reached.get(&key).is_some_and(|&next| msg.offset() < next) {
+                    stats.add(&stats.skipped, 1);
+                    continue;
+                }
+                reached.insert(key, msg.offset() + 1);
+                let topic = match topics.get(msg.topic()) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = msg.topic().into();
+                        topics.insert(msg.topic().to_string(), t.clone());
+                        t
+                    }
+                };
+                let id = RecordId {
+                    topic,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                let text = |b: Option<&[u8]>, what: &str| -> Result<Option<String>, String> {
+                    b.map(|b| {
+                        String::from_utf8(b.to_vec())
+                            .map_err(|_| format!("the Kafka {what} is not UTF-8 text"))
+                    })
+                    .transpose()
+                };
+                let item = match (text(msg.key(), "key"), text(msg.payload(), "value")) {
+                    (Ok(key), Ok(value)) => SourceItem::Record(RawRecord { id, key, value }),
+                    (k, v) => {
+                        let reason = [k.err(), v.err()]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        SourceItem::Malformed {
+                            record: RawRecord {
+                                id,
+                                key: msg.key().map(|b| String::from_utf8_lossy(b).into_owned()),
+                                value: msg
+                                    .payload()
+                                    .map(|b| String::from_utf8_lossy(b).into_owned()),
+                            },
+                            reason,
+                        }
+                    }
+                };
+                stats.add(&stats.read, 1);
+                batch.push(item);
+            }
+            if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
+                break;
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+            if last_commit.elapsed() >= Duration::from_secs(1) {
+                commit_group_offsets(&consumer, &self.checkpoint, &assigned);
+                last_commit = Instant::now();
+            }
+        }
+        commit_group_offsets(&consumer, &self.checkpoint, &assigned);
+        Ok(())
+    }
+}
+
+/// High watermarks of every partition of the topics matching `pattern`.
+fn end_offsets(
+    consumer: &StreamConsumer<ResumeFromSink>,
+    pattern: &str,
+) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    let re = regex_lite::Regex::new(pattern).with_context(|| format!("topic pattern {pattern}"))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("fetching Kafka metadata")?;
+    let mut out = HashMap::new();
+    for t in md.topics().iter().filter(|t| re.is_match(t.name())) {
+        for p in t.partitions() {
+            let (_low, high) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .with_context(|| format!("end offset of {}/{}", t.name(), p.id()))?;
+            out.insert((t.name().to_string(), p.id()), high);
+        }
+    }
+    Ok(out)
+}
+
+/// Report progress to Kafka (lag monitoring only; never read back).
+fn commit_group_offsets(
+    consumer: &StreamConsumer<ResumeFromSink>,
+    checkpoint: &Checkpoint,
+    assigned: &Mutex<HashMap<(String, i32), ()>>,
+) {
+    let cp = lock(checkpoint).clone();
+    let assigned = assigned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in cp {
+        if assigned.contains_key(&(topic.clone(), partition)) {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0 {
+        let r: KafkaResult<()> = consumer.commit(&tpl, CommitMode::Async);
+        if let Err(e) = r {
+            tracing::debug!("committing group offsets (for lag monitoring): {e}");
+        }
+    }
+}
