@@ -67,14 +67,9 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
     );
     let input = s.path("events.jsonl");
     std::fs::write(&input, "").unwrap();
-    let mut child = sluice()
-        .args(["run", "--max-batch", "100"])
-        .arg("--source")
-        .arg(format!("file:{}", input.display()))
-        .arg("--sink")
-        .arg(format!("sqlite:{}", db.display()))
-        .arg("--plugins")
-        .arg(s.path("plugins"))
+    let mut child = s
+        .command(&format!("file:{}", input.display()))
+        .args(["--max-batch", "100"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

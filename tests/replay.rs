@@ -383,16 +383,12 @@ fn a_resumed_run_decodes_exactly_like_a_straight_run() {
 fn a_plugin_file_that_fails_to_load_at_start_stops_the_run() {
     let s = Scratch::new(&[("mirror", "mirror")]);
     std::fs::write(s.path("plugins/broken.wasm"), b"not a component").unwrap();
-    let out = sluice()
-        .args(["run", "--until-caught-up", "--source"])
-        .arg(format!(
+    let out = s
+        .command(&format!(
             "file:{}",
             fixture("pg_events.schemas.jsonl").display()
         ))
-        .arg("--sink")
-        .arg(format!("sqlite:{}", s.db().display()))
-        .arg("--plugins")
-        .arg(s.path("plugins"))
+        .arg("--until-caught-up")
         .output()
         .unwrap();
     assert!(!out.status.success());

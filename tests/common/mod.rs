@@ -82,17 +82,24 @@ impl Scratch {
         self.path("out.db")
     }
 
-    /// `sluice run --source file:.. --sink sqlite:.. --plugins .. --until-caught-up [extra]`
-    pub fn run(&self, source: &Path, extra: &[&str]) -> Output {
-        let out = sluice()
-            .arg("run")
-            .args(extra)
+    /// `sluice run --source SOURCE --sink sqlite:<db> --plugins <dir>`, to add to.
+    pub fn command(&self, source: &str) -> Command {
+        let mut c = sluice();
+        c.arg("run")
             .arg("--source")
-            .arg(format!("file:{}", source.display()))
+            .arg(source)
             .arg("--sink")
             .arg(format!("sqlite:{}", self.db().display()))
             .arg("--plugins")
-            .arg(self.path("plugins"))
+            .arg(self.path("plugins"));
+        c
+    }
+
+    /// `sluice run --source file:.. --sink sqlite:.. --plugins .. --until-caught-up [extra]`
+    pub fn run(&self, source: &Path, extra: &[&str]) -> Output {
+        let out = self
+            .command(&format!("file:{}", source.display()))
+            .args(extra)
             .arg("--until-caught-up")
             .output()
             .unwrap();
@@ -118,61 +125,53 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Run a query and return rows as JSON objects, keeping SQLite's own types.
-pub fn query(db: &Path, sql: &str) -> Vec<Map<String, Json>> {
+/// A runtime and a connection to the database (created if `create`).
+fn open(db: &Path, create: bool) -> (tokio::runtime::Runtime, sqlx::SqliteConnection) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let mut conn = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-            .unwrap()
-            .read_only(true)
-            .connect()
-            .await
-            .unwrap();
-        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
-        rows.iter()
-            .map(|r| {
-                let mut m = Map::new();
-                for (i, c) in r.columns().iter().enumerate() {
-                    let raw = r.try_get_raw(i).unwrap();
-                    let v = if raw.is_null() {
-                        Json::Null
-                    } else {
-                        match raw.type_info().name() {
-                            "INTEGER" => json!(r.get::<i64, _>(i)),
-                            "REAL" => json!(r.get::<f64, _>(i)),
-                            "BLOB" => json!(r.get::<Vec<u8>, _>(i)),
-                            _ => json!(r.get::<String, _>(i)),
-                        }
-                    };
-                    m.insert(c.name().to_string(), v);
-                }
-                m
-            })
-            .collect()
-    })
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+        .unwrap()
+        .create_if_missing(create)
+        .read_only(!create);
+    let conn = rt.block_on(opts.connect()).unwrap();
+    (rt, conn)
+}
+
+/// Run a query and return rows as JSON objects, keeping SQLite's own types.
+pub fn query(db: &Path, sql: &str) -> Vec<Map<String, Json>> {
+    let (rt, mut conn) = open(db, false);
+    let rows = rt.block_on(sqlx::query(sql).fetch_all(&mut conn)).unwrap();
+    rows.iter()
+        .map(|r| {
+            let mut m = Map::new();
+            for (i, c) in r.columns().iter().enumerate() {
+                let raw = r.try_get_raw(i).unwrap();
+                let v = if raw.is_null() {
+                    Json::Null
+                } else {
+                    match raw.type_info().name() {
+                        "INTEGER" => json!(r.get::<i64, _>(i)),
+                        "REAL" => json!(r.get::<f64, _>(i)),
+                        "BLOB" => json!(r.get::<Vec<u8>, _>(i)),
+                        _ => json!(r.get::<String, _>(i)),
+                    }
+                };
+                m.insert(c.name().to_string(), v);
+            }
+            m
+        })
+        .collect()
 }
 
 /// Execute statements on the database (creating it if needed), outside Sluice.
 pub fn execute(db: &Path, statements: &[&str]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Executor as _;
-        let mut conn = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-            .unwrap()
-            .create_if_missing(true)
-            .connect()
-            .await
-            .unwrap();
-        for s in statements {
-            conn.execute(*s).await.unwrap();
-        }
-    })
+    use sqlx::Executor as _;
+    let (rt, mut conn) = open(db, true);
+    for s in statements {
+        rt.block_on(conn.execute(*s)).unwrap();
+    }
 }
 
 pub fn table_exists(db: &Path, table: &str) -> bool {

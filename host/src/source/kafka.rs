@@ -157,7 +157,10 @@ impl KafkaSource {
 
         // With --until-caught-up: the end offsets at start are the finish line.
         let targets = if self.until_caught_up {
-            Some(end_offsets(&consumer, &pattern)?)
+            // metadata and watermark requests block: keep them off the async workers
+            Some(tokio::task::block_in_place(|| {
+                end_offsets(&consumer, &pattern)
+            })?)
         } else {
             None
         };
@@ -188,7 +191,15 @@ impl KafkaSource {
                 let msg = tokio::select! {
                     _ = cancel.cancelled() => break,
                     m = tokio::time::timeout_at(deadline, consumer.recv()) => match m {
-                        Err(_) => break, // max wait reached
+                        Err(_) => {
+                            // Idle: the consumer's position moves past offsets that
+                            // carry no message (transaction markers), which the
+                            // last message's offset alone would never reach.
+                            if targets.is_some() && batch.is_empty() {
+                                advance_to_positions(&consumer, &mut reached);
+                            }
+                            break; // max wait reached
+                        }
                         Ok(Err(e)) => {
                             tracing::warn!("Kafka consumer error: {e}");
                             continue;
@@ -259,6 +270,24 @@ impl KafkaSource {
         }
         commit_group_offsets(&consumer, &self.checkpoint, &assigned);
         Ok(())
+    }
+}
+
+/// Raise `reached` to the consumer's position of each assigned partition.
+fn advance_to_positions(
+    consumer: &StreamConsumer<ResumeFromSink>,
+    reached: &mut HashMap<(String, i32), i64>,
+) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for e in positions.elements() {
+        if let Offset::Offset(pos) = e.offset() {
+            let r = reached
+                .entry((e.topic().to_string(), e.partition()))
+                .or_insert(0);
+            *r = (*r).max(pos);
+        }
     }
 }
 
