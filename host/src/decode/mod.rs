@@ -60,7 +60,7 @@ pub struct Decoder {
     known_keys: HashMap<Arc<str>, Arc<Vec<String>>>,
     /// Schemaless columns proven to hold text: they carried a string that is
     /// not base64, which a precise (base64) decimal column never does.
-    proven_text: HashSet<(Arc<str>, String)>,
+    proven_text: HashMap<Arc<str>, HashSet<String>>,
     /// Facts learned since the last `take_learned`, to be committed with the batch.
     learned: Vec<Learned>,
 }
@@ -89,7 +89,7 @@ impl Decoder {
             key_schemas: HashMap::new(),
             tables: HashMap::new(),
             known_keys: HashMap::new(),
-            proven_text: HashSet::new(),
+            proven_text: HashMap::new(),
             learned: Vec::new(),
         }
     }
@@ -99,7 +99,10 @@ impl Decoder {
         for fact in facts {
             match fact {
                 Learned::TextColumn { topic, column } => {
-                    self.proven_text.insert((topic.into(), column));
+                    self.proven_text
+                        .entry(topic.into())
+                        .or_default()
+                        .insert(column);
                 }
                 Learned::Key { topic, columns } => {
                     self.known_keys.insert(topic.into(), Arc::new(columns));
@@ -243,13 +246,19 @@ impl Decoder {
                     ))
                 })?;
                 key.push(
-                    self.column_value(&topic, col, &layout.encodings[i as usize], v)
-                        .map_err(|e| {
-                            err(format!(
-                                "{} (key): column `{}`: {e}",
-                                rec.id.topic, col.name
-                            ))
-                        })?,
+                    self.column_value(
+                        &topic,
+                        self.hints.for_topic(&topic),
+                        col,
+                        &layout.encodings[i as usize],
+                        v,
+                    )
+                    .map_err(|e| {
+                        err(format!(
+                            "{} (key): column `{}`: {e}",
+                            rec.id.topic, col.name
+                        ))
+                    })?,
                 );
             }
             key
@@ -364,11 +373,12 @@ impl Decoder {
         image: &Json,
     ) -> Result<Vec<Value>, String> {
         let obj = image.as_object().ok_or("row image is not a JSON object")?;
+        let hints = self.hints.for_topic(topic);
         let mut out = Vec::with_capacity(layout.columns.len());
         for (col, enc) in layout.columns.iter().zip(&layout.encodings) {
             let v = obj.get(&col.name).unwrap_or(&Json::Null);
             out.push(
-                self.column_value(topic, col, enc, v)
+                self.column_value(topic, hints, col, enc, v)
                     .map_err(|e| format!("column `{}`: {e}", col.name))?,
             );
         }
@@ -379,7 +389,8 @@ impl Decoder {
     /// else as it came (refusing base64-shaped text that may be a decimal).
     fn column_value(
         &self,
-        topic: &Arc<str>,
+        topic: &str,
+        hints: Option<&HashMap<String, ColumnHint>>,
         col: &Column,
         enc: &Option<Encoding>,
         v: &Json,
@@ -387,21 +398,26 @@ impl Decoder {
         if let Some(enc) = enc {
             return typed_value(enc, v);
         }
-        match self.hints.for_topic(topic).and_then(|h| h.get(&col.name)) {
+        match hints.and_then(|h| h.get(&col.name)) {
             Some(hint) => hinted_value(hint, v),
             None => match v {
                 Json::String(s)
                     if self.base64_decimals_possible
                         && decimal::looks_like_base64(s)
-                        && !self
-                            .proven_text
-                            .contains(&(topic.clone(), col.name.clone())) =>
+                        && !self.is_proven_text(topic, &col.name) =>
                 {
                     Err(ambiguous_base64(s))
                 }
                 _ => Ok(natural_value(v)),
             },
         }
+    }
+
+    /// Checked per string value of every schemaless event: borrows, never allocates.
+    fn is_proven_text(&self, topic: &str, column: &str) -> bool {
+        self.proven_text
+            .get(topic)
+            .is_some_and(|cols| cols.contains(column))
     }
 
     /// Mark undeclared schemaless columns that carry non-base64 text as text.
@@ -415,9 +431,12 @@ impl Decoder {
                 if let Json::String(s) = v {
                     if !decimal::looks_like_base64(s)
                         && hints.is_none_or(|h| !h.contains_key(name))
-                        && !self.proven_text.contains(&(topic.clone(), name.clone()))
+                        && !self.is_proven_text(topic, name)
                     {
-                        self.proven_text.insert((topic.clone(), name.clone()));
+                        self.proven_text
+                            .entry(topic.clone())
+                            .or_default()
+                            .insert(name.clone());
                         self.learned.push(Learned::TextColumn {
                             topic: topic.to_string(),
                             column: name.clone(),
