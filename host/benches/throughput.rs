@@ -14,6 +14,7 @@ use sluice::model::{ChangeEvent, RawRecord, RecordId};
 use sluice::plugin::loader;
 use sluice::plugin::runtime::{Limits, Runtime};
 use sluice::plugin::set::PluginSet;
+use sluice::source::file::KcatLine;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,18 +27,7 @@ fn records(file: &str) -> Vec<RawRecord> {
     let text =
         std::fs::read_to_string(workspace().join("tests/fixtures/debezium-pg").join(file)).unwrap();
     text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            RawRecord {
-                id: RecordId {
-                    topic: v["topic"].as_str().unwrap().into(),
-                    partition: v["partition"].as_i64().unwrap() as i32,
-                    offset: v["offset"].as_i64().unwrap(),
-                },
-                key: v["key"].as_str().map(str::to_string),
-                value: v["payload"].as_str().map(str::to_string),
-            }
-        })
+        .map(|l| KcatLine::parse(l).unwrap().into_record())
         .collect()
 }
 

@@ -1,22 +1,14 @@
 use super::*;
 use crate::config::{ColumnHint, DecimalHandling};
 use crate::model::{Learned, RecordId};
+use crate::source::file::KcatLine;
 
 const SCHEMAS: &str = include_str!("../../../tests/fixtures/debezium-pg/pg_events.schemas.jsonl");
 const PRECISE: &str =
     include_str!("../../../tests/fixtures/debezium-pg/pg_events.plain-precise.jsonl");
 
 fn record(line: &str) -> RawRecord {
-    let v: Json = serde_json::from_str(line).unwrap();
-    RawRecord {
-        id: RecordId {
-            topic: v["topic"].as_str().unwrap().into(),
-            partition: v["partition"].as_i64().unwrap() as i32,
-            offset: v["offset"].as_i64().unwrap(),
-        },
-        key: v["key"].as_str().map(str::to_string),
-        value: v["payload"].as_str().map(str::to_string),
-    }
+    KcatLine::parse(line).unwrap().into_record()
 }
 
 fn raw(topic: &str, key: Option<&str>, value: &str) -> RawRecord {

@@ -39,15 +39,35 @@ impl SourceItem {
     }
 }
 
+/// One line of `kcat -C -J` output (other fields kcat writes are ignored).
 #[derive(Deserialize)]
-struct KcatLine {
-    topic: String,
-    partition: i32,
-    offset: i64,
+pub struct KcatLine {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
     #[serde(default)]
-    key: Option<String>,
+    pub key: Option<String>,
     #[serde(default)]
-    payload: Option<String>,
+    pub payload: Option<String>,
+}
+
+impl KcatLine {
+    pub fn parse(text: &str) -> serde_json::Result<KcatLine> {
+        serde_json::from_str(text)
+    }
+
+    /// The record, with its own topic string (the file source interns topics instead).
+    pub fn into_record(self) -> RawRecord {
+        RawRecord {
+            id: RecordId {
+                topic: self.topic.into(),
+                partition: self.partition,
+                offset: self.offset,
+            },
+            key: self.key,
+            value: self.payload,
+        }
+    }
 }
 
 /// Settings of the file source.
@@ -109,7 +129,7 @@ impl FileSource {
                 line.clear();
                 continue;
             }
-            let item = match serde_json::from_str::<KcatLine>(text) {
+            let item = match KcatLine::parse(text) {
                 Ok(k) => {
                     let topic = match topics.get(&k.topic) {
                         Some(t) => t.clone(),
