@@ -44,7 +44,7 @@ fn case(
     if !all_columns {
         diffs.retain(|d| !d.contains(" columns, expected "));
     }
-    let dlq = query(&s.db(), "SELECT offset, reason FROM sluice_dlq");
+    let dlq = query(&s.db(), "SELECT kafka_offset, reason FROM sluice_dlq");
     assert!(
         diffs.is_empty() && dlq.is_empty(),
         "{dir}: {} differences:\n{}\nDLQ: {dlq:?}\nlog:\n{}",

@@ -59,7 +59,7 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
             "CREATE TRIGGER t_ins AFTER INSERT ON tagged BEGIN UPDATE audit SET inserts = inserts + 1; END",
             "CREATE TRIGGER t_upd AFTER UPDATE ON tagged BEGIN UPDATE audit SET updates = updates + 1; END",
             // every committed checkpoint, i.e. every batch boundary
-            "CREATE TABLE sluice_offsets (pipeline TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (pipeline, topic, partition))",
+            "CREATE TABLE sluice_offsets (pipeline TEXT NOT NULL, topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (pipeline, topic, kafka_partition))",
             "CREATE TABLE boundaries (next_offset INTEGER NOT NULL)",
             "CREATE TRIGGER b_ins AFTER INSERT ON sluice_offsets BEGIN INSERT INTO boundaries VALUES (NEW.next_offset); END",
             "CREATE TRIGGER b_upd AFTER UPDATE ON sluice_offsets BEGIN INSERT INTO boundaries VALUES (NEW.next_offset); END",

@@ -197,7 +197,7 @@ fn running_the_same_input_twice_changes_nothing() {
     assert_eq!(before, after);
     let offsets_after = query(
         &s.db(),
-        "SELECT topic, partition, next_offset FROM sluice_offsets ORDER BY topic",
+        "SELECT topic, kafka_partition, next_offset FROM sluice_offsets ORDER BY topic",
     );
     let strip = |rows: Vec<serde_json::Map<String, Json>>| {
         rows.into_iter()
@@ -226,7 +226,7 @@ fn a_trapping_plugin_dead_letters_only_the_poison_event() {
     assert!(poison > 0);
     let dlq = query(
         &s.db(),
-        "SELECT topic, offset, stage, plugin, reason, value FROM sluice_dlq",
+        "SELECT topic, kafka_offset, stage, plugin, reason, record_value FROM sluice_dlq",
     );
     assert_eq!(dlq.len(), poison, "{dlq:?}");
     for r in &dlq {
@@ -238,7 +238,7 @@ fn a_trapping_plugin_dead_letters_only_the_poison_event() {
             "{reason}"
         );
         assert!(
-            r["value"].as_str().unwrap().contains("1003"),
+            r["record_value"].as_str().unwrap().contains("1003"),
             "the original record is kept"
         );
     }
@@ -275,9 +275,9 @@ fn a_runaway_plugin_is_stopped_by_the_call_deadline() {
     let cfg = s.path("p.toml");
     std::fs::write(&cfg, "[limits]\ncall_timeout = \"300ms\"\n").unwrap();
     s.run(&events, &[cfg.to_str().unwrap()]);
-    let dlq = query(&s.db(), "SELECT offset, reason FROM sluice_dlq");
+    let dlq = query(&s.db(), "SELECT kafka_offset, reason FROM sluice_dlq");
     assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0]["offset"], 1);
+    assert_eq!(dlq[0]["kafka_offset"], 1);
     assert!(
         dlq[0]["reason"].as_str().unwrap().contains("deadline"),
         "{dlq:?}"
@@ -345,7 +345,7 @@ fn sink_snapshot(db: &std::path::Path) -> Vec<Vec<serde_json::Map<String, Json>>
         .filter(|(t, _)| table_exists(db, t))
         .map(|(t, _)| query(db, &format!("SELECT * FROM {t} ORDER BY 1, 2")))
         .collect();
-    out.push(query(db, "SELECT topic, partition, offset, stage, reason FROM sluice_dlq ORDER BY topic, partition, offset"));
+    out.push(query(db, "SELECT topic, kafka_partition, kafka_offset, stage, reason FROM sluice_dlq ORDER BY topic, kafka_partition, kafka_offset"));
     out
 }
 

@@ -64,7 +64,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
 
-    /// Where results go: `sqlite:PATH`.
+    /// Where results go: `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// or `mysql://USER:PASSWORD@HOST:PORT/DB` (MariaDB too). Tables are
+    /// created from the plugins' declared outputs.
     #[arg(long, value_name = "URI")]
     pub sink: Option<String>,
 

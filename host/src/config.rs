@@ -202,10 +202,48 @@ pub enum SourceSpec {
 }
 
 /// Where results go.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum SinkSpec {
     /// The sqlx URL and the database path.
     Sqlite { url: String, path: PathBuf },
+    /// A PostgreSQL (`postgres://`) or MySQL/MariaDB (`mysql://`) URL.
+    Server { url: String },
+}
+
+impl SinkSpec {
+    /// The URL to connect with (credentials included).
+    pub fn url(&self) -> &str {
+        match self {
+            SinkSpec::Sqlite { url, .. } | SinkSpec::Server { url } => url,
+        }
+    }
+
+    /// The URL for logs and messages: the password replaced by `***`.
+    pub fn shown(&self) -> String {
+        redact_password(self.url())
+    }
+}
+
+impl std::fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// Values given on the command line; they override the file.
@@ -283,7 +321,7 @@ impl Pipeline {
             Some(s) => parse_sink(&s, Path::new(""))?,
             None => match pf.sink {
                 Some(s) => parse_sink(&s, base).context("key `sink`")?,
-                None => bail!("no sink: give --sink sqlite:PATH or `sink = \"sqlite:PATH\"` in the pipeline file"),
+                None => bail!("no sink: give --sink sqlite:PATH (or postgres://…, mysql://…) or `sink = \"sqlite:PATH\"` in the pipeline file"),
             },
         };
         let plugins = match ov.plugins.or_else(|| pf.plugins.map(rel)) {
@@ -372,10 +410,30 @@ pub fn parse_source(s: &str, base: &Path) -> anyhow::Result<SourceSpec> {
     }
 }
 
-/// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABS/PATH` (sqlx URL forms).
+/// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABS/PATH` (sqlx URL forms);
+/// `postgres://USER:PASSWORD@HOST:PORT/DB`; `mysql://…` or `mariadb://…`.
 pub fn parse_sink(s: &str, base: &Path) -> anyhow::Result<SinkSpec> {
+    for (scheme, as_scheme) in [
+        ("postgres://", "postgres://"),
+        ("postgresql://", "postgres://"),
+        ("mysql://", "mysql://"),
+        ("mariadb://", "mysql://"),
+    ] {
+        if let Some(rest) = s.strip_prefix(scheme) {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            if host.is_empty() || host.starts_with('/') {
+                bail!(
+                    "sink `{}`: no host; expected {scheme}USER:PASSWORD@HOST:PORT/DATABASE",
+                    redact_password(s)
+                );
+            }
+            return Ok(SinkSpec::Server {
+                url: format!("{as_scheme}{rest}"),
+            });
+        }
+    }
     let Some(rest) = s.strip_prefix("sqlite:") else {
-        bail!("unsupported sink `{s}`: expected sqlite:PATH");
+        bail!("unsupported sink `{}`: expected sqlite:PATH, postgres://USER:PASSWORD@HOST/DB or mysql://USER:PASSWORD@HOST/DB", redact_password(s));
     };
     let rest = rest.split('?').next().unwrap_or(rest);
     let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -383,8 +441,20 @@ pub fn parse_sink(s: &str, base: &Path) -> anyhow::Result<SinkSpec> {
         bail!("sink `{s}`: give a database file path (sqlite:PATH)");
     }
     let path = base.join(path);
+    // `%`, `?` and `#` would be read as URL syntax; sqlx percent-decodes the path.
+    let escaped: String = path
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| match c {
+            '%' => "%25".to_string(),
+            '?' => "%3F".to_string(),
+            '#' => "%23".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
     Ok(SinkSpec::Sqlite {
-        url: format!("sqlite://{}", path.display()),
+        url: format!("sqlite://{escaped}?mode=rwc"),
         path,
     })
 }
@@ -468,14 +538,23 @@ mod tests {
         assert_eq!(
             parse_sink("sqlite:out.db", base).unwrap(),
             SinkSpec::Sqlite {
-                url: "sqlite://out.db".into(),
+                url: "sqlite://out.db?mode=rwc".into(),
                 path: "out.db".into()
             }
         );
+        assert_eq!(
+            parse_sink("mariadb://u:secret@db:3306/sink", base)
+                .unwrap()
+                .url(),
+            "mysql://u:secret@db:3306/sink"
+        );
+        let pg = parse_sink("postgresql://u:secret@db/sink", base).unwrap();
+        assert_eq!(pg.url(), "postgres://u:secret@db/sink");
+        assert_eq!(format!("{pg:?}"), "postgres://u:***@db/sink");
+        assert!(parse_sink("postgres://", base).is_err());
         assert!(
             matches!(parse_sink("sqlite:///tmp/x.db", base).unwrap(), SinkSpec::Sqlite { path, .. } if path == Path::new("/tmp/x.db"))
         );
-        assert!(parse_sink("postgres://x", base).is_err());
         assert!(parse_source("kafka://x", base).is_err(), "no port");
         assert!(
             matches!(parse_source("kafka://a:9092,b:9092", base).unwrap(), SourceSpec::Kafka { brokers, .. } if brokers == "a:9092,b:9092")

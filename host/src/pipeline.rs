@@ -14,13 +14,13 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Pipeline, SinkSpec, SourceSpec};
+use crate::config::{Pipeline, SourceSpec};
 use crate::decode::{Decoded, Decoder};
 use crate::model::{DeadLetter, RawRecord, Stage};
 use crate::plugin::loader::{self, PluginUpdate};
 use crate::plugin::runtime::{Limits, Runtime};
 use crate::plugin::set::PluginSet;
-use crate::sink::sqlite::SqliteSink;
+use crate::sink::sql::SqlSink;
 use crate::sink::{EventWrites, SinkBatch};
 use crate::source::file::{FileSource, SourceItem};
 use crate::source::kafka::{Checkpoint, KafkaSource};
@@ -41,8 +41,7 @@ pub struct RunSummary {
 pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let SinkSpec::Sqlite { url, .. } = &p.sink;
-    let mut sink = SqliteSink::open(url, &p.name).await?;
+    let mut sink = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
     let resume = sink.load_offsets().await?;
     let learned = sink.load_learned().await?;
     if !resume.is_empty() {

@@ -1,6 +1,7 @@
 //! Sinks: where a batch's writes, dead letters and offsets land, atomically.
 
-pub mod sqlite;
+pub mod dialect;
+pub mod sql;
 
 use std::sync::Arc;
 

@@ -1,0 +1,898 @@
+//! SQL sinks: SQLite (the embedded default), PostgreSQL and MySQL/MariaDB,
+//! through one commit routine. Each batch commits in one transaction: the
+//! rows, the dead letters, the decoder's facts and the source offsets
+//! together, so a re-run or a crash at any instant never applies an event
+//! twice or loses one.
+//!
+//! Writes are grouped per table into multi-row upserts and deletes. If one
+//! of them meets a row-level error (constraint, value out of range…), the
+//! whole batch is rolled back and written again event by event, each in a
+//! savepoint, so only the offending events are dead-lettered.
+//!
+//! Tables are created from the plugin's declared sink table, before the
+//! transaction (MySQL commits DDL implicitly); new columns are added. Values
+//! are always bound, identifiers always quoted. Logical types are kept:
+//! decimals as NUMERIC/DECIMAL (text in SQLite), instants as TIMESTAMPTZ
+//! (PostgreSQL) or their UTC DATETIME(6) (MySQL) or
+//! `YYYY-MM-DDTHH:MM:SS.ffffffZ` text (SQLite); `sluice_columns` records
+//! each column's logical type.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sqlx::AnyConnection;
+use sqlx::{Connection as _, Row as _};
+
+use super::dialect::Dialect;
+use super::{EventWrites, SinkBatch, SinkReport};
+use crate::decode::temporal;
+use crate::model::{Column, ColumnType, DeadLetter, Learned, SinkTable, SinkWrite, Stage, Value};
+
+/// Why a table cannot be written (its events are dead-lettered), or why the
+/// sink itself failed (the batch rolls back and the run stops).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The data cannot go into this sink (bad key, type, name): the event is
+    /// dead-lettered and the pipeline goes on.
+    #[error("{0}")]
+    Rejected(String),
+    /// The sink itself failed (I/O, connection, permissions): nothing is
+    /// committed, so a restart re-reads the batch.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// An open SQL sink for one pipeline.
+pub struct SqlSink {
+    conn: AnyConnection,
+    dialect: Dialect,
+    pipeline: String,
+    tables: HashMap<String, TableState>,
+    sql: HashMap<Arc<SinkTable>, TableSql>,
+    meta: MetaSql,
+}
+
+/// What the sink knows of an existing table.
+#[derive(Debug, Clone)]
+struct TableState {
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+/// Bookkeeping statements in this dialect.
+struct MetaSql {
+    dlq: String,
+    offsets: String,
+    learned: String,
+    catalog: String,
+}
+
+impl MetaSql {
+    fn new(d: Dialect) -> MetaSql {
+        let now = match d {
+            Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            Dialect::Postgres => "now()",
+            Dialect::MySql { .. } => "UTC_TIMESTAMP(6)",
+        };
+        let upsert = |table: &str, cols: &[&str], key: usize, update: bool, last: &str| {
+            let quoted: Vec<String> = cols.iter().map(|c| d.quote(c)).collect();
+            let mut values = vec!["?"; cols.len()];
+            if !last.is_empty() {
+                *values.last_mut().expect("columns") = last;
+            }
+            let tail = if update {
+                d.upsert_clause(&quoted[..key], &quoted[key..])
+            } else {
+                d.upsert_clause(&quoted[..key], &[])
+            };
+            d.sql(&format!(
+                "INSERT INTO {table} ({}) VALUES ({}){tail}",
+                quoted.join(", "),
+                values.join(", ")
+            ))
+            .into_owned()
+        };
+        MetaSql {
+            dlq: d
+                .sql(&format!(
+                    "INSERT INTO sluice_dlq (pipeline, topic, kafka_partition, kafka_offset, record_key, record_value, stage, plugin, reason, failed_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
+                ))
+                .into_owned(),
+            offsets: upsert(
+                "sluice_offsets",
+                &["pipeline", "topic", "kafka_partition", "next_offset", "updated_at"],
+                3,
+                true,
+                now,
+            ),
+            learned: upsert(
+                "sluice_decoder_state",
+                &["pipeline", "topic", "kind", "name", "value"],
+                4,
+                true,
+                "",
+            ),
+            catalog: upsert(
+                "sluice_columns",
+                &["table_name", "column_name", "logical_type"],
+                2,
+                false,
+                "",
+            ),
+        }
+    }
+}
+
+impl SqlSink {
+    /// Connect (creating a SQLite file if needed) and create the bookkeeping tables.
+    pub async fn open(url: &str, shown: &str, pipeline: &str) -> anyhow::Result<SqlSink> {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url)
+            .await
+            .with_context(|| format!("connecting to the sink {shown}"))?;
+        let dialect = match conn.backend_name() {
+            "SQLite" => Dialect::Sqlite,
+            "PostgreSQL" => Dialect::Postgres,
+            "MySQL" => {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut conn)
+                    .await?;
+                let collation = if version.contains("MariaDB") {
+                    "utf8mb4_nopad_bin"
+                } else if version.starts_with("5.") {
+                    "utf8mb4_bin"
+                } else {
+                    "utf8mb4_0900_bin"
+                };
+                Dialect::MySql { collation }
+            }
+            other => anyhow::bail!("sink {shown}: unsupported database `{other}`"),
+        };
+        let session: &[&str] = match dialect {
+            Dialect::Sqlite => &[
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 10000",
+            ],
+            Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
+            Dialect::MySql { .. } => &[
+                "SET SESSION time_zone = '+00:00'",
+                // Strict: a value the column cannot hold is an error, never a silent change.
+                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO')",
+            ],
+        };
+        for s in session {
+            sqlx::query(s)
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("sink {shown}: {s}"))?;
+        }
+        for ddl in dialect.meta_ddl() {
+            sqlx::query(ddl)
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("sink {shown}: creating Sluice's bookkeeping tables"))?;
+        }
+        tracing::info!(sink = %shown, database = dialect.name(), "sink ready");
+        Ok(SqlSink {
+            conn,
+            dialect,
+            pipeline: pipeline.to_string(),
+            tables: HashMap::new(),
+            sql: HashMap::new(),
+            meta: MetaSql::new(dialect),
+        })
+    }
+
+    /// The checkpoint: next offset per (topic, partition) for this pipeline.
+    pub async fn load_offsets(&mut self) -> anyhow::Result<HashMap<(String, i32), i64>> {
+        let sql = self.dialect.sql(
+            "SELECT topic, kafka_partition, next_offset FROM sluice_offsets WHERE pipeline = ?",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&self.pipeline)
+            .fetch_all(&mut self.conn)
+            .await
+            .context("reading sluice_offsets")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    (r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
+                    r.try_get::<i64, _>(2)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading sluice_offsets")
+    }
+
+    /// What the decoder learned in committed batches of this pipeline.
+    pub async fn load_learned(&mut self) -> anyhow::Result<Vec<Learned>> {
+        let sql = self
+            .dialect
+            .sql("SELECT topic, kind, name, value FROM sluice_decoder_state WHERE pipeline = ?");
+        let rows = sqlx::query(&sql)
+            .bind(&self.pipeline)
+            .fetch_all(&mut self.conn)
+            .await
+            .context("reading sluice_decoder_state")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (topic, kind, name, value): (String, String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            out.push(match kind.as_str() {
+                "text_column" => Learned::TextColumn {
+                    topic,
+                    column: name,
+                },
+                "key" => Learned::Key {
+                    topic,
+                    columns: serde_json::from_str(&value)
+                        .with_context(|| format!("sluice_decoder_state: bad key {value}"))?,
+                },
+                other => anyhow::bail!("sluice_decoder_state: unknown kind `{other}`"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Row counts of the tables Sluice created, for the exit summary.
+    pub async fn table_counts(&mut self) -> anyhow::Result<Vec<(String, i64)>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT table_name FROM sluice_columns ORDER BY table_name",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut out = Vec::new();
+        for n in names {
+            let sql = format!("SELECT count(*) FROM {}", self.dialect.quote(&n));
+            // A table dropped since is simply not counted.
+            if let Ok(count) = sqlx::query_scalar::<_, i64>(&sql)
+                .fetch_one(&mut self.conn)
+                .await
+            {
+                out.push((n, count));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apply a batch atomically: writes, dead letters, decoder facts, offsets.
+    pub async fn commit(&mut self, batch: SinkBatch) -> anyhow::Result<SinkReport> {
+        let d = self.dialect;
+        let mut report = SinkReport::default();
+        let mut dead: Vec<DeadLetter> = batch.dead;
+
+        // Tables first, outside the transaction (DDL commits implicitly in
+        // MySQL), so the table cache stays true whatever happens next.
+        let broken = self.prepare_tables(&batch.events).await?;
+        let mut accepted = Vec::with_capacity(batch.events.len());
+        for ev in batch.events {
+            match precheck(d, &ev, &broken) {
+                None => accepted.push(ev),
+                Some(reason) => reject(&mut dead, &mut report, ev, reason),
+            }
+        }
+
+        let SqlSink {
+            conn,
+            sql,
+            meta,
+            pipeline,
+            ..
+        } = self;
+        let mut tx = conn.begin().await.context("BEGIN")?;
+        match write_grouped(&mut tx, d, sql, &accepted).await {
+            Ok(n) => report.writes += n,
+            Err(e) if d.retry_event_by_event(&e) => {
+                tracing::debug!("a grouped write failed ({e}); writing the batch event by event");
+                tx.rollback().await.context("ROLLBACK")?;
+                tx = conn.begin().await.context("BEGIN")?;
+                for ev in accepted {
+                    match write_event(&mut tx, d, sql, &ev).await {
+                        Ok(n) => report.writes += n,
+                        Err(SinkError::Rejected(reason)) => {
+                            reject(&mut dead, &mut report, ev, reason)
+                        }
+                        Err(SinkError::Database(e)) => {
+                            return Err(anyhow::Error::new(e).context("writing to the sink"))
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("writing to the sink")),
+        }
+
+        for dl in &dead {
+            sqlx::query(&meta.dlq)
+                .bind(pipeline.as_str())
+                .bind(&*dl.record.id.topic)
+                .bind(dl.record.id.partition)
+                .bind(dl.record.id.offset)
+                .bind(dl.record.key.as_deref())
+                .bind(dl.record.value.as_deref())
+                .bind(dl.stage.as_str())
+                .bind(dl.plugin.as_deref())
+                .bind(dl.reason.as_str())
+                .execute(&mut *tx)
+                .await
+                .context("writing sluice_dlq")?;
+        }
+        for (topic, partition, next) in &batch.offsets {
+            sqlx::query(&meta.offsets)
+                .bind(pipeline.as_str())
+                .bind(&**topic)
+                .bind(*partition)
+                .bind(*next)
+                .execute(&mut *tx)
+                .await
+                .context("writing sluice_offsets")?;
+        }
+        for fact in &batch.learned {
+            let (topic, kind, name, value) = match fact {
+                Learned::TextColumn { topic, column } => {
+                    (topic, "text_column", column.as_str(), String::new())
+                }
+                Learned::Key { topic, columns } => {
+                    (topic, "key", "", serde_json::to_string(columns)?)
+                }
+            };
+            sqlx::query(&meta.learned)
+                .bind(pipeline.as_str())
+                .bind(topic.as_str())
+                .bind(kind)
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .context("writing sluice_decoder_state")?;
+        }
+        tx.commit().await.context("COMMIT")?;
+        Ok(report)
+    }
+
+    /// Create or extend every table the batch writes to. Returns the tables
+    /// that cannot take the plugin's rows, with the reason.
+    async fn prepare_tables(
+        &mut self,
+        events: &[EventWrites],
+    ) -> anyhow::Result<HashMap<*const SinkTable, String>> {
+        let mut broken = HashMap::new();
+        let mut checked: HashSet<*const SinkTable> = HashSet::new();
+        for ev in events {
+            for w in &ev.writes {
+                let table = w.table();
+                let ptr = Arc::as_ptr(table);
+                if !checked.insert(ptr) {
+                    continue;
+                }
+                match self.ensure_table(table).await {
+                    Ok(()) => {}
+                    Err(SinkError::Rejected(why)) => {
+                        tracing::warn!(table = %table.name, "sink table refused: {why}");
+                        broken.insert(ptr, why);
+                    }
+                    Err(SinkError::Database(e)) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("preparing sink table `{}`", table.name)))
+                    }
+                }
+            }
+        }
+        Ok(broken)
+    }
+
+    /// Create the table or add missing columns.
+    async fn ensure_table(&mut self, table: &SinkTable) -> Result<(), SinkError> {
+        let d = self.dialect;
+        let rejected = |why: String| Err(SinkError::Rejected(why));
+        if table.key.is_empty() {
+            return rejected(format!(
+                "sink table `{}` has no primary key; upserts need one",
+                table.name
+            ));
+        }
+        if table.name.starts_with("sluice_") {
+            return rejected(format!(
+                "sink table name `{}` is reserved for Sluice's bookkeeping",
+                table.name
+            ));
+        }
+        for name in std::iter::once(&table.name).chain(table.columns.iter().map(|c| &c.name)) {
+            if let Some(why) = d.check_identifier(name) {
+                return rejected(format!("sink table `{}`: {why}", table.name));
+            }
+        }
+        let key_names: Vec<String> = table
+            .key
+            .iter()
+            .map(|&k| table.columns[k as usize].name.clone())
+            .collect();
+        let mut types = Vec::with_capacity(table.columns.len());
+        for (i, c) in table.columns.iter().enumerate() {
+            match d.column_type(c, table.key.contains(&(i as u32))) {
+                Ok(t) => types.push(t),
+                Err(why) => return rejected(format!("sink table `{}`: {why}", table.name)),
+            }
+        }
+        if !self.tables.contains_key(&table.name) {
+            if let Some(state) = read_table(&mut self.conn, d, &table.name).await? {
+                self.tables.insert(table.name.clone(), state);
+            }
+        }
+        let ddl_error = |e: sqlx::Error| {
+            if d.is_table_error(&e) {
+                SinkError::Rejected(format!("sink table `{}`: {e}", table.name))
+            } else {
+                SinkError::Database(e)
+            }
+        };
+        let quoted_table = d.quote(&table.name);
+        match self.tables.get_mut(&table.name) {
+            Some(state) => {
+                if state.key != key_names {
+                    return rejected(format!(
+                        "sink table `{}` has primary key ({}) but the plugin declares ({})",
+                        table.name,
+                        state.key.join(", "),
+                        key_names.join(", ")
+                    ));
+                }
+                for (c, ty) in table.columns.iter().zip(&types) {
+                    if state.columns.iter().any(|n| n == &c.name) {
+                        continue;
+                    }
+                    sqlx::query(&format!(
+                        "ALTER TABLE {quoted_table} ADD COLUMN {} {ty}",
+                        d.quote(&c.name)
+                    ))
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(ddl_error)?;
+                    catalog(&mut self.conn, &self.meta, &table.name, c).await?;
+                    tracing::info!(table = %table.name, column = %c.name, "sink column added");
+                    state.columns.push(c.name.clone());
+                }
+                Ok(())
+            }
+            None => {
+                let defs: Vec<String> = table
+                    .columns
+                    .iter()
+                    .zip(&types)
+                    .enumerate()
+                    .map(|(i, (c, ty))| {
+                        let not_null = if table.key.contains(&(i as u32)) {
+                            " NOT NULL"
+                        } else {
+                            ""
+                        };
+                        format!("{} {ty}{not_null}", d.quote(&c.name))
+                    })
+                    .collect();
+                let ddl = format!(
+                    "CREATE TABLE IF NOT EXISTS {quoted_table} ({}, PRIMARY KEY ({})){}",
+                    defs.join(", "),
+                    key_names
+                        .iter()
+                        .map(|k| d.quote(k))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    d.table_options()
+                );
+                sqlx::query(&ddl)
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(ddl_error)?;
+                for c in &table.columns {
+                    catalog(&mut self.conn, &self.meta, &table.name, c).await?;
+                }
+                tracing::info!(table = %table.name, "sink table created");
+                self.tables.insert(
+                    table.name.clone(),
+                    TableState {
+                        columns: table.columns.iter().map(|c| c.name.clone()).collect(),
+                        key: key_names,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why an event cannot be written, found without asking the database.
+fn precheck(
+    d: Dialect,
+    ev: &EventWrites,
+    broken: &HashMap<*const SinkTable, String>,
+) -> Option<String> {
+    for w in &ev.writes {
+        let table = w.table();
+        if let Some(why) = broken.get(&Arc::as_ptr(table)) {
+            return Some(why.clone());
+        }
+        let (values, columns) = row(table, w);
+        for (v, c) in values.iter().zip(columns) {
+            if let Some(why) = d.unstorable(v, c) {
+                return Some(format!("writing to `{}`: {why}", table.name));
+            }
+        }
+    }
+    None
+}
+
+fn reject(dead: &mut Vec<DeadLetter>, report: &mut SinkReport, ev: EventWrites, reason: String) {
+    tracing::warn!(topic = %ev.record.id.topic, partition = ev.record.id.partition, offset = ev.record.id.offset, "sink rejected event: {reason}");
+    report.dlq_sink += 1;
+    dead.push(DeadLetter {
+        record: ev.record,
+        stage: Stage::Sink,
+        plugin: ev.plugins,
+        reason,
+    });
+}
+
+/// The values a write binds and their columns: the whole row for an
+/// upsert, the key for a delete.
+fn row<'a>(table: &'a SinkTable, w: &'a SinkWrite) -> (&'a [Value], Vec<&'a Column>) {
+    match w {
+        SinkWrite::Upsert { values, .. } => (values, table.columns.iter().collect()),
+        SinkWrite::Delete { key, .. } => (
+            key,
+            table
+                .key
+                .iter()
+                .map(|&k| &table.columns[k as usize])
+                .collect(),
+        ),
+    }
+}
+
+/// Multi-row statements of one sink table, built on first use. Row counts are
+/// powers of two so a handful of prepared statements serve every batch.
+struct TableSql {
+    table: Arc<SinkTable>,
+    max_rows: usize,
+    upserts: HashMap<usize, Arc<str>>,
+    deletes: HashMap<usize, Arc<str>>,
+}
+
+impl TableSql {
+    fn new(d: Dialect, table: &Arc<SinkTable>) -> TableSql {
+        TableSql {
+            table: table.clone(),
+            max_rows: d.max_rows(table.columns.len()),
+            upserts: HashMap::new(),
+            deletes: HashMap::new(),
+        }
+    }
+
+    fn statement(&mut self, d: Dialect, upsert: bool, rows: usize) -> Arc<str> {
+        let t = &self.table;
+        let cache = if upsert {
+            &mut self.upserts
+        } else {
+            &mut self.deletes
+        };
+        cache
+            .entry(rows)
+            .or_insert_with(|| {
+                if upsert {
+                    upsert_sql(d, t, rows)
+                } else {
+                    delete_sql(d, t, rows)
+                }
+                .into()
+            })
+            .clone()
+    }
+}
+
+fn upsert_sql(d: Dialect, t: &SinkTable, rows: usize) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| d.quote(&c.name)).collect();
+    let key: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| d.quote(&t.columns[k as usize].name))
+        .collect();
+    let non_key: Vec<String> = (0..t.columns.len())
+        .filter(|i| !t.key.contains(&(*i as u32)))
+        .map(|i| cols[i].clone())
+        .collect();
+    let mut n = 0;
+    let tuples: Vec<String> = (0..rows)
+        .map(|_| {
+            let ps: Vec<String> = t
+                .columns
+                .iter()
+                .map(|c| {
+                    n += 1;
+                    d.placeholder(n, Some(c))
+                })
+                .collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES {}{}",
+        d.quote(&t.name),
+        cols.join(", "),
+        tuples.join(", "),
+        d.upsert_clause(&key, &non_key)
+    )
+}
+
+fn delete_sql(d: Dialect, t: &SinkTable, rows: usize) -> String {
+    let key: Vec<(&Column, String)> = t
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &t.columns[k as usize];
+            (c, d.quote(&c.name))
+        })
+        .collect();
+    let mut n = 0;
+    let mut next = |c: &Column| {
+        n += 1;
+        d.placeholder(n, Some(c))
+    };
+    let cond = if let [(c, name)] = key.as_slice() {
+        let ps: Vec<String> = (0..rows).map(|_| next(c)).collect();
+        format!("{name} IN ({})", ps.join(", "))
+    } else {
+        (0..rows)
+            .map(|_| {
+                let parts: Vec<String> = key
+                    .iter()
+                    .map(|(c, name)| format!("{name} = {}", next(c)))
+                    .collect();
+                format!("({})", parts.join(" AND "))
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    format!("DELETE FROM {} WHERE {cond}", d.quote(&t.name))
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_value<'q>(q: AnyQuery<'q>, d: Dialect, v: &'q Value, col: &Column) -> AnyQuery<'q> {
+    match v {
+        // NULLs carry the column's type, so PostgreSQL can infer nothing wrong.
+        Value::Null => match col.ty {
+            ColumnType::Int => q.bind(None::<i64>),
+            ColumnType::Float => q.bind(None::<f64>),
+            ColumnType::Boolean if d != Dialect::Sqlite => q.bind(None::<bool>),
+            ColumnType::Boolean => q.bind(None::<i64>),
+            ColumnType::Bytes => q.bind(None::<Vec<u8>>),
+            _ => q.bind(None::<String>),
+        },
+        Value::Boolean(b) if d == Dialect::Sqlite => q.bind(*b as i64),
+        Value::Boolean(b) => q.bind(*b),
+        Value::Int(i) => q.bind(*i),
+        Value::Float(f) => q.bind(*f),
+        Value::Decimal(s) | Value::Text(s) | Value::Json(s) => q.bind(s.as_str()),
+        Value::Bytes(b) => q.bind(b.as_slice()),
+        // MySQL's DATETIME takes no zone suffix: the UTC wall time is stored.
+        Value::Timestamp(us) if matches!(d, Dialect::MySql { .. }) => {
+            q.bind(temporal::format_local(*us))
+        }
+        Value::Timestamp(us) => q.bind(temporal::format_timestamp(*us)),
+        Value::LocalTimestamp(us) => q.bind(temporal::format_local(*us)),
+        Value::Date(days) => q.bind(temporal::format_date(*days)),
+        Value::Time(us) => q.bind(temporal::format_time(*us)),
+    }
+}
+
+/// The key of a write as bytes, to keep two writes of one key out of one
+/// multi-row statement.
+fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
+    out.clear();
+    let mut push = |v: &Value| match v {
+        Value::Null => out.push(0),
+        Value::Boolean(b) => out.extend([1, *b as u8]),
+        Value::Int(i) => {
+            out.push(2);
+            out.extend(i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            out.push(3);
+            out.extend(f.to_bits().to_le_bytes());
+        }
+        Value::Decimal(s) | Value::Text(s) | Value::Json(s) => {
+            out.push(4);
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            out.push(5);
+            out.extend((b.len() as u64).to_le_bytes());
+            out.extend(b);
+        }
+        Value::Timestamp(x) | Value::LocalTimestamp(x) | Value::Time(x) => {
+            out.push(6);
+            out.extend(x.to_le_bytes());
+        }
+        Value::Date(x) => {
+            out.push(7);
+            out.extend(x.to_le_bytes());
+        }
+    };
+    match w {
+        SinkWrite::Upsert { values, .. } => {
+            table.key.iter().for_each(|&k| push(&values[k as usize]))
+        }
+        SinkWrite::Delete { key, .. } => key.iter().for_each(push),
+    }
+}
+
+/// The fast path: every table's writes in order, grouped into multi-row
+/// upserts and deletes. A run ends where the kind changes or a key repeats
+/// (a later write of a key must follow the earlier one).
+async fn write_grouped(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    events: &[EventWrites],
+) -> Result<u64, sqlx::Error> {
+    let mut order: Vec<(&Arc<SinkTable>, Vec<&SinkWrite>)> = Vec::new();
+    let mut index: HashMap<*const SinkTable, usize> = HashMap::new();
+    for w in events.iter().flat_map(|ev| &ev.writes) {
+        let table = w.table();
+        let i = *index.entry(Arc::as_ptr(table)).or_insert_with(|| {
+            order.push((table, Vec::new()));
+            order.len() - 1
+        });
+        order[i].1.push(w);
+    }
+    let mut written = 0;
+    let mut key = Vec::new();
+    for (table, writes) in order {
+        let ts = cache
+            .entry(table.clone())
+            .or_insert_with(|| TableSql::new(d, table));
+        let mut start = 0;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for (i, w) in writes.iter().enumerate() {
+            key_bytes(table, w, &mut key);
+            let kind_changed = i > start && is_upsert(writes[start]) != is_upsert(w);
+            if kind_changed || seen.contains(&key) || i - start == ts.max_rows {
+                execute_run(conn, d, ts, &writes[start..i]).await?;
+                start = i;
+                seen.clear();
+            }
+            seen.insert(key.clone());
+        }
+        execute_run(conn, d, ts, &writes[start..]).await?;
+        written += writes.len() as u64;
+    }
+    Ok(written)
+}
+
+fn is_upsert(w: &SinkWrite) -> bool {
+    matches!(w, SinkWrite::Upsert { .. })
+}
+
+/// Write a run of same-kind writes to one table in power-of-two chunks.
+async fn execute_run(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    ts: &mut TableSql,
+    mut run: &[&SinkWrite],
+) -> Result<(), sqlx::Error> {
+    while let Some(first) = run.first() {
+        let rows = 1 << (usize::BITS - 1 - run.len().leading_zeros());
+        let sql = ts.statement(d, is_upsert(first), rows);
+        let mut q = sqlx::query(&sql);
+        for w in &run[..rows] {
+            let (values, columns) = row(&ts.table, w);
+            for (v, c) in values.iter().zip(columns) {
+                q = bind_value(q, d, v, c);
+            }
+        }
+        q.execute(&mut *conn).await?;
+        run = &run[rows..];
+    }
+    Ok(())
+}
+
+/// The slow path: one event in a savepoint, one row per statement, so a
+/// row error names this event alone and undoes only its writes.
+async fn write_event(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    ev: &EventWrites,
+) -> Result<u64, SinkError> {
+    sqlx::query(Dialect::SAVEPOINT).execute(&mut *conn).await?;
+    for w in &ev.writes {
+        let table = w.table();
+        let ts = cache
+            .entry(table.clone())
+            .or_insert_with(|| TableSql::new(d, table));
+        if let Err(e) = execute_run(conn, d, ts, &[w]).await {
+            if !d.is_row_error(&e) {
+                return Err(SinkError::Database(e));
+            }
+            sqlx::query(Dialect::ROLLBACK_TO)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(Dialect::RELEASE).execute(&mut *conn).await?;
+            return Err(SinkError::Rejected(format!(
+                "writing to `{}`: {e}",
+                table.name
+            )));
+        }
+    }
+    sqlx::query(Dialect::RELEASE).execute(&mut *conn).await?;
+    Ok(ev.writes.len() as u64)
+}
+
+async fn catalog(
+    conn: &mut AnyConnection,
+    meta: &MetaSql,
+    table: &str,
+    col: &Column,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&meta.catalog)
+        .bind(table)
+        .bind(col.name.as_str())
+        .bind(col.ty.as_str())
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+async fn read_table(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    name: &str,
+) -> Result<Option<TableState>, sqlx::Error> {
+    let (columns, key) = match d {
+        Dialect::Sqlite => {
+            let rows = sqlx::query(&format!("PRAGMA table_info({})", d.quote(name)))
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut columns = Vec::new();
+            let mut key: Vec<(i64, String)> = Vec::new();
+            for r in rows {
+                let col: String = r.try_get("name")?;
+                let pk: i64 = r.try_get("pk")?;
+                if pk > 0 {
+                    key.push((pk, col.clone()));
+                }
+                columns.push(col);
+            }
+            key.sort();
+            (columns, key.into_iter().map(|(_, c)| c).collect())
+        }
+        Dialect::Postgres | Dialect::MySql { .. } => {
+            let (schema, text) = match d {
+                Dialect::Postgres => ("current_schema()", "::text"),
+                _ => ("DATABASE()", ""),
+            };
+            let columns: Vec<String> = sqlx::query_scalar(&d.sql(&format!(
+                "SELECT column_name{text} FROM information_schema.columns
+                 WHERE table_schema = {schema} AND table_name = ? ORDER BY ordinal_position"
+            )))
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await?;
+            let key: Vec<String> = sqlx::query_scalar(&d.sql(&format!(
+                "SELECT k.column_name{text} FROM information_schema.table_constraints c
+                 JOIN information_schema.key_column_usage k
+                   ON k.constraint_schema = c.constraint_schema AND k.constraint_name = c.constraint_name
+                  AND k.table_schema = c.table_schema AND k.table_name = c.table_name
+                 WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = {schema} AND c.table_name = ?
+                 ORDER BY k.ordinal_position"
+            )))
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await?;
+            (columns, key)
+        }
+    };
+    Ok((!columns.is_empty()).then_some(TableState { columns, key }))
+}
