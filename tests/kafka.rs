@@ -12,27 +12,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::Value as Json;
 
-const BROKERS: &str = "localhost:9092";
-
-fn stack_ready() -> bool {
-    if std::env::var_os("SLUICE_SKIP_STACK_TESTS").is_some() {
-        eprintln!("SKIPPED: SLUICE_SKIP_STACK_TESTS is set");
-        return false;
-    }
-    let ok = Command::new("kcat")
-        .args(["-b", BROKERS, "-L", "-m", "5"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "Kafka is not reachable at {BROKERS}: run `dev/stack up && dev/stack register` (dev/test does), \
-         or set SLUICE_SKIP_STACK_TESTS=1 to skip the tests that need the stack"
-    );
-    true
-}
-
 /// Produce a kcat -J file into topics renamed `<prefix>.<schema>.<table>`,
 /// keeping keys, partitions and tombstones. Returns the topic regex.
 fn produce(file: &std::path::Path, prefix: &str) -> String {
@@ -78,14 +57,6 @@ fn produce(file: &std::path::Path, prefix: &str) -> String {
         assert!(child.wait().unwrap().success(), "kcat -P into {topic}");
     }
     format!(r"{prefix}\..*")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 fn run_kafka(s: &Scratch, topics: &str, group: &str) -> std::process::Output {

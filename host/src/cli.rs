@@ -82,6 +82,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// Kafka: topic for dead-lettered records (original key, value and
+    /// headers plus `__connect.errors.*` headers) [default: <name>.dlq].
+    /// Give "" to keep dead letters in the sink's sluice_dlq table only.
+    #[arg(long, value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
+
     /// Most records per batch [default: 500].
     #[arg(long, value_name = "N")]
     pub max_batch: Option<usize>,
@@ -123,6 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             until_caught_up: args.until_caught_up,
             name: args.name,
             max_batch_records: args.max_batch,
+            dlq_topic: args.dlq_topic,
         },
     )?;
     tracing::info!(
@@ -187,6 +194,12 @@ fn print_summary(s: &RunSummary) {
             ""
         }
     );
+    if g(&st.dlq_published) > 0 {
+        println!(
+            "{} dead letters copied to the DLQ topic",
+            g(&st.dlq_published)
+        );
+    }
     println!("sink tables:");
     for (t, n) in &s.tables {
         println!("  {t:<24} {n:>8} rows");

@@ -23,8 +23,11 @@ pub struct PipelineFile {
     pub topics: Option<String>,
     /// Kafka: consumer group.
     pub group: Option<String>,
-    /// `sqlite:PATH`.
+    /// `sqlite:PATH`, `postgres://…` or `mysql://…`.
     pub sink: Option<String>,
+    /// Kafka: topic that receives dead-lettered records with Kafka Connect
+    /// style error headers [default: `<name>.dlq`; `""` turns it off].
+    pub dlq_topic: Option<String>,
     /// Folder of `.wasm` plugins, watched for changes.
     pub plugins: Option<PathBuf>,
     /// Stop once the source has nothing more.
@@ -162,6 +165,8 @@ pub struct Pipeline {
     pub name: String,
     pub source: SourceSpec,
     pub sink: SinkSpec,
+    /// Kafka topic mirroring the sink's `sluice_dlq` table, if any.
+    pub dlq_topic: Option<String>,
     pub plugins: PathBuf,
     pub until_caught_up: bool,
     pub max_batch_records: usize,
@@ -257,6 +262,7 @@ pub struct Overrides {
     pub until_caught_up: bool,
     pub name: Option<String>,
     pub max_batch_records: Option<usize>,
+    pub dlq_topic: Option<String>,
 }
 
 impl Pipeline {
@@ -285,7 +291,9 @@ impl Pipeline {
                 None => bail!("no source: give --source file:PATH or kafka://HOST:PORT (or `source = ...` in the pipeline file)"),
             },
         };
+        let name = ov.name.or(pf.name).unwrap_or_else(|| "sluice".into());
         let topics = ov.topics.or(pf.topics);
+        let dlq_topic = ov.dlq_topic.or(pf.dlq_topic);
         let group = ov.group.or(pf.group);
         let source = match source {
             SourceSpec::Kafka { brokers, .. } => {
@@ -295,15 +303,7 @@ impl Pipeline {
                 if let Err(e) = regex_lite::Regex::new(&topics) {
                     bail!("--topics / key `topics`: `{topics}` is not a regular expression: {e}");
                 }
-                let group = group.unwrap_or_else(|| {
-                    format!(
-                        "sluice-{}",
-                        ov.name
-                            .clone()
-                            .or(pf.name.clone())
-                            .unwrap_or_else(|| "sluice".into())
-                    )
-                });
+                let group = group.unwrap_or_else(|| format!("sluice-{name}"));
                 SourceSpec::Kafka {
                     brokers,
                     topics,
@@ -311,11 +311,16 @@ impl Pipeline {
                 }
             }
             file => {
-                if topics.is_some() || group.is_some() {
-                    bail!("--topics and --group (keys `topics`, `group`) apply to kafka:// sources only");
+                if topics.is_some() || group.is_some() || dlq_topic.is_some() {
+                    bail!("--topics, --group and --dlq-topic (keys `topics`, `group`, `dlq_topic`) apply to kafka:// sources only");
                 }
                 file
             }
+        };
+        let dlq_topic = match (&source, dlq_topic) {
+            (SourceSpec::Kafka { .. }, None) => Some(format!("{name}.dlq")),
+            (_, Some(t)) if t.is_empty() => None,
+            (_, t) => t,
         };
         let sink = match ov.sink {
             Some(s) => parse_sink(&s, Path::new(""))?,
@@ -374,7 +379,8 @@ impl Pipeline {
             }
         }
         Ok(Pipeline {
-            name: ov.name.or(pf.name).unwrap_or_else(|| "sluice".into()),
+            name,
+            dlq_topic,
             source,
             sink,
             plugins,

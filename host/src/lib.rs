@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod dlq;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;

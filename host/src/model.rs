@@ -137,6 +137,8 @@ pub struct RawRecord {
     pub key: Option<String>,
     /// Kafka value as text; `None` is a tombstone.
     pub value: Option<String>,
+    /// Kafka headers, in order (passed on to the DLQ topic).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// One decoded change event.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Pipeline, SourceSpec};
 use crate::decode::{Decoded, Decoder};
+use crate::dlq::DlqTopic;
 use crate::model::{DeadLetter, RawRecord, Stage};
 use crate::plugin::loader::{self, PluginUpdate};
 use crate::plugin::runtime::{Limits, Runtime};
@@ -140,19 +141,34 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     };
     let progress = spawn_progress(stats.clone(), cancel.clone());
 
+    let dlq = match (&p.source, &p.dlq_topic) {
+        (SourceSpec::Kafka { brokers, .. }, Some(topic)) => {
+            Some(DlqTopic::new(brokers, topic, &p.name)?)
+        }
+        _ => None,
+    };
+    // Dead letters a previous run committed but did not get onto the topic.
+    let mut dlq_pending = dlq.is_some();
     let mut sink_error = None;
     while let Some(batch) = sink_rx.recv().await {
         let records = batch.records;
         let offsets = batch.offsets.clone();
+        let had_dead = !batch.dead.is_empty();
         match sink.commit(batch).await {
             Ok(report) => {
+                dlq_pending |= had_dead || report.dlq_sink > 0;
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
                 stats.add(&stats.committed, records);
                 stats.add(&stats.batches, 1);
-                let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
-                for (topic, partition, next) in offsets {
-                    cp.insert((topic.to_string(), partition), next);
+                {
+                    let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+                    for (topic, partition, next) in offsets {
+                        cp.insert((topic.to_string(), partition), next);
+                    }
+                }
+                if let (Some(dlq), true) = (&dlq, dlq_pending) {
+                    dlq_pending = !publish_dead_letters(&mut sink, dlq, &stats).await;
                 }
             }
             Err(e) => {
@@ -165,6 +181,9 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         }
     }
     drop(sink_rx);
+    if let (Some(dlq), true, None) = (&dlq, dlq_pending, &sink_error) {
+        publish_dead_letters(&mut sink, dlq, &stats).await;
+    }
     progress.abort();
     let source_result = source_task.await.context("source task panicked")?;
     let processor_result = tokio::task::spawn_blocking(move || processor.join())
@@ -183,6 +202,41 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         tables,
         elapsed: started.elapsed(),
     })
+}
+
+/// Copy the sink's unpublished dead letters to the DLQ topic. A broker that
+/// cannot be reached does not stop the pipeline: the rows stay unpublished
+/// and are sent after the next commit. Returns whether all were sent.
+async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats) -> bool {
+    loop {
+        let rows = match sink.unpublished_dead_letters(500).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(
+                    topic = dlq.topic(),
+                    "reading dead letters to publish: {e:#}"
+                );
+                return false;
+            }
+        };
+        if rows.is_empty() {
+            return true;
+        }
+        let (sent, error) = dlq.publish(&rows).await;
+        stats.add(&stats.dlq_published, sent.len() as u64);
+        if let Err(e) = sink.mark_published(&sent).await {
+            tracing::warn!(topic = dlq.topic(), "{e:#}");
+            return false;
+        }
+        if let Some(e) = error {
+            tracing::warn!(
+                topic = dlq.topic(),
+                unsent = rows.len() - sent.len(),
+                "DLQ topic: {e:#}; retrying after the next commit"
+            );
+            return false;
+        }
+    }
 }
 
 fn spawn_progress(stats: Arc<Stats>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {

@@ -21,6 +21,8 @@ pub struct Stats {
     pub dlq_plugin: AtomicU64,
     pub dlq_sink: AtomicU64,
     pub batches: AtomicU64,
+    /// Dead letters copied to the DLQ topic.
+    pub dlq_published: AtomicU64,
     pub reloads: AtomicU64,
 }
 

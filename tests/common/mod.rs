@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -346,4 +346,36 @@ pub fn assert_pg_state(db: &Path) {
         diffs.len(),
         diffs.join("\n")
     );
+}
+
+// --- the dev stack (dev/stack up && dev/stack register) ---
+
+pub const BROKERS: &str = "localhost:9092";
+
+pub fn stack_ready() -> bool {
+    if std::env::var_os("SLUICE_SKIP_STACK_TESTS").is_some() {
+        eprintln!("SKIPPED: SLUICE_SKIP_STACK_TESTS is set");
+        return false;
+    }
+    let ok = Command::new("kcat")
+        .args(["-b", BROKERS, "-L", "-m", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Kafka is not reachable at {BROKERS}: run `dev/stack up && dev/stack register` (dev/test does), \
+         or set SLUICE_SKIP_STACK_TESTS=1 to skip the tests that need the stack"
+    );
+    true
+}
+
+/// A name no earlier run used (topics, groups, databases).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
 }

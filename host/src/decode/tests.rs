@@ -20,6 +20,7 @@ fn raw(topic: &str, key: Option<&str>, value: &str) -> RawRecord {
         },
         key: key.map(str::to_string),
         value: Some(value.to_string()),
+        headers: Vec::new(),
     }
 }
 

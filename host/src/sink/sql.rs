@@ -96,8 +96,8 @@ impl MetaSql {
         MetaSql {
             dlq: d
                 .sql(&format!(
-                    "INSERT INTO sluice_dlq (pipeline, topic, kafka_partition, kafka_offset, record_key, record_value, stage, plugin, reason, failed_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
+                    "INSERT INTO sluice_dlq (pipeline, topic, kafka_partition, kafka_offset, record_key, record_value, record_headers, stage, plugin, reason, failed_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
                 ))
                 .into_owned(),
             offsets: upsert(
@@ -219,8 +219,8 @@ impl SqlSink {
             .context("reading sluice_decoder_state")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let (topic, kind, name, value): (String, String, String, String) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let (topic, kind, name) = (text(&r, 0)?, text(&r, 1)?, text(&r, 2)?);
+            let value = text(&r, 3)?;
             out.push(match kind.as_str() {
                 "text_column" => Learned::TextColumn {
                     topic,
@@ -235,6 +235,60 @@ impl SqlSink {
             });
         }
         Ok(out)
+    }
+
+    /// Dead letters not yet copied to the DLQ topic, oldest first.
+    pub async fn unpublished_dead_letters(
+        &mut self,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredDeadLetter>> {
+        let sql = self.dialect.sql(
+            "SELECT id, topic, kafka_partition, kafka_offset, record_key, record_value, record_headers, stage, plugin, reason
+             FROM sluice_dlq WHERE pipeline = ? AND NOT published ORDER BY id LIMIT ?",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&self.pipeline)
+            .bind(limit)
+            .fetch_all(&mut self.conn)
+            .await
+            .context("reading sluice_dlq")?;
+        rows.into_iter()
+            .map(|r| {
+                let headers = opt_text(&r, 6)?;
+                Ok(StoredDeadLetter {
+                    id: r.try_get(0)?,
+                    topic: text(&r, 1)?,
+                    partition: r.try_get(2)?,
+                    offset: r.try_get(3)?,
+                    key: opt_text(&r, 4)?,
+                    value: opt_text(&r, 5)?,
+                    headers: decode_headers(headers.as_deref())?,
+                    stage: text(&r, 7)?,
+                    plugin: opt_text(&r, 8)?,
+                    reason: text(&r, 9)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .context("reading sluice_dlq")
+    }
+
+    /// Record that these dead letters are on the DLQ topic.
+    pub async fn mark_published(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(500) {
+            let text = format!(
+                "UPDATE sluice_dlq SET published = TRUE WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let sql = self.dialect.sql(&text);
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut self.conn)
+                .await
+                .context("marking dead letters published")?;
+        }
+        Ok(())
     }
 
     /// Row counts of the tables Sluice created, for the exit summary.
@@ -312,6 +366,7 @@ impl SqlSink {
                 .bind(dl.record.id.offset)
                 .bind(dl.record.key.as_deref())
                 .bind(dl.record.value.as_deref())
+                .bind(encode_headers(&dl.record.headers))
                 .bind(dl.stage.as_str())
                 .bind(dl.plugin.as_deref())
                 .bind(dl.reason.as_str())
@@ -500,6 +555,82 @@ impl SqlSink {
             }
         }
     }
+}
+
+/// A text column. MySQL reports TEXT columns as BLOBs and sqlx's `Any`
+/// driver then refuses them as strings, so bytes are accepted as UTF-8.
+fn opt_text(r: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+    match r.try_get::<Option<String>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(_) => r
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map(|b| {
+                String::from_utf8(b).map_err(|e| sqlx::Error::ColumnDecode {
+                    index: i.to_string(),
+                    source: Box::new(e),
+                })
+            })
+            .transpose(),
+    }
+}
+
+fn text(r: &sqlx::any::AnyRow, i: usize) -> Result<String, sqlx::Error> {
+    opt_text(r, i)?.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: "unexpected NULL".into(),
+    })
+}
+
+/// A row of `sluice_dlq`, as the DLQ topic needs it.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub stage: String,
+    pub plugin: Option<String>,
+    pub reason: String,
+}
+
+/// Kafka headers as JSON text: `[["name", "base64" | null], …]`.
+fn encode_headers(headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
+    use base64::Engine as _;
+    if headers.is_empty() {
+        return None;
+    }
+    let list: Vec<(&str, Option<String>)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                v.as_ref()
+                    .map(|v| base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    serde_json::to_string(&list).ok()
+}
+
+fn decode_headers(text: Option<&str>) -> anyhow::Result<Vec<(String, Option<Vec<u8>>)>> {
+    use base64::Engine as _;
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<(String, Option<String>)> =
+        serde_json::from_str(text).context("record_headers is not a header list")?;
+    list.into_iter()
+        .map(|(k, v)| {
+            let v = v
+                .map(|v| base64::engine::general_purpose::STANDARD.decode(v))
+                .transpose()
+                .context("record_headers: a value is not base64")?;
+            Ok((k, v))
+        })
+        .collect()
 }
 
 /// Why an event cannot be written, found without asking the database.

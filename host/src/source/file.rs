@@ -66,6 +66,7 @@ impl KcatLine {
             },
             key: self.key,
             value: self.payload,
+            headers: Vec::new(),
         }
     }
 }
@@ -154,6 +155,7 @@ impl FileSource {
                         },
                         key: k.key,
                         value: k.payload,
+                        headers: Vec::new(),
                     })
                 }
                 Err(_) if at_eof => {
@@ -178,6 +180,7 @@ impl FileSource {
                             },
                             key: None,
                             value: Some(text.to_string()),
+                            headers: Vec::new(),
                         },
                         reason: format!("line {line_no} is not a kcat -J record: {e}"),
                     }

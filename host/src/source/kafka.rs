@@ -15,7 +15,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -134,9 +134,16 @@ impl KafkaSource {
             checkpoint: self.checkpoint.clone(),
             assigned: assigned.clone(),
         };
+        // Static membership: a restarted host (crash, deploy) takes its
+        // partitions back at once instead of waiting out the dead member's
+        // session; a second copy on the same machine is fenced.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
         let consumer: StreamConsumer<ResumeFromSink> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
+            .set("group.instance.id", format!("{}@{host}", self.group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -234,8 +241,14 @@ impl KafkaSource {
                     })
                     .transpose()
                 };
+                let headers = headers(&msg);
                 let item = match (text(msg.key(), "key"), text(msg.payload(), "value")) {
-                    (Ok(key), Ok(value)) => SourceItem::Record(RawRecord { id, key, value }),
+                    (Ok(key), Ok(value)) => SourceItem::Record(RawRecord {
+                        id,
+                        key,
+                        value,
+                        headers,
+                    }),
                     (k, v) => {
                         let reason = [k.err(), v.err()]
                             .into_iter()
@@ -249,6 +262,7 @@ impl KafkaSource {
                                 value: msg
                                     .payload()
                                     .map(|b| String::from_utf8_lossy(b).into_owned()),
+                                headers,
                             },
                             reason,
                         }
@@ -271,6 +285,15 @@ impl KafkaSource {
         commit_group_offsets(&consumer, &self.checkpoint, &assigned);
         Ok(())
     }
+}
+
+/// A message's headers, kept for the DLQ topic.
+fn headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+    msg.headers().map_or_else(Vec::new, |hs| {
+        hs.iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    })
 }
 
 /// Raise `reached` to the consumer's position of each assigned partition.

@@ -1,0 +1,782 @@
+//! End-to-end against the real dev stack: a workload on the source database
+//! (PostgreSQL or MariaDB), Debezium into Kafka, Sluice with `mirror` into a
+//! fresh PostgreSQL or MariaDB database. The truth is the source database
+//! itself: after catch-up, every captured table must read the same on both
+//! sides (compared by query, values rendered canonically on each side).
+//!
+//! The tests share the source databases and their topics, so they take a
+//! lock and run one at a time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sqlx::{AnyConnection, Connection as _, Executor as _, Row as _};
+
+static SOURCE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PG: &str = "postgres://sluice:sluice@localhost:5432";
+const MY: &str = "mysql://sluice:sluice@127.0.0.1:3306";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Db {
+    Pg,
+    My,
+}
+
+impl Db {
+    fn url(self, database: &str) -> String {
+        match self {
+            Db::Pg => format!("{PG}/{database}"),
+            Db::My => format!("{MY}/{database}"),
+        }
+    }
+
+    /// Topics Debezium writes the seed tables to.
+    fn topics(self) -> &'static str {
+        match self {
+            Db::Pg => r"^pgserver1\.public\.(customers|orders)$",
+            Db::My => r"^dbserver1\.inventory\.(customers|orders)$",
+        }
+    }
+
+    fn topic(self, table: &str) -> String {
+        match self {
+            Db::Pg => format!("pgserver1.public.{table}"),
+            Db::My => format!("dbserver1.inventory.{table}"),
+        }
+    }
+}
+
+async fn connect(db: Db, database: &str) -> AnyConnection {
+    sqlx::any::install_default_drivers();
+    let mut c = AnyConnection::connect(&db.url(database))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {database} on {db:?}: {e}"));
+    let tz = match db {
+        Db::Pg => "SET TIME ZONE 'UTC'",
+        Db::My => "SET time_zone = '+00:00'",
+    };
+    c.execute(tz).await.unwrap();
+    c
+}
+
+/// A fresh, empty sink database; dropped again when the test passes.
+struct SinkDb {
+    db: Db,
+    name: String,
+}
+
+impl SinkDb {
+    async fn create(db: Db, label: &str) -> SinkDb {
+        let name = unique(&format!("sluice_{label}_"));
+        let admin = match db {
+            Db::Pg => "postgres",
+            Db::My => "mysql",
+        };
+        let mut c = connect(db, admin).await;
+        c.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        SinkDb { db, name }
+    }
+
+    fn url(&self) -> String {
+        self.db.url(&self.name)
+    }
+
+    async fn drop_it(self) {
+        let admin = match self.db {
+            Db::Pg => "postgres",
+            Db::My => "mysql",
+        };
+        let mut c = connect(self.db, admin).await;
+        let _ = c
+            .execute(format!("DROP DATABASE IF EXISTS {}", self.name).as_str())
+            .await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Int,
+    Text,
+    Bool,
+    Decimal,
+    /// TIMESTAMPTZ / MariaDB TIMESTAMP: compared in UTC.
+    Instant,
+    Local,
+}
+
+const TABLES: &[(&str, &[(&str, Kind)])] = &[
+    (
+        "customers",
+        &[
+            ("id", Kind::Int),
+            ("name", Kind::Text),
+            ("email", Kind::Text),
+            ("segment", Kind::Text),
+            ("vip", Kind::Bool),
+            ("created_at", Kind::Instant),
+        ],
+    ),
+    (
+        "orders",
+        &[
+            ("order_id", Kind::Int),
+            ("customer_id", Kind::Int),
+            ("amount", Kind::Decimal),
+            ("status", Kind::Text),
+            ("placed_at", Kind::Local),
+            ("note", Kind::Text),
+        ],
+    ),
+];
+
+/// One column rendered as text the same way on both databases.
+fn canonical(db: Db, col: &str, kind: Kind) -> String {
+    match (db, kind) {
+        (Db::Pg, Kind::Int | Kind::Decimal | Kind::Text) => format!("{col}::text"),
+        (Db::Pg, Kind::Bool) => {
+            format!("CASE WHEN {col} IS NULL THEN NULL WHEN {col} THEN 'true' ELSE 'false' END")
+        }
+        (Db::Pg, Kind::Instant) => {
+            format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+        }
+        (Db::Pg, Kind::Local) => format!("to_char({col}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+        (Db::My, Kind::Int | Kind::Decimal | Kind::Text) => format!("CAST({col} AS CHAR)"),
+        (Db::My, Kind::Bool) => {
+            format!(
+                "CASE WHEN {col} IS NULL THEN NULL WHEN {col} <> 0 THEN 'true' ELSE 'false' END"
+            )
+        }
+        (Db::My, Kind::Instant | Kind::Local) => {
+            format!("DATE_FORMAT({col}, '%Y-%m-%d %H:%i:%s.%f')")
+        }
+    }
+}
+
+type Rows = BTreeMap<String, Vec<Vec<Option<String>>>>;
+
+/// Every captured table, rows ordered by key, values canonical.
+async fn snapshot(db: Db, database: &str) -> Rows {
+    let mut c = connect(db, database).await;
+    let mut out = Rows::new();
+    for (table, cols) in TABLES {
+        let exprs: Vec<String> = cols.iter().map(|(n, k)| canonical(db, n, *k)).collect();
+        let sql = format!(
+            // qualified: PostgreSQL would sort by the text output column `id`
+            "SELECT {} FROM {table} ORDER BY {table}.{}",
+            exprs.join(", "),
+            cols[0].0
+        );
+        // a table Sluice has not created yet reads as empty
+        let rows: Vec<sqlx::any::AnyRow> = sqlx::query(&sql)
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_default();
+        out.insert(
+            table.to_string(),
+            rows.iter()
+                .map(|r| (0..cols.len()).map(|i| text(r, i)).collect())
+                .collect(),
+        );
+    }
+    out
+}
+
+fn source_db(_db: Db) -> &'static str {
+    "inventory"
+}
+
+/// A scripted workload: inserts (unicode, NULLs, sub-second instants,
+/// decimals), updates, deletes and primary-key changes on both tables.
+/// Ids start above everything already there, so runs never collide.
+async fn workload(db: Db, customers: i64) -> i64 {
+    let mut c = connect(db, source_db(db)).await;
+    let base: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM customers")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+        .max(
+            sqlx::query("SELECT COALESCE(MAX(order_id), 0) FROM orders")
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap(),
+        )
+        + 1000;
+    let n = customers;
+    let segments = ["smb", "enterprise", "retail"];
+    let rows: Vec<String> = (1..=n)
+        .map(|i| {
+            let email = if i % 3 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("'c{i}@example.com'")
+            };
+            format!(
+                "({}, 'Kunde {i} Zoë ✓', {email}, '{}', {}, '2024-05-{:02} {:02}:{:02}:07.{:06}')",
+                base + i,
+                segments[(i % 3) as usize],
+                if i % 2 == 0 { "true" } else { "false" },
+                1 + i % 28,
+                i % 24,
+                i % 60,
+                (i * 7919) % 1_000_000
+            )
+        })
+        .collect();
+    c.execute(
+        format!(
+            "INSERT INTO customers (id, name, email, segment, vip, created_at) VALUES {}",
+            rows.join(", ")
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    let rows: Vec<String> = (1..=2 * n)
+        .map(|i| {
+            let note = if i % 4 == 0 { "'gift ✓'" } else { "NULL" };
+            format!(
+                "({}, {}, {}.{:02}, 'NEW', '2025-01-{:02} 10:{:02}:00.{:06}', {note})",
+                base + i,
+                base + 1 + i % n,
+                (i * 37) % 100_000,
+                i % 100,
+                1 + i % 28,
+                i % 60,
+                (i * 104_729) % 1_000_000
+            )
+        })
+        .collect();
+    c.execute(
+        format!(
+            "INSERT INTO orders (order_id, customer_id, amount, status, placed_at, note) VALUES {}",
+            rows.join(", ")
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    let (lo, hi_c, hi_o) = (base + 1, base + n, base + 2 * n);
+    for stmt in [
+        format!("UPDATE customers SET vip = NOT vip, email = concat('changed', id, '@example.com') WHERE id BETWEEN {lo} AND {hi_c} AND id % 4 = 1"),
+        format!("UPDATE orders SET status = 'PAID', amount = amount + 0.01 WHERE order_id BETWEEN {lo} AND {hi_o} AND order_id % 3 = 0"),
+        format!("UPDATE orders SET note = NULL WHERE order_id BETWEEN {lo} AND {hi_o} AND order_id % 8 = 0"),
+        format!("DELETE FROM orders WHERE order_id BETWEEN {lo} AND {hi_o} AND order_id % 5 = 0"),
+        format!("DELETE FROM customers WHERE id = {}", base + 2),
+        // primary-key changes: Debezium sends a delete of the old key and a create of the new
+        format!("UPDATE customers SET id = {} WHERE id = {}", base + 10 * n, base + 3),
+        format!("UPDATE orders SET order_id = {} WHERE order_id = {}", base + 10 * n, base + 1),
+        // and the row changes again under its new key
+        format!("UPDATE customers SET segment = 'moved' WHERE id = {}", base + 10 * n),
+    ] {
+        c.execute(stmt.as_str()).await.unwrap();
+    }
+    base
+}
+
+fn mirror() -> Scratch {
+    Scratch::new(&[("mirror", "mirror")])
+}
+
+/// `sluice run` from Kafka into `sink_url`, under pipeline `name`.
+fn sluice_kafka(s: &Scratch, topics: &str, name: &str, sink_url: &str) -> Command {
+    let mut c = sluice();
+    c.args(["run", "--source", &format!("kafka://{BROKERS}")])
+        .args(["--topics", topics, "--name", name, "--sink", sink_url])
+        .arg("--plugins")
+        .arg(s.path("plugins"));
+    c
+}
+
+fn run_ok(mut c: Command) -> Output {
+    let out = c.arg("--until-caught-up").output().unwrap();
+    assert!(
+        out.status.success(),
+        "sluice failed: {}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+/// Run Sluice until the sink reads like the source (Debezium may still be
+/// delivering the workload's last changes), for at most `limit`.
+async fn catch_up(source: Db, sink: &SinkDb, s: &Scratch, name: &str, limit: Duration) -> Rows {
+    let started = Instant::now();
+    let want = snapshot(source, source_db(source)).await;
+    loop {
+        let out = run_ok(sluice_kafka(s, source.topics(), name, &sink.url()));
+        let got = snapshot(sink.db, &sink.name).await;
+        if got == want {
+            return want;
+        }
+        if started.elapsed() > limit {
+            let diff: Vec<String> = TABLES
+                .iter()
+                .flat_map(|(t, _)| {
+                    let (w, g) = (&want[*t], &got[*t]);
+                    let missing = w.iter().filter(|r| !g.contains(r)).take(5);
+                    let extra = g.iter().filter(|r| !w.contains(r)).take(5);
+                    let first = w.iter().zip(g.iter()).find(|(a, b)| a != b);
+                    std::iter::once(format!(
+                        "{t}: {} rows in the source, {} in the sink; first difference in order: {first:?}",
+                        w.len(),
+                        g.len()
+                    ))
+                    .chain(missing
+                        .map(move |r| format!("{t}: source has {r:?}"))
+                        .chain(extra.map(move |r| format!("{t}: sink has {r:?}"))))
+                })
+                .collect();
+            panic!(
+                "{:?} → {:?}: sink differs from source after {limit:?}:\n{}\nlast run:\n{}",
+                source,
+                sink.db,
+                diff.join("\n"),
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Dead letters in the sink other than the poison records the poison test
+/// puts into the captured topics on purpose.
+async fn unexpected_dead_letters(sink: &SinkDb) -> Vec<String> {
+    let mut c = connect(sink.db, &sink.name).await;
+    let rows = sqlx::query("SELECT topic, reason, record_value FROM sluice_dlq")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    rows.iter()
+        .filter(|r| !text(r, 2).unwrap_or_default().contains(POISON_MARK))
+        .map(|r| {
+            format!(
+                "{}: {}",
+                text(r, 0).unwrap_or_default(),
+                text(r, 1).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// A text column; MySQL's TEXT arrives as bytes through sqlx's Any driver.
+fn text(r: &sqlx::any::AnyRow, i: usize) -> Option<String> {
+    r.try_get::<Option<String>, _>(i).unwrap_or_else(|_| {
+        r.try_get::<Option<Vec<u8>>, _>(i)
+            .unwrap()
+            .map(|b| String::from_utf8(b).unwrap())
+    })
+}
+
+const POISON_MARK: &str = "sluice-poison";
+
+async fn pair(source: Db, sink_db: Db, label: &str) {
+    if !stack_ready() {
+        return;
+    }
+    let _lock = SOURCE_LOCK.lock().await;
+    let sink = SinkDb::create(sink_db, label).await;
+    workload(source, 40).await;
+    let s = mirror();
+    let name = unique(label);
+    let rows = catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
+    assert!(rows["customers"].len() >= 40 && rows["orders"].len() >= 60);
+    assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
+    // a second workload on top: the same pipeline resumes from its checkpoint
+    workload(source, 10).await;
+    catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
+    sink.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_postgres_sink_equals_source() {
+    pair(Db::Pg, Db::Pg, "pgpg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_mariadb_sink_equals_source() {
+    pair(Db::My, Db::My, "mymy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_mariadb_sink_equals_source() {
+    pair(Db::Pg, Db::My, "pgmy").await;
+}
+
+/// Non-tombstone records per topic: each is one sink write for `mirror`.
+fn events_in_topic(topic: &str) -> i64 {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            BROKERS,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%S\\n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kcat -C {topic}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim() != "-1")
+        .count() as i64
+}
+
+/// The PostgreSQL workload of the crash test: many small transactions.
+async fn long_workload(rounds: i64) {
+    let mut c = connect(Db::Pg, "inventory").await;
+    let base: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1000 FROM customers")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap();
+    let obase: i64 = sqlx::query("SELECT COALESCE(MAX(order_id), 0) + 1000 FROM orders")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap();
+    for i in 1..=rounds {
+        let (id, oid) = (base + i, obase + 2 * i);
+        let mut stmts = vec![
+            format!("INSERT INTO customers (id, name, email, segment, vip, created_at) VALUES ({id}, 'crash {i} ✓', 'k{i}@example.com', 'smb', false, '2024-06-01 00:00:00.{:06}')", i % 1_000_000),
+            format!("INSERT INTO orders (order_id, customer_id, amount, status, placed_at, note) VALUES ({oid}, {id}, {}.{:02}, 'NEW', '2025-02-01 00:00:00.{:06}', NULL), ({}, {id}, 1.00, 'NEW', '2025-02-01 00:00:01', 'x')", i % 9999, i % 100, i % 1_000_000, oid + 1),
+            format!("UPDATE orders SET status = 'PAID', amount = amount + 1 WHERE order_id = {oid}"),
+        ];
+        if i % 3 == 0 {
+            stmts.push(format!("DELETE FROM orders WHERE order_id = {}", oid + 1));
+        }
+        if i % 7 == 0 {
+            stmts.push(format!(
+                "UPDATE customers SET vip = true, email = NULL WHERE id = {}",
+                id - 1
+            ));
+        }
+        if i % 50 == 0 {
+            stmts.push(format!(
+                "UPDATE customers SET id = {} WHERE id = {}",
+                id + 10_000_000,
+                id - 2
+            ));
+        }
+        let mut tx = c.begin().await.unwrap();
+        for s in &stmts {
+            tx.execute(s.as_str()).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
+/// The sink tables as Sluice would create them, plus an audit of every row
+/// write (AFTER triggers fire once per applied row, inside Sluice's
+/// transaction, so a rolled-back batch counts nothing).
+async fn audited_sink(sink: &SinkDb) {
+    let mut c = connect(sink.db, &sink.name).await;
+    for s in [
+        "CREATE TABLE customers (id BIGINT NOT NULL, name TEXT, email TEXT, segment TEXT, vip BOOLEAN, created_at TIMESTAMPTZ, PRIMARY KEY (id))",
+        "CREATE TABLE orders (order_id BIGINT NOT NULL, customer_id BIGINT, amount NUMERIC(12,2), status TEXT, placed_at TIMESTAMP, note TEXT, PRIMARY KEY (order_id))",
+        "CREATE TABLE audit (tbl TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (tbl))",
+        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           INSERT INTO audit VALUES (TG_TABLE_NAME, 1) ON CONFLICT (tbl) DO UPDATE SET n = audit.n + 1;
+           RETURN NULL;
+         END $$",
+        "CREATE TRIGGER audit_customers AFTER INSERT OR UPDATE OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION audit_row()",
+        "CREATE TRIGGER audit_orders AFTER INSERT OR UPDATE OR DELETE ON orders FOR EACH ROW EXECUTE FUNCTION audit_row()",
+    ] {
+        c.execute(s).await.unwrap();
+    }
+}
+
+fn kill(child: &mut Child) {
+    // SIGKILL: no chance to finish a batch or flush anything.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
+    if !stack_ready() {
+        return;
+    }
+    let _lock = SOURCE_LOCK.lock().await;
+    let sink = SinkDb::create(Db::Pg, "crash").await;
+    audited_sink(&sink).await;
+    let s = mirror();
+    let name = unique("crash");
+    let work = tokio::spawn(long_workload(6000));
+    // pseudo-random kill moments, different on every run, shown on failure
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut kills = Vec::new();
+    let mut running = Duration::ZERO;
+    while !work.is_finished() || kills.len() < 3 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let after = Duration::from_millis(800 + seed % 3200);
+        let mut child = sluice_kafka(&s, Db::Pg.topics(), &name, &sink.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(after).await;
+        kill(&mut child);
+        running += after;
+        kills.push(after.as_millis());
+        if kills.len() >= 12 {
+            break;
+        }
+    }
+    work.await.unwrap();
+    let started = Instant::now();
+    let rows = catch_up(Db::Pg, &sink, &s, &name, Duration::from_secs(180)).await;
+    let final_run = started.elapsed();
+    eprintln!("killed after (ms): {kills:?}");
+
+    // exactly once: one row write per change event in the topics
+    let mut c = connect(Db::Pg, &sink.name).await;
+    for (table, _) in TABLES {
+        let writes: i64 =
+            sqlx::query("SELECT COALESCE(SUM(n), 0)::bigint FROM audit WHERE tbl = $1")
+                .bind(*table)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+        let events = events_in_topic(&Db::Pg.topic(table));
+        let poison = poison_records(&Db::Pg.topic(table));
+        assert_eq!(
+            writes,
+            events - poison,
+            "{table}: {writes} row writes for {events} change events ({poison} poison records); kills at {kills:?} ms"
+        );
+    }
+    assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
+    let total: i64 = TABLES
+        .iter()
+        .map(|(t, _)| events_in_topic(&Db::Pg.topic(t)))
+        .sum();
+    eprintln!(
+        "crash test: {} kills over {:.1}s of running, {} events, {} rows in the sink; final catch-up {:.1}s",
+        kills.len(),
+        running.as_secs_f64(),
+        total,
+        rows.values().map(Vec::len).sum::<usize>(),
+        final_run.as_secs_f64()
+    );
+    sink.drop_it().await;
+
+    // Throughput on the same topics: a new pipeline replays them whole into
+    // a fresh PostgreSQL database (and must again equal the source).
+    let fresh = SinkDb::create(Db::Pg, "tput").await;
+    let tput = unique("tput");
+    let out = run_ok(sluice_kafka(&s, Db::Pg.topics(), &tput, &fresh.url()));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "crash-test topics replayed by a new pipeline: {}",
+        summary.lines().next().unwrap_or("")
+    );
+    catch_up(Db::Pg, &fresh, &s, &tput, Duration::from_secs(60)).await;
+    fresh.drop_it().await;
+}
+
+/// Records in the topic that carry the poison marker (none unless the
+/// poison test ran before).
+fn poison_records(topic: &str) -> i64 {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            BROKERS,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%s\\n"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(POISON_MARK))
+        .count() as i64
+}
+
+/// Highest offset in one partition (-1 when empty).
+fn last_offset(topic: &str, partition: i32) -> i64 {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            BROKERS,
+            "-t",
+            topic,
+            "-p",
+            &partition.to_string(),
+        ])
+        .args(["-o", "beginning", "-e", "-q", "-f", "%o\\n"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap_or(-1)
+}
+
+/// kcat -J records of a topic, from the beginning.
+fn consume_json(topic: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            BROKERS,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-J",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kcat -C {topic}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// kcat -J headers (`["k1","v1","k2","v2",…]`) as pairs.
+fn headers(record: &serde_json::Value) -> Vec<(String, String)> {
+    let list = record["headers"].as_array().cloned().unwrap_or_default();
+    list.chunks(2)
+        .map(|kv| {
+            (
+                kv[0].as_str().unwrap_or("").to_string(),
+                kv.get(1).and_then(|v| v.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_record_goes_to_the_dlq_topic_and_later_records_apply() {
+    if !stack_ready() {
+        return;
+    }
+    let _lock = SOURCE_LOCK.lock().await;
+    let topic = Db::Pg.topic("orders");
+    let nonce = unique(POISON_MARK);
+    let key = r#"{"order_id":-1}"#;
+    let value = format!(r#"{{"payload":{{"op":"c","after":"{nonce}"}}}}"#);
+    let mut child = Command::new("kcat")
+        .args(["-P", "-b", BROKERS, "-t", &topic, "-p", "0", "-K", "\t"])
+        .args(["-H", "origin=poison-test"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{key}\t{value}").unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "kcat -P");
+    let poison_offset = consume_json(&topic)
+        .into_iter()
+        .find(|r| r["payload"].as_str().is_some_and(|p| p.contains(&nonce)))
+        .expect("the poison record is in the topic")["offset"]
+        .as_i64()
+        .unwrap();
+
+    // Real changes after it, until partition 0 holds some behind the poison.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        workload(Db::Pg, 10).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if last_offset(&topic, 0) > poison_offset {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no change landed in {topic}/0");
+    }
+
+    let sink = SinkDb::create(Db::Pg, "poison").await;
+    let s = mirror();
+    let name = unique("poison");
+    // every real change, before and after the poison, is applied
+    catch_up(Db::Pg, &sink, &s, &name, Duration::from_secs(120)).await;
+    assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
+
+    // the DLQ topic: original key, value and headers, plus Kafka Connect's error headers
+    let dlq = consume_json(&format!("{name}.dlq"));
+    let ours: Vec<_> = dlq
+        .iter()
+        .filter(|r| r["payload"].as_str().is_some_and(|p| p.contains(&nonce)))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "the poison record once in {name}.dlq: {dlq:?}"
+    );
+    let r = ours[0];
+    assert_eq!(r["key"].as_str(), Some(key));
+    assert_eq!(r["payload"].as_str(), Some(value.as_str()));
+    let h = headers(r);
+    let get = |k: &str| {
+        h.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("header {k} missing: {h:?}"))
+    };
+    assert_eq!(get("origin"), "poison-test");
+    assert_eq!(get("__connect.errors.topic"), topic);
+    assert_eq!(get("__connect.errors.partition"), "0");
+    assert_eq!(get("__connect.errors.offset"), poison_offset.to_string());
+    assert_eq!(get("__connect.errors.stage"), "decode");
+    assert_eq!(get("__connect.errors.connector.name"), name);
+    let message = get("__connect.errors.exception.message");
+    assert!(
+        message.contains("row image is not a JSON object"),
+        "{message}"
+    );
+
+    // the sink's own DLQ table holds it too, marked as published
+    let mut c = connect(Db::Pg, &sink.name).await;
+    let published: bool = sqlx::query(
+        "SELECT published FROM sluice_dlq WHERE topic = $1 AND kafka_partition = 0 AND kafka_offset = $2",
+    )
+    .bind(&topic)
+    .bind(poison_offset)
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+    .try_get(0)
+    .unwrap();
+    assert!(published);
+    sink.drop_it().await;
+}
