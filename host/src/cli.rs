@@ -12,9 +12,10 @@ use crate::stats::Stats;
 
 /// Sluice runs change-data-capture transforms as WebAssembly plugins.
 ///
-/// Debezium change events (from a kcat -J dump today, Kafka next) are decoded
-/// once, handed in batches to the plugins in a folder, and their output is
-/// written to a sink together with the source offsets, exactly once.
+/// Debezium change events (from Kafka or a kcat -J dump) are decoded once,
+/// handed in batches to the plugins in a folder, and their output is written
+/// to a sink (SQLite, PostgreSQL, MySQL/MariaDB) together with the source
+/// offsets, exactly once.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
@@ -33,10 +34,13 @@ pub enum Command {
     /// Examples:
     ///   sluice run --source file:events.jsonl --sink sqlite:out.db --plugins plugins/ --until-caught-up
     ///   sluice run examples/demo.toml --until-caught-up   (after examples/demo.sh built the plugins)
+    ///   sluice run --source kafka://localhost:9092 --topics '^pgserver1\.public\..*' \
+    ///       --name orders --sink postgres://sluice:sluice@localhost/sink --plugins plugins/
     ///
     /// The sink stores the source offsets in the same transaction as the rows,
     /// so running the same input again applies nothing twice. Rejected events
-    /// land in the `sluice_dlq` table with the reason and the stage.
+    /// land in the `sluice_dlq` table with the reason and the stage (and, with
+    /// a Kafka source, in the topic NAME.dlq with Kafka Connect's headers).
     /// Drop or replace a .wasm in the plugin folder while running: it is
     /// compiled in the background and swapped in between two batches.
     /// Log verbosity follows RUST_LOG (default `info`).
