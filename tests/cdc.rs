@@ -414,26 +414,40 @@ async fn postgres_to_mariadb_sink_equals_source() {
     pair(Db::Pg, Db::My, "pgmy").await;
 }
 
-/// Non-tombstone records per topic: each is one sink write for `mirror`.
-fn events_in_topic(topic: &str) -> i64 {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            BROKERS,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-f", "%S\\n"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kcat -C {topic}");
+/// A whole topic (or one partition) read from the beginning with kcat, one
+/// output line per record in kcat's `-f` format, or `-J` JSON if `format` is None.
+fn kcat_consume(topic: &str, partition: Option<i32>, format: Option<&str>) -> Vec<String> {
+    let mut c = Command::new("kcat");
+    c.args([
+        "-C",
+        "-b",
+        BROKERS,
+        "-t",
+        topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+    ]);
+    if let Some(p) = partition {
+        c.args(["-p", &p.to_string()]);
+    }
+    match format {
+        Some(f) => c.args(["-f", f]),
+        None => c.arg("-J"),
+    };
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "kcat -C {topic}: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Non-tombstone records per topic: each is one sink write for `mirror`.
+fn events_in_topic(topic: &str) -> i64 {
+    kcat_consume(topic, None, Some("%S\\n"))
+        .iter()
         .filter(|l| l.trim() != "-1")
         .count() as i64
 }
@@ -605,44 +619,16 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
 /// Records in the topic that carry the poison marker (none unless the
 /// poison test ran before).
 fn poison_records(topic: &str) -> i64 {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            BROKERS,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-f", "%s\\n"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    kcat_consume(topic, None, Some("%s\\n"))
+        .iter()
         .filter(|l| l.contains(POISON_MARK))
         .count() as i64
 }
 
 /// Highest offset in one partition (-1 when empty).
 fn last_offset(topic: &str, partition: i32) -> i64 {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            BROKERS,
-            "-t",
-            topic,
-            "-p",
-            &partition.to_string(),
-        ])
-        .args(["-o", "beginning", "-e", "-q", "-f", "%o\\n"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    kcat_consume(topic, Some(partition), Some("%o\\n"))
+        .iter()
         .filter_map(|l| l.trim().parse().ok())
         .max()
         .unwrap_or(-1)
@@ -650,24 +636,8 @@ fn last_offset(topic: &str, partition: i32) -> i64 {
 
 /// kcat -J records of a topic, from the beginning.
 fn consume_json(topic: &str) -> Vec<serde_json::Value> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            BROKERS,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-J",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kcat -C {topic}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    kcat_consume(topic, None, None)
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

@@ -147,9 +147,7 @@ impl Dialect {
 
     /// Rows per multi-row statement for a table of `columns` columns.
     pub fn max_rows(self, columns: usize) -> usize {
-        let by_params = (MAX_PARAMS / columns.max(1)).clamp(1, MAX_ROWS);
-        // largest power of two not above the limit
-        1 << (usize::BITS - 1 - by_params.leading_zeros())
+        power_of_two_at_most((MAX_PARAMS / columns.max(1)).clamp(1, MAX_ROWS))
     }
 
     /// The bookkeeping tables: offsets, dead letters, decoder facts, column catalog.
@@ -262,6 +260,12 @@ impl Dialect {
     }
 }
 
+/// The largest power of two not above `n` (`n` ≥ 1): multi-row statements
+/// come in these sizes.
+pub fn power_of_two_at_most(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
 fn mysql_errno(d: &dyn sqlx::error::DatabaseError) -> Option<u16> {
     d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
         .map(|e| e.number())
@@ -359,6 +363,14 @@ fn mysql_type(col: &Column, is_key: bool) -> Result<String, String> {
     })
 }
 
+// The same words in SQLite and PostgreSQL.
+const TEXT_DECODER_STATE: &str = "CREATE TABLE IF NOT EXISTS sluice_decoder_state (
+        pipeline TEXT NOT NULL, topic TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+        value TEXT NOT NULL, PRIMARY KEY (pipeline, topic, kind, name))";
+const TEXT_COLUMNS: &str = "CREATE TABLE IF NOT EXISTS sluice_columns (
+        table_name TEXT NOT NULL, column_name TEXT NOT NULL, logical_type TEXT NOT NULL,
+        PRIMARY KEY (table_name, column_name))";
+
 const SQLITE_META: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_offsets (
         pipeline TEXT NOT NULL, topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL,
@@ -369,12 +381,8 @@ const SQLITE_META: &[&str] = &[
         topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset INTEGER NOT NULL,
         record_key TEXT, record_value TEXT, record_headers TEXT, stage TEXT NOT NULL, plugin TEXT,
         reason TEXT NOT NULL, failed_at TEXT NOT NULL, published INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS sluice_decoder_state (
-        pipeline TEXT NOT NULL, topic TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-        value TEXT NOT NULL, PRIMARY KEY (pipeline, topic, kind, name))",
-    "CREATE TABLE IF NOT EXISTS sluice_columns (
-        table_name TEXT NOT NULL, column_name TEXT NOT NULL, logical_type TEXT NOT NULL,
-        PRIMARY KEY (table_name, column_name))",
+    TEXT_DECODER_STATE,
+    TEXT_COLUMNS,
 ];
 
 const PG_META: &[&str] = &[
@@ -387,12 +395,8 @@ const PG_META: &[&str] = &[
         topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL,
         record_key TEXT, record_value TEXT, record_headers TEXT, stage TEXT NOT NULL, plugin TEXT,
         reason TEXT NOT NULL, failed_at TIMESTAMPTZ NOT NULL, published BOOLEAN NOT NULL DEFAULT FALSE)",
-    "CREATE TABLE IF NOT EXISTS sluice_decoder_state (
-        pipeline TEXT NOT NULL, topic TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-        value TEXT NOT NULL, PRIMARY KEY (pipeline, topic, kind, name))",
-    "CREATE TABLE IF NOT EXISTS sluice_columns (
-        table_name TEXT NOT NULL, column_name TEXT NOT NULL, logical_type TEXT NOT NULL,
-        PRIMARY KEY (table_name, column_name))",
+    TEXT_DECODER_STATE,
+    TEXT_COLUMNS,
 ];
 
 // Key parts sized so composite keys stay under InnoDB's 3072-byte limit.

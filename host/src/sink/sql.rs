@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use sqlx::AnyConnection;
 use sqlx::{Connection as _, Row as _};
 
-use super::dialect::Dialect;
+use super::dialect::{power_of_two_at_most, Dialect};
 use super::{EventWrites, SinkBatch, SinkReport};
 use crate::decode::temporal;
 use crate::model::{Column, ColumnType, DeadLetter, Learned, SinkTable, SinkWrite, Stage, Value};
@@ -644,8 +644,7 @@ fn precheck(
         if let Some(why) = broken.get(&Arc::as_ptr(table)) {
             return Some(why.clone());
         }
-        let (values, columns) = row(table, w);
-        for (v, c) in values.iter().zip(columns) {
+        for (v, c) in bound(table, w) {
             if let Some(why) = d.unstorable(v, c) {
                 return Some(format!("writing to `{}`: {why}", table.name));
             }
@@ -665,20 +664,34 @@ fn reject(dead: &mut Vec<DeadLetter>, report: &mut SinkReport, ev: EventWrites, 
     });
 }
 
-/// The values a write binds and their columns: the whole row for an
-/// upsert, the key for a delete.
-fn row<'a>(table: &'a SinkTable, w: &'a SinkWrite) -> (&'a [Value], Vec<&'a Column>) {
-    match w {
-        SinkWrite::Upsert { values, .. } => (values, table.columns.iter().collect()),
-        SinkWrite::Delete { key, .. } => (
-            key,
-            table
-                .key
-                .iter()
-                .map(|&k| &table.columns[k as usize])
-                .collect(),
-        ),
-    }
+/// The values a write binds, each with its column: the whole row for an
+/// upsert, the key for a delete. (On the hot path: allocates nothing.)
+fn bound<'a>(
+    table: &'a SinkTable,
+    w: &'a SinkWrite,
+) -> impl Iterator<Item = (&'a Value, &'a Column)> + 'a {
+    let (values, key) = match w {
+        SinkWrite::Upsert { values, .. } => (values, None),
+        SinkWrite::Delete { key, .. } => (key, Some(&table.key)),
+    };
+    values.iter().enumerate().map(move |(i, v)| {
+        let col = match key {
+            None => i,
+            Some(k) => k[i] as usize,
+        };
+        (v, &table.columns[col])
+    })
+}
+
+/// The statements of `table`, created on first use.
+fn table_sql<'c>(
+    cache: &'c mut HashMap<Arc<SinkTable>, TableSql>,
+    d: Dialect,
+    table: &Arc<SinkTable>,
+) -> &'c mut TableSql {
+    cache
+        .entry(table.clone())
+        .or_insert_with(|| TableSql::new(d, table))
 }
 
 /// Multi-row statements of one sink table, built on first use. Row counts are
@@ -881,9 +894,7 @@ async fn write_grouped(
     let mut written = 0;
     let mut key = Vec::new();
     for (table, writes) in order {
-        let ts = cache
-            .entry(table.clone())
-            .or_insert_with(|| TableSql::new(d, table));
+        let ts = table_sql(cache, d, table);
         let mut start = 0;
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for (i, w) in writes.iter().enumerate() {
@@ -914,12 +925,11 @@ async fn execute_run(
     mut run: &[&SinkWrite],
 ) -> Result<(), sqlx::Error> {
     while let Some(first) = run.first() {
-        let rows = 1 << (usize::BITS - 1 - run.len().leading_zeros());
+        let rows = power_of_two_at_most(run.len());
         let sql = ts.statement(d, is_upsert(first), rows);
         let mut q = sqlx::query(&sql);
         for w in &run[..rows] {
-            let (values, columns) = row(&ts.table, w);
-            for (v, c) in values.iter().zip(columns) {
+            for (v, c) in bound(&ts.table, w) {
                 q = bind_value(q, d, v, c);
             }
         }
@@ -940,9 +950,7 @@ async fn write_event(
     sqlx::query(Dialect::SAVEPOINT).execute(&mut *conn).await?;
     for w in &ev.writes {
         let table = w.table();
-        let ts = cache
-            .entry(table.clone())
-            .or_insert_with(|| TableSql::new(d, table));
+        let ts = table_sql(cache, d, table);
         if let Err(e) = execute_run(conn, d, ts, &[w]).await {
             if !d.is_row_error(&e) {
                 return Err(SinkError::Database(e));
