@@ -173,11 +173,13 @@ async fn snapshot(db: Db, database: &str) -> Rows {
             exprs.join(", "),
             cols[0].0
         );
-        // a table Sluice has not created yet reads as empty
-        let rows: Vec<sqlx::any::AnyRow> = sqlx::query(&sql)
-            .fetch_all(&mut c)
-            .await
-            .unwrap_or_default();
+        // a table Sluice has not created yet reads as empty; any other
+        // error fails the test (it must not read as "equal")
+        let rows: Vec<sqlx::any::AnyRow> = match sqlx::query(&sql).fetch_all(&mut c).await {
+            Ok(rows) => rows,
+            Err(e) if e.to_string().contains("exist") => Vec::new(),
+            Err(e) => panic!("{db:?} {database}: {sql}: {e}"),
+        };
         out.insert(
             table.to_string(),
             rows.iter()
@@ -312,10 +314,28 @@ fn run_ok(mut c: Command) -> Output {
 /// Run Sluice until the sink reads like the source (Debezium may still be
 /// delivering the workload's last changes), for at most `limit`.
 async fn catch_up(source: Db, sink: &SinkDb, s: &Scratch, name: &str, limit: Duration) -> Rows {
+    catch_up_with(source, sink, name, limit, || {
+        sluice_kafka(s, source.topics(), name, &sink.url())
+    })
+    .await
+}
+
+/// [`catch_up`] with the given command for each run.
+async fn catch_up_with(
+    source: Db,
+    sink: &SinkDb,
+    name: &str,
+    limit: Duration,
+    command: impl Fn() -> Command,
+) -> Rows {
     let started = Instant::now();
     let want = snapshot(source, source_db(source)).await;
+    assert!(
+        TABLES.iter().all(|(t, _)| !want[*t].is_empty()),
+        "the source tables read as empty: {want:?}"
+    );
     loop {
-        let out = run_ok(sluice_kafka(s, source.topics(), name, &sink.url()));
+        let out = run_ok(command());
         let got = snapshot(sink.db, &sink.name).await;
         if got == want {
             return want;
@@ -339,7 +359,7 @@ async fn catch_up(source: Db, sink: &SinkDb, s: &Scratch, name: &str, limit: Dur
                 })
                 .collect();
             panic!(
-                "{:?} → {:?}: sink differs from source after {limit:?}:\n{}\nlast run:\n{}",
+                "{:?} → {:?} ({name}): sink differs from source after {limit:?}:\n{}\nlast run:\n{}",
                 source,
                 sink.db,
                 diff.join("\n"),
@@ -519,6 +539,44 @@ async fn audited_sink(sink: &SinkDb) {
     }
 }
 
+/// The audit of an [`audited_sink`]: exactly one row write per change event
+/// in the captured topics (poison records aside), no unexpected dead letters.
+async fn assert_each_change_applied_once(sink: &SinkDb, context: &str) {
+    let mut c = connect(Db::Pg, &sink.name).await;
+    for (table, _) in TABLES {
+        let writes: i64 =
+            sqlx::query("SELECT COALESCE(SUM(n), 0)::bigint FROM audit WHERE tbl = $1")
+                .bind(*table)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+        let events = events_in_topic(&Db::Pg.topic(table));
+        let poison = poison_records(&Db::Pg.topic(table));
+        assert_eq!(
+            writes,
+            events - poison,
+            "{table}: {writes} row writes for {events} change events ({poison} poison records); {context}"
+        );
+    }
+    assert_eq!(unexpected_dead_letters(sink).await, Vec::<String>::new());
+}
+
+/// Sum of the next offsets a pipeline committed in the sink (0 before its
+/// first commit).
+async fn committed_offsets(sink: &SinkDb, name: &str) -> i64 {
+    let mut c = connect(sink.db, &sink.name).await;
+    sqlx::query(
+        "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM sluice_offsets WHERE pipeline = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut c)
+    .await
+    .map(|r| r.try_get::<i64, _>(0).unwrap())
+    .unwrap_or(0)
+}
+
 fn kill(child: &mut Child) {
     // SIGKILL: no chance to finish a batch or flush anything.
     child.kill().unwrap();
@@ -543,6 +601,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         .subsec_nanos() as u64
         | 1;
     let mut kills = Vec::new();
+    let mut progress = Vec::new();
     let mut running = Duration::ZERO;
     while !work.is_finished() || kills.len() < 3 {
         seed ^= seed << 13;
@@ -558,35 +617,28 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         kill(&mut child);
         running += after;
         kills.push(after.as_millis());
+        progress.push(committed_offsets(&sink, &name).await);
         if kills.len() >= 12 {
             break;
         }
     }
     work.await.unwrap();
+    // The kills must hit a host at work, not one still starting up: the
+    // committed offsets moved between most of them.
+    let advanced = progress.windows(2).filter(|w| w[1] > w[0]).count()
+        + usize::from(progress.first().is_some_and(|&p| p > 0));
+    assert!(
+        advanced >= 3,
+        "the sink advanced in only {advanced} of {} runs (committed offsets after each kill: {progress:?})",
+        kills.len()
+    );
+    eprintln!("committed offsets after each kill: {progress:?}");
     let started = Instant::now();
     let rows = catch_up(Db::Pg, &sink, &s, &name, Duration::from_secs(180)).await;
     let final_run = started.elapsed();
     eprintln!("killed after (ms): {kills:?}");
 
-    // exactly once: one row write per change event in the topics
-    let mut c = connect(Db::Pg, &sink.name).await;
-    for (table, _) in TABLES {
-        let writes: i64 =
-            sqlx::query("SELECT COALESCE(SUM(n), 0)::bigint FROM audit WHERE tbl = $1")
-                .bind(*table)
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-                .try_get(0)
-                .unwrap();
-        let events = events_in_topic(&Db::Pg.topic(table));
-        let poison = poison_records(&Db::Pg.topic(table));
-        assert_eq!(
-            writes,
-            events - poison,
-            "{table}: {writes} row writes for {events} change events ({poison} poison records); kills at {kills:?} ms"
-        );
-    }
+    assert_each_change_applied_once(&sink, &format!("kills at {kills:?} ms")).await;
     assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
     let total: i64 = TABLES
         .iter()
@@ -614,6 +666,76 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     );
     catch_up(Db::Pg, &fresh, &s, &tput, Duration::from_secs(60)).await;
     fresh.drop_it().await;
+}
+
+/// Several hosts of one pipeline (one consumer group, one sink) while the
+/// group rebalances under a running workload: members join mid-stream, so
+/// partitions move between hosts with batches in flight, and one member is
+/// killed and restarted. Every change must still be applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
+    if !stack_ready() {
+        return;
+    }
+    let _lock = SOURCE_LOCK.lock().await;
+    let sink = SinkDb::create(Db::Pg, "group").await;
+    audited_sink(&sink).await;
+    let s = mirror();
+    let name = unique("group");
+    let logs = s.path("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let mut started = 0;
+    let mut member = |id: &str| -> Child {
+        started += 1;
+        let log = std::fs::File::create(logs.join(format!("{started}-{id}.log"))).unwrap();
+        sluice_kafka(&s, Db::Pg.topics(), &name, &sink.url())
+            .args(["--instance-id", id])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let work = tokio::spawn(long_workload(4000));
+    let pause = || tokio::time::sleep(Duration::from_secs(3));
+    let mut a = member("a");
+    pause().await;
+    let mut b = member("b");
+    pause().await;
+    let mut c = member("c");
+    pause().await;
+    // a static member restarted under its id takes its partitions back
+    kill(&mut b);
+    let mut b = member("b");
+    pause().await;
+    work.await.unwrap();
+    pause().await;
+    let before_final = committed_offsets(&sink, &name).await;
+    for m in [&mut a, &mut b, &mut c] {
+        kill(m);
+    }
+    assert!(before_final > 0, "the members committed nothing");
+    // What is left, with one consumer in a new group of the same pipeline
+    // (the killed static members hold their partitions until their sessions
+    // time out); it starts from the offsets the members committed.
+    let group = unique("final");
+    catch_up_with(Db::Pg, &sink, &name, Duration::from_secs(180), || {
+        let mut c = sluice_kafka(&s, Db::Pg.topics(), &name, &sink.url());
+        c.args(["--group", &group]);
+        c
+    })
+    .await;
+    let mut log_text = String::new();
+    for f in std::fs::read_dir(&logs).unwrap() {
+        log_text += &std::fs::read_to_string(f.unwrap().path()).unwrap();
+    }
+    assert_each_change_applied_once(&sink, &format!("member logs:\n{log_text}")).await;
+    let moved = log_text.matches("partition revoked").count();
+    assert!(moved > 0, "no partition moved between members:\n{log_text}");
+    eprintln!(
+        "{moved} partition revocations; {} batches fenced at the sink; offsets committed by the members: {before_final}",
+        log_text.matches("another consumer of this pipeline already committed").count()
+    );
+    sink.drop_it().await;
 }
 
 /// Records in the topic that carry the poison marker (none unless the

@@ -68,6 +68,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
 
+    /// Kafka: this copy's static member id in the group [default: the host
+    /// name]. A restarted copy with the same id gets its partitions back at
+    /// once; a second copy with the same id fences the first, which stops.
+    /// Give each copy of a pipeline on one machine its own id.
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+
     /// Where results go: `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DB`
     /// or `mysql://USER:PASSWORD@HOST:PORT/DB` (MariaDB too). Tables are
     /// created from the plugins' declared outputs.
@@ -128,6 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             source: args.source,
             topics: args.topics,
             group: args.group,
+            instance_id: args.instance_id,
             sink: args.sink,
             plugins: args.plugins,
             until_caught_up: args.until_caught_up,

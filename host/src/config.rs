@@ -23,6 +23,8 @@ pub struct PipelineFile {
     pub topics: Option<String>,
     /// Kafka: consumer group.
     pub group: Option<String>,
+    /// Kafka: this copy's static member id in the group (default: the host name).
+    pub instance_id: Option<String>,
     /// `sqlite:PATH`, `postgres://…` or `mysql://…`.
     pub sink: Option<String>,
     /// Kafka: topic that receives dead-lettered records with Kafka Connect
@@ -203,6 +205,8 @@ pub enum SourceSpec {
         brokers: String,
         topics: String,
         group: String,
+        /// Static member id within the group (`group.instance.id` = `GROUP@ID`).
+        instance_id: String,
     },
 }
 
@@ -257,6 +261,7 @@ pub struct Overrides {
     pub source: Option<String>,
     pub topics: Option<String>,
     pub group: Option<String>,
+    pub instance_id: Option<String>,
     pub sink: Option<String>,
     pub plugins: Option<PathBuf>,
     pub until_caught_up: bool,
@@ -295,6 +300,7 @@ impl Pipeline {
         let topics = ov.topics.or(pf.topics);
         let dlq_topic = ov.dlq_topic.or(pf.dlq_topic);
         let group = ov.group.or(pf.group);
+        let instance_id = ov.instance_id.or(pf.instance_id);
         let source = match source {
             SourceSpec::Kafka { brokers, .. } => {
                 let Some(topics) = topics else {
@@ -304,15 +310,31 @@ impl Pipeline {
                     bail!("--topics / key `topics`: `{topics}` is not a regular expression: {e}");
                 }
                 let group = group.unwrap_or_else(|| format!("sluice-{name}"));
+                let instance_id = match instance_id {
+                    Some(id) if id.trim().is_empty() => {
+                        bail!("--instance-id / key `instance_id` must not be empty")
+                    }
+                    Some(id) => id,
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .ok()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| "localhost".into()),
+                };
                 SourceSpec::Kafka {
                     brokers,
                     topics,
                     group,
+                    instance_id,
                 }
             }
             file => {
-                if topics.is_some() || group.is_some() || dlq_topic.is_some() {
-                    bail!("--topics, --group and --dlq-topic (keys `topics`, `group`, `dlq_topic`) apply to kafka:// sources only");
+                if topics.is_some()
+                    || group.is_some()
+                    || dlq_topic.is_some()
+                    || instance_id.is_some()
+                {
+                    bail!("--topics, --group, --instance-id and --dlq-topic (keys `topics`, `group`, `instance_id`, `dlq_topic`) apply to kafka:// sources only");
                 }
                 file
             }
@@ -322,6 +344,11 @@ impl Pipeline {
             (_, Some(t)) if t.is_empty() => None,
             (_, t) => t,
         };
+        if let (SourceSpec::Kafka { topics, .. }, Some(dlq)) = (&source, &dlq_topic) {
+            if topic_regex_matches(topics, dlq) {
+                bail!("--topics / key `topics`: `{topics}` matches the DLQ topic `{dlq}`, so the pipeline would read its own dead letters again and again; anchor the regex to the change topics (e.g. `^pgserver1\\.public\\..*`) or choose another --dlq-topic");
+            }
+        }
         let sink = match ov.sink {
             Some(s) => parse_sink(&s, Path::new(""))?,
             None => match pf.sink {
@@ -396,6 +423,17 @@ impl Pipeline {
     }
 }
 
+/// Whether the consumer's subscription (`topics`, anchored at the start as
+/// the Kafka source anchors it) takes in `topic`.
+pub fn topic_regex_matches(topics: &str, topic: &str) -> bool {
+    let anchored = if topics.starts_with('^') {
+        topics.to_string()
+    } else {
+        format!("^{topics}")
+    };
+    regex_lite::Regex::new(&anchored).is_ok_and(|re| re.is_match(topic))
+}
+
 /// `file:PATH` or `kafka://HOST:PORT[,HOST:PORT...]` (topics and group come
 /// from their own options).
 pub fn parse_source(s: &str, base: &Path) -> anyhow::Result<SourceSpec> {
@@ -408,6 +446,7 @@ pub fn parse_source(s: &str, base: &Path) -> anyhow::Result<SourceSpec> {
             brokers: brokers.to_string(),
             topics: String::new(),
             group: String::new(),
+            instance_id: String::new(),
         });
     }
     match s.split_once(':') {
@@ -565,6 +604,31 @@ mod tests {
         assert!(
             matches!(parse_source("kafka://a:9092,b:9092", base).unwrap(), SourceSpec::Kafka { brokers, .. } if brokers == "a:9092,b:9092")
         );
+    }
+
+    #[test]
+    fn kafka_source_that_would_read_its_own_dlq_is_refused() {
+        let kafka = |extra: &str| {
+            parse(&format!(
+                "name=\"orders\"\nsource=\"kafka://k:9092\"\nsink=\"sqlite:b\"\nplugins=\"p\"\n{extra}"
+            ))
+        };
+        let err = kafka("topics=\".*\"").unwrap_err();
+        assert!(format!("{err:#}").contains("orders.dlq"), "{err:#}");
+        assert!(
+            kafka("topics=\"ord\"").is_err(),
+            "anchored at the start only"
+        );
+        let ok = kafka("topics='^pg\\.public\\..*'\ninstance_id=\"b\"").unwrap();
+        assert!(
+            matches!(&ok.source, SourceSpec::Kafka { group, instance_id, .. } if group == "sluice-orders" && instance_id == "b")
+        );
+        assert_eq!(ok.dlq_topic.as_deref(), Some("orders.dlq"));
+        assert!(
+            kafka("topics=\".*\"\ndlq_topic=\"\"").is_ok(),
+            "no DLQ topic"
+        );
+        assert!(kafka("topics=\"x\"\ninstance_id=\" \"").is_err());
     }
 
     #[test]

@@ -2,16 +2,17 @@
 //! task, with bounded channels between them and one cancellation token.
 //!
 //! Invariant (exactly once): a batch's sink writes, dead letters and the next
-//! offsets of every record in it commit in one sink transaction; at start the
-//! source resumes from the offsets in the sink. Plugin swaps happen only
-//! between batches, so every event is handled by exactly one plugin version.
+//! offsets of every record in it commit in one sink transaction; at start
+//! (and, for Kafka, on every partition assignment) the source resumes from
+//! the offsets in the sink. Plugin swaps happen only between batches, so
+//! every event is handled by exactly one plugin version.
 
 use std::collections::HashMap;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Pipeline, SourceSpec};
@@ -21,6 +22,7 @@ use crate::model::{DeadLetter, RawRecord, Stage};
 use crate::plugin::loader::{self, PluginUpdate};
 use crate::plugin::runtime::{Limits, Runtime};
 use crate::plugin::set::PluginSet;
+use crate::sink::checkpoint::CheckpointReader;
 use crate::sink::sql::SqlSink;
 use crate::sink::{EventWrites, SinkBatch};
 use crate::source::file::{FileSource, SourceItem};
@@ -113,11 +115,22 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
             brokers,
             topics,
             group,
+            instance_id,
         } => tokio::spawn(
             KafkaSource {
                 brokers: brokers.clone(),
                 topics: topics.clone(),
                 group: group.clone(),
+                instance_id: instance_id.clone(),
+                read_checkpoint: {
+                    let (url, shown, name) =
+                        (p.sink.url().to_string(), p.sink.shown(), p.name.clone());
+                    let reader = tokio::task::spawn_blocking(move || {
+                        CheckpointReader::connect(url, shown, name)
+                    })
+                    .await??;
+                    Arc::new(move || reader.read())
+                },
                 until_caught_up: p.until_caught_up,
                 max_batch: p.max_batch_records,
                 max_wait: p.max_batch_wait,
@@ -141,34 +154,43 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     };
     let progress = spawn_progress(stats.clone(), cancel.clone());
 
-    let dlq = match (&p.source, &p.dlq_topic) {
+    // Dead letters go to the DLQ topic from a task (and a sink connection) of
+    // their own, so a slow or unreachable broker never holds up a commit.
+    let dlq_wake = Arc::new(Notify::new());
+    let dlq_done = CancellationToken::new();
+    let dlq_publisher = match (&p.source, &p.dlq_topic) {
         (SourceSpec::Kafka { brokers, .. }, Some(topic)) => {
-            Some(DlqTopic::new(brokers, topic, &p.name)?)
+            let dlq = DlqTopic::new(brokers, topic, &p.name)?;
+            let outbox = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
+            Some(spawn_dlq_publisher(
+                outbox,
+                dlq,
+                stats.clone(),
+                dlq_wake.clone(),
+                dlq_done.clone(),
+            ))
         }
         _ => None,
     };
-    // Dead letters a previous run committed but did not get onto the topic.
-    let mut dlq_pending = dlq.is_some();
     let mut sink_error = None;
     while let Some(batch) = sink_rx.recv().await {
         let records = batch.records;
-        let offsets = batch.offsets.clone();
         let had_dead = !batch.dead.is_empty();
         match sink.commit(batch).await {
             Ok(report) => {
-                dlq_pending |= had_dead || report.dlq_sink > 0;
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
+                stats.add(&stats.skipped, report.stale);
                 stats.add(&stats.committed, records);
                 stats.add(&stats.batches, 1);
                 {
                     let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
-                    for (topic, partition, next) in offsets {
+                    for (topic, partition, next) in report.offsets {
                         cp.insert((topic.to_string(), partition), next);
                     }
                 }
-                if let (Some(dlq), true) = (&dlq, dlq_pending) {
-                    dlq_pending = !publish_dead_letters(&mut sink, dlq, &stats).await;
+                if had_dead || report.dlq_sink > 0 {
+                    dlq_wake.notify_one();
                 }
             }
             Err(e) => {
@@ -181,8 +203,15 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         }
     }
     drop(sink_rx);
-    if let (Some(dlq), true, None) = (&dlq, dlq_pending, &sink_error) {
-        publish_dead_letters(&mut sink, dlq, &stats).await;
+    // One last pass for what the last batches dead-lettered.
+    dlq_done.cancel();
+    if let Some(publisher) = dlq_publisher {
+        if tokio::time::timeout(Duration::from_secs(40), publisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the DLQ topic did not acknowledge in time; unsent dead letters stay in sluice_dlq and are sent at the next start");
+        }
     }
     progress.abort();
     let source_result = source_task.await.context("source task panicked")?;
@@ -204,9 +233,37 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     })
 }
 
+/// Copy committed dead letters to the DLQ topic: those a previous run left
+/// unsent at once, then after every commit that dead-lettered (woken by
+/// `wake`), retrying every 5 s while some stay unsent, and a last time once
+/// `done` fires.
+fn spawn_dlq_publisher(
+    mut outbox: SqlSink,
+    dlq: DlqTopic,
+    stats: Arc<Stats>,
+    wake: Arc<Notify>,
+    done: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Read before the pass: a pass that starts after `done` covers every commit.
+            let finishing = done.is_cancelled();
+            let all_sent = publish_dead_letters(&mut outbox, &dlq, &stats).await;
+            if finishing {
+                return;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = done.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)), if !all_sent => {}
+            }
+        }
+    })
+}
+
 /// Copy the sink's unpublished dead letters to the DLQ topic. A broker that
 /// cannot be reached does not stop the pipeline: the rows stay unpublished
-/// and are sent after the next commit. Returns whether all were sent.
+/// and are sent on the next pass. Returns whether all were sent.
 async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats) -> bool {
     loop {
         let rows = match sink.unpublished_dead_letters(500).await {

@@ -68,6 +68,9 @@ pub fn parse_date(text: &str) -> Result<i32, String> {
 pub fn parse_time(text: &str) -> Result<i64, String> {
     let t = NaiveTime::parse_from_str(text.trim_end_matches('Z'), "%H:%M:%S%.f")
         .map_err(|e| format!("`{text}` is not an ISO time: {e}"))?;
+    if t.nanosecond() % 1000 != 0 {
+        return Err(format!("`{text}` has sub-microsecond precision"));
+    }
     Ok(t.num_seconds_from_midnight() as i64 * 1_000_000 + (t.nanosecond() / 1000) as i64)
 }
 
@@ -130,6 +133,7 @@ mod tests {
         assert_eq!(parse_date("2023-12-11").unwrap(), 19702);
         assert_eq!(format_time(63_707_580_457), "17:41:47.580457");
         assert_eq!(parse_time("17:41:47.580457").unwrap(), 63_707_580_457);
+        assert!(parse_time("17:41:47.580457001Z").is_err(), "not truncated");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Sinks: where a batch's writes, dead letters and offsets land, atomically.
 
+pub mod checkpoint;
 pub mod dialect;
 pub mod sql;
 
@@ -34,4 +35,9 @@ pub struct SinkBatch {
 pub struct SinkReport {
     pub writes: u64,
     pub dlq_sink: u64,
+    /// Records dropped because another consumer of the pipeline had
+    /// committed them (a partition moved while the batch was in flight).
+    pub stale: u64,
+    /// The next offsets now committed (never lower than before).
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
 }

@@ -27,7 +27,9 @@ use sqlx::{Connection as _, Row as _};
 use super::dialect::{power_of_two_at_most, Dialect};
 use super::{EventWrites, SinkBatch, SinkReport};
 use crate::decode::temporal;
-use crate::model::{Column, ColumnType, DeadLetter, Learned, SinkTable, SinkWrite, Stage, Value};
+use crate::model::{
+    Column, ColumnType, DeadLetter, Learned, RecordId, SinkTable, SinkWrite, Stage, Value,
+};
 
 /// Why a table cannot be written (its events are dead-lettered), or why the
 /// sink itself failed (the batch rolls back and the run stops).
@@ -64,6 +66,11 @@ struct TableState {
 struct MetaSql {
     dlq: String,
     offsets: String,
+    /// Creates a partition's offset row (at 0) if it has none yet, so the
+    /// next statement has a row to lock.
+    claim: String,
+    /// Reads a partition's next offset and locks the row until COMMIT.
+    locked_offset: String,
     learned: String,
     catalog: String,
 }
@@ -106,6 +113,19 @@ impl MetaSql {
                 3,
                 true,
                 now,
+            ),
+            claim: upsert(
+                "sluice_offsets",
+                &["pipeline", "topic", "kafka_partition", "next_offset", "updated_at"],
+                3,
+                false,
+                now,
+            ),
+            locked_offset: format!(
+                "{}{}",
+                d.sql("SELECT next_offset FROM sluice_offsets WHERE pipeline = ? AND topic = ? AND kafka_partition = ?"),
+                // SQLite: the claim's INSERT already holds the database's write lock.
+                if d == Dialect::Sqlite { "" } else { " FOR UPDATE" }
             ),
             learned: upsert(
                 "sluice_decoder_state",
@@ -313,21 +333,22 @@ impl SqlSink {
     }
 
     /// Apply a batch atomically: writes, dead letters, decoder facts, offsets.
+    ///
+    /// The batch's partitions are locked in `sluice_offsets` first, and
+    /// records below a partition's committed offset are dropped: another
+    /// consumer of this pipeline took the partition in a rebalance and
+    /// committed them while this batch was in flight. Offsets only move
+    /// forward. So however partitions move between hosts, each record is
+    /// applied once.
     pub async fn commit(&mut self, batch: SinkBatch) -> anyhow::Result<SinkReport> {
         let d = self.dialect;
         let mut report = SinkReport::default();
         let mut dead: Vec<DeadLetter> = batch.dead;
+        let mut events = batch.events;
 
         // Tables first, outside the transaction (DDL commits implicitly in
         // MySQL), so the table cache stays true whatever happens next.
-        let broken = self.prepare_tables(&batch.events).await?;
-        let mut accepted = Vec::with_capacity(batch.events.len());
-        for ev in batch.events {
-            match precheck(d, &ev, &broken) {
-                None => accepted.push(ev),
-                Some(reason) => reject(&mut dead, &mut report, ev, reason),
-            }
-        }
+        let broken = self.prepare_tables(&events).await?;
 
         let SqlSink {
             conn,
@@ -337,12 +358,24 @@ impl SqlSink {
             ..
         } = self;
         let mut tx = conn.begin().await.context("BEGIN")?;
+        let mut stored = claim_offsets(&mut tx, meta, pipeline, &batch.offsets).await?;
+        report.stale += drop_committed(&stored, &mut events, &mut dead);
+        let mut accepted = Vec::with_capacity(events.len());
+        for ev in events {
+            match precheck(d, &ev, &broken) {
+                None => accepted.push(ev),
+                Some(reason) => reject(&mut dead, &mut report, ev, reason),
+            }
+        }
         match write_grouped(&mut tx, d, sql, &accepted).await {
             Ok(n) => report.writes += n,
             Err(e) if d.retry_event_by_event(&e) => {
                 tracing::debug!("a grouped write failed ({e}); writing the batch event by event");
                 tx.rollback().await.context("ROLLBACK")?;
                 tx = conn.begin().await.context("BEGIN")?;
+                // The rollback released the offset locks: take them again.
+                stored = claim_offsets(&mut tx, meta, pipeline, &batch.offsets).await?;
+                report.stale += drop_committed(&stored, &mut accepted, &mut dead);
                 for ev in accepted {
                     match write_event(&mut tx, d, sql, &ev).await {
                         Ok(n) => report.writes += n,
@@ -375,14 +408,17 @@ impl SqlSink {
                 .context("writing sluice_dlq")?;
         }
         for (topic, partition, next) in &batch.offsets {
+            // Never backwards: a consumer that lost the partition may be behind.
+            let next = committed_next(&stored, topic, *partition).map_or(*next, |s| s.max(*next));
             sqlx::query(&meta.offsets)
                 .bind(pipeline.as_str())
                 .bind(&**topic)
                 .bind(*partition)
-                .bind(*next)
+                .bind(next)
                 .execute(&mut *tx)
                 .await
                 .context("writing sluice_offsets")?;
+            report.offsets.push((topic.clone(), *partition, next));
         }
         for fact in &batch.learned {
             let (topic, kind, name, value) = match fact {
@@ -664,6 +700,70 @@ fn reject(dead: &mut Vec<DeadLetter>, report: &mut SinkReport, ev: EventWrites, 
     });
 }
 
+/// Lock this batch's partitions in `sluice_offsets` (sorted, so two hosts
+/// lock in the same order and cannot deadlock) and read their committed next
+/// offsets. The locks are held until COMMIT: a consumer that lost a partition
+/// in a rebalance waits here for the new owner's batch, then sees its offset.
+async fn claim_offsets(
+    conn: &mut AnyConnection,
+    meta: &MetaSql,
+    pipeline: &str,
+    offsets: &[(Arc<str>, i32, i64)],
+) -> anyhow::Result<Vec<(Arc<str>, i32, i64)>> {
+    let mut parts: Vec<(&Arc<str>, i32)> = offsets.iter().map(|(t, p, _)| (t, *p)).collect();
+    parts.sort();
+    let mut stored = Vec::with_capacity(parts.len());
+    for (topic, partition) in parts {
+        sqlx::query(&meta.claim)
+            .bind(pipeline)
+            .bind(&**topic)
+            .bind(partition)
+            .bind(0_i64)
+            .execute(&mut *conn)
+            .await
+            .context("claiming the partition in sluice_offsets")?;
+        let next: i64 = sqlx::query_scalar(&meta.locked_offset)
+            .bind(pipeline)
+            .bind(&**topic)
+            .bind(partition)
+            .fetch_one(&mut *conn)
+            .await
+            .context("locking the partition in sluice_offsets")?;
+        stored.push((topic.clone(), partition, next));
+    }
+    Ok(stored)
+}
+
+/// The committed next offset of a partition, from [`claim_offsets`].
+fn committed_next(stored: &[(Arc<str>, i32, i64)], topic: &str, partition: i32) -> Option<i64> {
+    stored
+        .iter()
+        .find(|(t, p, _)| *p == partition && &**t == topic)
+        .map(|(_, _, next)| *next)
+}
+
+/// Drop the records another consumer already committed; returns how many.
+fn drop_committed(
+    stored: &[(Arc<str>, i32, i64)],
+    events: &mut Vec<EventWrites>,
+    dead: &mut Vec<DeadLetter>,
+) -> u64 {
+    let committed = |id: &RecordId| {
+        committed_next(stored, &id.topic, id.partition).is_some_and(|next| id.offset < next)
+    };
+    let before = events.len() + dead.len();
+    events.retain(|ev| !committed(&ev.record.id));
+    dead.retain(|dl| !committed(&dl.record.id));
+    let dropped = before - events.len() - dead.len();
+    if dropped > 0 {
+        tracing::info!(
+            records = dropped,
+            "dropped records another consumer of this pipeline already committed (partition moved in a rebalance)"
+        );
+    }
+    dropped as u64
+}
+
 /// The values a write binds, each with its column: the whole row for an
 /// upsert, the key for a delete. (On the hot path: allocates nothing.)
 fn bound<'a>(
@@ -873,40 +973,47 @@ fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
 }
 
 /// The fast path: every table's writes in order, grouped into multi-row
-/// upserts and deletes. A run ends where the kind changes or a key repeats
-/// (a later write of a key must follow the earlier one).
+/// upserts and deletes. Writes are grouped by table name (different names
+/// never share a row, so their relative order does not matter); within a
+/// name a run ends where the kind or the declaration changes (a column added
+/// mid-batch, a second plugin) or a key repeats, so every row sees its
+/// writes in batch order.
 async fn write_grouped(
     conn: &mut AnyConnection,
     d: Dialect,
     cache: &mut HashMap<Arc<SinkTable>, TableSql>,
     events: &[EventWrites],
 ) -> Result<u64, sqlx::Error> {
-    let mut order: Vec<(&Arc<SinkTable>, Vec<&SinkWrite>)> = Vec::new();
-    let mut index: HashMap<*const SinkTable, usize> = HashMap::new();
+    let mut order: Vec<Vec<&SinkWrite>> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for w in events.iter().flat_map(|ev| &ev.writes) {
-        let table = w.table();
-        let i = *index.entry(Arc::as_ptr(table)).or_insert_with(|| {
-            order.push((table, Vec::new()));
+        let i = *index.entry(w.table().name.as_str()).or_insert_with(|| {
+            order.push(Vec::new());
             order.len() - 1
         });
-        order[i].1.push(w);
+        order[i].push(w);
     }
     let mut written = 0;
     let mut key = Vec::new();
-    for (table, writes) in order {
-        let ts = table_sql(cache, d, table);
+    for writes in order {
         let mut start = 0;
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for (i, w) in writes.iter().enumerate() {
-            key_bytes(table, w, &mut key);
-            let kind_changed = i > start && is_upsert(writes[start]) != is_upsert(w);
-            if kind_changed || seen.contains(&key) || i - start == ts.max_rows {
+            key_bytes(w.table(), w, &mut key);
+            let (first, table) = (writes[start], w.table());
+            let changed = i > start
+                && (is_upsert(first) != is_upsert(w)
+                    || !(Arc::ptr_eq(first.table(), table) || **first.table() == **table));
+            let full = i - start == table_sql(cache, d, first.table()).max_rows;
+            if changed || full || seen.contains(&key) {
+                let ts = table_sql(cache, d, first.table());
                 execute_run(conn, d, ts, &writes[start..i]).await?;
                 start = i;
                 seen.clear();
             }
             seen.insert(key.clone());
         }
+        let ts = table_sql(cache, d, writes[start].table());
         execute_run(conn, d, ts, &writes[start..]).await?;
         written += writes.len() as u64;
     }
@@ -1034,4 +1141,144 @@ async fn read_table(
         }
     };
     Ok((!columns.is_empty()).then_some(TableState { columns, key }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RawRecord;
+
+    fn table(columns: &[&str]) -> Arc<SinkTable> {
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            nullable: name != "id",
+            decimal: None,
+        };
+        let mut cols = vec![col("id", ColumnType::Int)];
+        cols.extend(columns.iter().map(|c| col(c, ColumnType::Text)));
+        Arc::new(SinkTable {
+            name: "t".into(),
+            columns: cols,
+            key: vec![0],
+        })
+    }
+
+    fn upsert(t: &Arc<SinkTable>, partition: i32, offset: i64, values: &[&str]) -> EventWrites {
+        write(t, partition, offset, offset, values)
+    }
+
+    fn write(
+        t: &Arc<SinkTable>,
+        partition: i32,
+        offset: i64,
+        id: i64,
+        values: &[&str],
+    ) -> EventWrites {
+        let id = Value::Int(id);
+        EventWrites {
+            record: RawRecord {
+                id: RecordId {
+                    topic: "topic".into(),
+                    partition,
+                    offset,
+                },
+                key: None,
+                value: Some(String::new()),
+                headers: Vec::new(),
+            },
+            plugins: None,
+            writes: vec![SinkWrite::Upsert {
+                table: t.clone(),
+                values: std::iter::once(id)
+                    .chain(values.iter().map(|v| Value::Text(v.to_string())))
+                    .collect(),
+            }],
+        }
+    }
+
+    fn batch(events: Vec<EventWrites>) -> SinkBatch {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for ev in &events {
+            let n = next.entry(ev.record.id.partition).or_insert(0);
+            *n = (*n).max(ev.record.id.offset + 1);
+        }
+        SinkBatch {
+            records: events.len() as u64,
+            offsets: next
+                .into_iter()
+                .map(|(p, n)| ("topic".into(), p, n))
+                .collect(),
+            events,
+            ..Default::default()
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> SqlSink {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        SqlSink::open(&url, "test", "p").await.unwrap()
+    }
+
+    async fn rows(sink: &mut SqlSink) -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT id, v FROM t ORDER BY id")
+            .fetch_all(&mut sink.conn)
+            .await
+            .unwrap()
+    }
+
+    /// A host that lost a partition in a rebalance while a batch was in
+    /// flight commits it after the new owner: only what the new owner has
+    /// not committed is applied, and the offset never goes back.
+    #[tokio::test]
+    async fn records_another_consumer_committed_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut owner, mut old) = (open(&dir).await, open(&dir).await);
+        let t = table(&["v"]);
+        let r = owner
+            .commit(batch((0..10).map(|o| upsert(&t, 0, o, &["new"])).collect()))
+            .await
+            .unwrap();
+        assert_eq!((r.writes, r.stale), (10, 0));
+        let r = old
+            .commit(batch((5..15).map(|o| upsert(&t, 0, o, &["old"])).collect()))
+            .await
+            .unwrap();
+        assert_eq!((r.writes, r.stale), (5, 5));
+        assert_eq!(r.offsets, vec![("topic".into(), 0, 15)]);
+        let r = owner
+            .commit(batch((3..8).map(|o| upsert(&t, 0, o, &["late"])).collect()))
+            .await
+            .unwrap();
+        assert_eq!((r.writes, r.stale), (0, 5));
+        assert_eq!(r.offsets, vec![("topic".into(), 0, 15)], "never backwards");
+        let want: Vec<(i64, String)> = (0..15)
+            .map(|i| (i, if i < 10 { "new" } else { "old" }.to_string()))
+            .collect();
+        assert_eq!(rows(&mut owner).await, want);
+        assert_eq!(
+            owner.load_offsets().await.unwrap(),
+            HashMap::from([(("topic".to_string(), 0), 15)])
+        );
+    }
+
+    /// Writes to one table under two declarations (a column added
+    /// mid-batch) still reach each row in batch order.
+    #[tokio::test]
+    async fn one_table_under_two_declarations_keeps_batch_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = open(&dir).await;
+        let (v1, v2) = (table(&["v"]), table(&["v", "extra"]));
+        let r = sink
+            .commit(batch(vec![
+                write(&v2, 1, 0, 1, &["x", "e"]),
+                write(&v1, 0, 0, 2, &["old"]),
+                write(&v2, 0, 1, 2, &["new", "e"]),
+                write(&v1, 2, 0, 3, &["only"]),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(r.writes, 4);
+        let want = [(1, "x"), (2, "new"), (3, "only")].map(|(i, v)| (i, v.to_string()));
+        assert_eq!(rows(&mut sink).await, want.to_vec());
+    }
 }

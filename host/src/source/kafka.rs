@@ -1,9 +1,12 @@
 //! Kafka source (rdkafka): a consumer group subscribed to a topic regex, with
 //! cooperative rebalancing and manual offsets. Where to read from is decided
 //! by the sink's checkpoint, never by Kafka's group offsets: on every
-//! assignment each partition starts at the next offset the sink committed
-//! (or at the beginning). Group offsets are committed afterwards, for lag
+//! assignment the sink's offsets are read again and each partition starts at
+//! the next offset committed there (or at the beginning), whichever host of
+//! the pipeline committed it. Group offsets are committed afterwards, for lag
 //! monitoring only. Per-partition order is kept (one consumer, in order).
+//! A batch still in flight for a partition this host lost is fenced by the
+//! sink (`SqlSink::commit` drops what the new owner committed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,12 +38,21 @@ fn lock(c: &Checkpoint) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Reads the sink's committed offsets now (blocking; see `sink::checkpoint`).
+pub type ReadCheckpoint =
+    Arc<dyn Fn() -> anyhow::Result<HashMap<(String, i32), i64>> + Send + Sync>;
+
 /// Settings of the Kafka source.
 pub struct KafkaSource {
     pub brokers: String,
     /// Regex over topic names (a leading `^` is added if missing).
     pub topics: String,
     pub group: String,
+    /// This member's static id within the group (`group.instance.id` is
+    /// `GROUP@ID`); each running copy of a pipeline needs its own.
+    pub instance_id: String,
+    /// The sink's offsets, read on every assignment.
+    pub read_checkpoint: ReadCheckpoint,
     pub until_caught_up: bool,
     pub max_batch: usize,
     pub max_wait: Duration,
@@ -50,7 +62,38 @@ pub struct KafkaSource {
 /// Sets each assigned partition's start offset from the sink's checkpoint.
 struct ResumeFromSink {
     checkpoint: Checkpoint,
+    read_checkpoint: ReadCheckpoint,
     assigned: Arc<Mutex<HashMap<(String, i32), ()>>>,
+}
+
+impl ResumeFromSink {
+    /// The sink's offsets as committed now, by any host of the pipeline. If
+    /// the sink cannot be read, this host's last known checkpoint (a start
+    /// too early is still safe: the sink drops what it already has).
+    fn sink_offsets(&self) -> HashMap<(String, i32), i64> {
+        let read = || (self.read_checkpoint)();
+        // Called from inside the consumer's poll on an async worker: let the
+        // runtime move its other tasks away while this thread waits.
+        let fresh = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(read)
+            }
+            _ => read(),
+        };
+        let mut known = lock(&self.checkpoint);
+        match fresh {
+            Ok(fresh) => {
+                for (k, next) in fresh {
+                    let v = known.entry(k).or_insert(next);
+                    *v = (*v).max(next);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "reading the sink's offsets for newly assigned partitions: {e:#}; using the last known checkpoint"
+            ),
+        }
+        known.clone()
+    }
 }
 
 impl ClientContext for ResumeFromSink {}
@@ -68,7 +111,7 @@ impl ConsumerContext for ResumeFromSink {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let cp = lock(&self.checkpoint).clone();
+                let cp = self.sink_offsets();
                 let parts: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
@@ -132,18 +175,18 @@ impl KafkaSource {
         let assigned = Arc::new(Mutex::new(HashMap::new()));
         let context = ResumeFromSink {
             checkpoint: self.checkpoint.clone(),
+            read_checkpoint: self.read_checkpoint.clone(),
             assigned: assigned.clone(),
         };
-        // Static membership: a restarted host (crash, deploy) takes its
+        // Static membership: a restarted member (crash, deploy) takes its
         // partitions back at once instead of waiting out the dead member's
-        // session; a second copy on the same machine is fenced.
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
+        // session. A newer member with the same id fences the older one,
+        // which then stops (see `fatal`).
+        let instance = format!("{}@{}", self.group, self.instance_id);
         let consumer: StreamConsumer<ResumeFromSink> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
-            .set("group.instance.id", format!("{}@{host}", self.group))
+            .set("group.instance.id", &instance)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -205,9 +248,11 @@ impl KafkaSource {
                             if targets.is_some() && batch.is_empty() {
                                 advance_to_positions(&consumer, &mut reached);
                             }
+                            fatal(&consumer, &instance)?;
                             break; // max wait reached
                         }
                         Ok(Err(e)) => {
+                            fatal(&consumer, &instance)?;
                             tracing::warn!("Kafka consumer error: {e}");
                             continue;
                         }
@@ -284,6 +329,21 @@ impl KafkaSource {
         }
         commit_group_offsets(&consumer, &self.checkpoint, &assigned);
         Ok(())
+    }
+}
+
+/// Stop on a fatal consumer error, such as being fenced by a newer member
+/// with the same `group.instance.id`: this member no longer owns its
+/// partitions. (Batches already read still commit; the sink drops whatever
+/// the new owner committed first.)
+fn fatal(consumer: &StreamConsumer<ResumeFromSink>, instance: &str) -> anyhow::Result<()> {
+    match consumer.client().fatal_error() {
+        None => Ok(()),
+        Some((code, reason)) => anyhow::bail!(
+            "the Kafka consumer {instance} stopped with a fatal error ({code:?}): {reason}; \
+             if it was fenced, another copy of this pipeline runs with the same instance id \
+             (give each copy its own --instance-id)"
+        ),
     }
 }
 
