@@ -65,12 +65,8 @@ struct TableState {
 /// Bookkeeping statements in this dialect.
 struct MetaSql {
     dlq: String,
-    offsets: String,
-    /// Creates a partition's offset row (at 0) if it has none yet, so the
-    /// next statement has a row to lock.
-    claim: String,
-    /// Reads a partition's next offset and locks the row until COMMIT.
-    locked_offset: String,
+    /// The dialect's current-time expression.
+    now: &'static str,
     learned: String,
     catalog: String,
 }
@@ -107,26 +103,7 @@ impl MetaSql {
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
                 ))
                 .into_owned(),
-            offsets: upsert(
-                "sluice_offsets",
-                &["pipeline", "topic", "kafka_partition", "next_offset", "updated_at"],
-                3,
-                true,
-                now,
-            ),
-            claim: upsert(
-                "sluice_offsets",
-                &["pipeline", "topic", "kafka_partition", "next_offset", "updated_at"],
-                3,
-                false,
-                now,
-            ),
-            locked_offset: format!(
-                "{}{}",
-                d.sql("SELECT next_offset FROM sluice_offsets WHERE pipeline = ? AND topic = ? AND kafka_partition = ?"),
-                // SQLite: the claim's INSERT already holds the database's write lock.
-                if d == Dialect::Sqlite { "" } else { " FOR UPDATE" }
-            ),
+            now,
             learned: upsert(
                 "sluice_decoder_state",
                 &["pipeline", "topic", "kind", "name", "value"],
@@ -358,7 +335,7 @@ impl SqlSink {
             ..
         } = self;
         let mut tx = conn.begin().await.context("BEGIN")?;
-        let mut stored = claim_offsets(&mut tx, meta, pipeline, &batch.offsets).await?;
+        let mut stored = claim_offsets(&mut tx, d, meta, pipeline, &batch.offsets).await?;
         report.stale += drop_committed(&stored, &mut events, &mut dead);
         let mut accepted = Vec::with_capacity(events.len());
         for ev in events {
@@ -374,7 +351,7 @@ impl SqlSink {
                 tx.rollback().await.context("ROLLBACK")?;
                 tx = conn.begin().await.context("BEGIN")?;
                 // The rollback released the offset locks: take them again.
-                stored = claim_offsets(&mut tx, meta, pipeline, &batch.offsets).await?;
+                stored = claim_offsets(&mut tx, d, meta, pipeline, &batch.offsets).await?;
                 report.stale += drop_committed(&stored, &mut accepted, &mut dead);
                 for ev in accepted {
                     match write_event(&mut tx, d, sql, &ev).await {
@@ -407,18 +384,32 @@ impl SqlSink {
                 .await
                 .context("writing sluice_dlq")?;
         }
-        for (topic, partition, next) in &batch.offsets {
-            // Never backwards: a consumer that lost the partition may be behind.
-            let next = committed_next(&stored, topic, *partition).map_or(*next, |s| s.max(*next));
-            sqlx::query(&meta.offsets)
-                .bind(pipeline.as_str())
-                .bind(&**topic)
-                .bind(*partition)
-                .bind(next)
-                .execute(&mut *tx)
+        if !batch.offsets.is_empty() {
+            let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
+            let rows = vec![format!("(?, ?, ?, ?, {})", meta.now); batch.offsets.len()];
+            let sql = d
+                .sql(&format!(
+                    "INSERT INTO sluice_offsets ({}) VALUES {}{}",
+                    cols.join(", "),
+                    rows.join(", "),
+                    d.upsert_clause(&cols[..3], &cols[3..])
+                ))
+                .into_owned();
+            let mut q = sqlx::query(&sql);
+            for (topic, partition, next) in &batch.offsets {
+                // Never backwards: a consumer that lost the partition may be behind.
+                let next =
+                    committed_next(&stored, topic, *partition).map_or(*next, |s| s.max(*next));
+                q = q
+                    .bind(pipeline.as_str())
+                    .bind(&**topic)
+                    .bind(*partition)
+                    .bind(next);
+                report.offsets.push((topic.clone(), *partition, next));
+            }
+            q.execute(&mut *tx)
                 .await
                 .context("writing sluice_offsets")?;
-            report.offsets.push((topic.clone(), *partition, next));
         }
         for fact in &batch.learned {
             let (topic, kind, name, value) = match fact {
@@ -700,36 +691,84 @@ fn reject(dead: &mut Vec<DeadLetter>, report: &mut SinkReport, ev: EventWrites, 
     });
 }
 
-/// Lock this batch's partitions in `sluice_offsets` (sorted, so two hosts
-/// lock in the same order and cannot deadlock) and read their committed next
-/// offsets. The locks are held until COMMIT: a consumer that lost a partition
-/// in a rebalance waits here for the new owner's batch, then sees its offset.
+/// The columns of `sluice_offsets`; the first three are its key.
+const OFFSET_COLUMNS: [&str; 5] = [
+    "pipeline",
+    "topic",
+    "kafka_partition",
+    "next_offset",
+    "updated_at",
+];
+
+/// Lock this batch's partitions in `sluice_offsets` and read their committed
+/// next offsets: two statements whatever the number of partitions. Rows a
+/// partition does not have yet are created at 0 first, so there is a row to
+/// lock. Locks are taken in (topic, partition) order, so two hosts cannot
+/// deadlock, and held until COMMIT: a consumer that lost a partition in a
+/// rebalance waits here for the new owner's batch, then sees its offset.
 async fn claim_offsets(
     conn: &mut AnyConnection,
+    d: Dialect,
     meta: &MetaSql,
     pipeline: &str,
     offsets: &[(Arc<str>, i32, i64)],
 ) -> anyhow::Result<Vec<(Arc<str>, i32, i64)>> {
     let mut parts: Vec<(&Arc<str>, i32)> = offsets.iter().map(|(t, p, _)| (t, *p)).collect();
     parts.sort();
+    parts.dedup();
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
+    let rows = vec![format!("(?, ?, ?, 0, {})", meta.now); parts.len()];
+    let claim = d
+        .sql(&format!(
+            "INSERT INTO sluice_offsets ({}) VALUES {}{}",
+            cols.join(", "),
+            rows.join(", "),
+            d.upsert_clause(&cols[..3], &[])
+        ))
+        .into_owned();
+    let mut q = sqlx::query(&claim);
+    for (topic, partition) in &parts {
+        q = q.bind(pipeline).bind(&***topic).bind(*partition);
+    }
+    q.execute(&mut *conn)
+        .await
+        .context("claiming the batch's partitions in sluice_offsets")?;
+
+    let which = vec!["(topic = ? AND kafka_partition = ?)"; parts.len()];
+    let lock = d
+        .sql(&format!(
+            "SELECT topic, kafka_partition, next_offset FROM sluice_offsets
+         WHERE pipeline = ? AND ({}) ORDER BY topic, kafka_partition{}",
+            which.join(" OR "),
+            // SQLite: the claim's INSERT already holds the database's write lock.
+            if d == Dialect::Sqlite {
+                ""
+            } else {
+                " FOR UPDATE"
+            }
+        ))
+        .into_owned();
+    let mut q = sqlx::query(&lock).bind(pipeline);
+    for (topic, partition) in &parts {
+        q = q.bind(&***topic).bind(*partition);
+    }
+    let found = q
+        .fetch_all(&mut *conn)
+        .await
+        .context("locking the batch's partitions in sluice_offsets")?;
     let mut stored = Vec::with_capacity(parts.len());
-    for (topic, partition) in parts {
-        sqlx::query(&meta.claim)
-            .bind(pipeline)
-            .bind(&**topic)
-            .bind(partition)
-            .bind(0_i64)
-            .execute(&mut *conn)
-            .await
-            .context("claiming the partition in sluice_offsets")?;
-        let next: i64 = sqlx::query_scalar(&meta.locked_offset)
-            .bind(pipeline)
-            .bind(&**topic)
-            .bind(partition)
-            .fetch_one(&mut *conn)
-            .await
-            .context("locking the partition in sluice_offsets")?;
-        stored.push((topic.clone(), partition, next));
+    for r in found {
+        let (topic, partition, next): (String, i32, i64) =
+            (text(&r, 0)?, r.try_get(1)?, r.try_get(2)?);
+        if let Some((t, _)) = parts
+            .iter()
+            .find(|(t, p)| *p == partition && ***t == *topic)
+        {
+            stored.push(((*t).clone(), partition, next));
+        }
     }
     Ok(stored)
 }
