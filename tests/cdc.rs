@@ -738,6 +738,137 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     sink.drop_it().await;
 }
 
+/// One batch for the fence tests: rows `ids` of table `t`, each written by
+/// the record at the same offset of `topic`/0.
+fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
+    use sluice::model::{Column, ColumnType, RawRecord, RecordId, SinkTable, SinkWrite, Value};
+    let col = |name: &str, ty| Column {
+        name: name.into(),
+        ty,
+        nullable: name != "id",
+        decimal: None,
+    };
+    let table = std::sync::Arc::new(SinkTable {
+        name: "t".into(),
+        columns: vec![col("id", ColumnType::Int), col("v", ColumnType::Text)],
+        key: vec![0],
+    });
+    let next = ids.end;
+    sluice::sink::SinkBatch {
+        records: (ids.end - ids.start) as u64,
+        offsets: vec![("topic".into(), 0, next)],
+        events: ids
+            .map(|i| sluice::sink::EventWrites {
+                record: RawRecord {
+                    id: RecordId {
+                        topic: "topic".into(),
+                        partition: 0,
+                        offset: i,
+                    },
+                    key: None,
+                    value: Some(String::new()),
+                    headers: Vec::new(),
+                },
+                plugins: None,
+                writes: vec![SinkWrite::Upsert {
+                    table: table.clone(),
+                    values: vec![Value::Int(i), Value::Text(v.into())],
+                }],
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The fence on the real database: while the partition's new owner holds
+/// its offset row (mid-transaction), a batch from the host that lost the
+/// partition waits; once the owner commits, that batch applies only what
+/// lies above the owner's offset, and the offset never goes back.
+async fn fence(db: Db) {
+    if !stack_ready() {
+        return;
+    }
+    let sink_db = SinkDb::create(db, "fence").await;
+    let mut old = sluice::sink::sql::SqlSink::open(&sink_db.url(), "fence", "p")
+        .await
+        .unwrap();
+    old.commit(fence_batch(0..10, "first")).await.unwrap();
+
+    // The new owner, mid-batch: it has locked the partition's offset row, as
+    // Sluice's commit does first.
+    let mut owner = connect(db, &sink_db.name).await;
+    owner
+        .execute(match db {
+            Db::Pg => "SET lock_timeout = '3s'",
+            Db::My => "SET SESSION innodb_lock_wait_timeout = 3",
+        })
+        .await
+        .unwrap();
+    let mut tx = owner.begin().await.unwrap();
+    tx.execute("SELECT next_offset FROM sluice_offsets WHERE pipeline = 'p' AND topic = 'topic' AND kafka_partition = 0 FOR UPDATE")
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(async move {
+        old.commit(fence_batch(5..20, "stale"))
+            .await
+            .map(|r| (old, r))
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "{db:?}: the stale batch committed while the owner held the partition"
+    );
+    // The stale batch must be waiting before its first write: the owner's
+    // rows do not wait for it (they would time out after 3 s).
+    tx.execute("INSERT INTO t (id, v) VALUES (10, 'owner'), (11, 'owner'), (12, 'owner'), (13, 'owner'), (14, 'owner')")
+        .await
+        .unwrap();
+    tx.execute("UPDATE sluice_offsets SET next_offset = 15 WHERE pipeline = 'p' AND topic = 'topic' AND kafka_partition = 0")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (mut old, report) = in_flight.await.unwrap().unwrap();
+    assert_eq!((report.writes, report.stale), (5, 10), "{db:?}");
+    let mut c = connect(db, &sink_db.name).await;
+    let rows: Vec<(i64, String)> = sqlx::query("SELECT id, v FROM t ORDER BY id")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.try_get::<i64, _>(0).unwrap(), text(r, 1).unwrap()))
+        .collect();
+    let want: Vec<(i64, String)> = (0..20)
+        .map(|i| {
+            let v = match i {
+                0..=9 => "first",
+                10..=14 => "owner",
+                _ => "stale",
+            };
+            (i, v.to_string())
+        })
+        .collect();
+    assert_eq!(rows, want, "{db:?}");
+    // a batch entirely below the committed offset applies nothing, moves nothing back
+    let report = old.commit(fence_batch(3..8, "late")).await.unwrap();
+    assert_eq!((report.writes, report.stale), (0, 5), "{db:?}");
+    assert_eq!(
+        old.load_offsets().await.unwrap(),
+        std::collections::HashMap::from([(("topic".to_string(), 0), 20)])
+    );
+    drop(old);
+    sink_db.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_fences_a_batch_from_a_host_that_lost_the_partition() {
+    fence(Db::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sink_fences_a_batch_from_a_host_that_lost_the_partition() {
+    fence(Db::My).await;
+}
+
 /// Records in the topic that carry the poison marker (none unless the
 /// poison test ran before).
 fn poison_records(topic: &str) -> i64 {

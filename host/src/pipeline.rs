@@ -161,7 +161,11 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let dlq_publisher = match (&p.source, &p.dlq_topic) {
         (SourceSpec::Kafka { brokers, .. }, Some(topic)) => {
             let dlq = DlqTopic::new(brokers, topic, &p.name)?;
-            let outbox = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
+            let outbox = SinkAddress {
+                url: p.sink.url().to_string(),
+                shown: p.sink.shown(),
+                pipeline: p.name.clone(),
+            };
             Some(spawn_dlq_publisher(
                 outbox,
                 dlq,
@@ -181,7 +185,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
                 stats.add(&stats.skipped, report.stale);
-                stats.add(&stats.committed, records);
+                stats.add(&stats.committed, records.saturating_sub(report.stale));
                 stats.add(&stats.batches, 1);
                 {
                     let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,33 +242,53 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
 /// `wake`), retrying every 5 s while some stay unsent, and a last time once
 /// `done` fires.
 fn spawn_dlq_publisher(
-    mut outbox: SqlSink,
+    outbox: SinkAddress,
     dlq: DlqTopic,
     stats: Arc<Stats>,
     wake: Arc<Notify>,
     done: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut conn: Option<SqlSink> = None;
         loop {
             // Read before the pass: a pass that starts after `done` covers every commit.
             let finishing = done.is_cancelled();
-            let all_sent = publish_dead_letters(&mut outbox, &dlq, &stats).await;
+            if conn.is_none() {
+                match SqlSink::open(&outbox.url, &outbox.shown, &outbox.pipeline).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => tracing::warn!(topic = dlq.topic(), "DLQ outbox: {e:#}"),
+                }
+            }
+            let pass = match conn.as_mut() {
+                Some(c) => publish_dead_letters(c, &dlq, &stats).await,
+                None => Pass::OutboxFailed,
+            };
+            if matches!(pass, Pass::OutboxFailed) {
+                conn = None;
+            }
             if finishing {
                 return;
             }
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = done.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)), if !all_sent => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)), if !matches!(pass, Pass::AllSent) => {}
             }
         }
     })
 }
 
+/// Where the DLQ publisher connects (its own sink connection).
+struct SinkAddress {
+    url: String,
+    shown: String,
+    pipeline: String,
+}
+
 /// Copy the sink's unpublished dead letters to the DLQ topic. A broker that
 /// cannot be reached does not stop the pipeline: the rows stay unpublished
 /// and are sent on the next pass. Returns whether all were sent.
-async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats) -> bool {
+async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats) -> Pass {
     loop {
         let rows = match sink.unpublished_dead_letters(500).await {
             Ok(rows) => rows,
@@ -273,27 +297,36 @@ async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats)
                     topic = dlq.topic(),
                     "reading dead letters to publish: {e:#}"
                 );
-                return false;
+                return Pass::OutboxFailed;
             }
         };
         if rows.is_empty() {
-            return true;
+            return Pass::AllSent;
         }
         let (sent, error) = dlq.publish(&rows).await;
         stats.add(&stats.dlq_published, sent.len() as u64);
         if let Err(e) = sink.mark_published(&sent).await {
             tracing::warn!(topic = dlq.topic(), "{e:#}");
-            return false;
+            return Pass::OutboxFailed;
         }
         if let Some(e) = error {
             tracing::warn!(
                 topic = dlq.topic(),
                 unsent = rows.len() - sent.len(),
-                "DLQ topic: {e:#}; retrying after the next commit"
+                "DLQ topic: {e:#}; retrying in 5 s"
             );
-            return false;
+            return Pass::Unsent;
         }
     }
+}
+
+/// How a pass over the outbox ended.
+enum Pass {
+    AllSent,
+    /// Kafka did not take them all.
+    Unsent,
+    /// The sink connection failed (closed while idle, say): open a new one.
+    OutboxFailed,
 }
 
 fn spawn_progress(stats: Arc<Stats>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {

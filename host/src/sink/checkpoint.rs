@@ -51,7 +51,18 @@ impl CheckpointReader {
                     let _ = ready_tx.send(Ok(()));
                     // Nothing else runs on this runtime: waiting here blocks no one.
                     while let Ok(reply) = incoming.recv() {
-                        let _ = reply.send(sink.load_offsets().await);
+                        let mut offsets = sink.load_offsets().await;
+                        if offsets.is_err() {
+                            // Closed while idle (wait_timeout, a proxy)? Reconnect once.
+                            match SqlSink::open(&url, &shown, &pipeline).await {
+                                Ok(fresh) => {
+                                    sink = fresh;
+                                    offsets = sink.load_offsets().await;
+                                }
+                                Err(e) => tracing::warn!("reconnecting to the sink: {e:#}"),
+                            }
+                        }
+                        let _ = reply.send(offsets);
                     }
                 });
             })

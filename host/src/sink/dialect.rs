@@ -238,6 +238,26 @@ impl Dialect {
         matches!(e, sqlx::Error::Database(d) if self == Dialect::Postgres && d.code().as_deref() == Some("21000"))
     }
 
+    /// An error that aborted the transaction because of other sessions
+    /// (deadlock, serialization failure, lock wait timeout, a busy SQLite
+    /// file): the same transaction may pass if tried again.
+    pub fn is_transient(self, e: &sqlx::Error) -> bool {
+        let sqlx::Error::Database(d) = e else {
+            return false;
+        };
+        let code = d.code();
+        let code = code.as_deref().unwrap_or("");
+        match self {
+            // SQLITE_BUSY, SQLITE_LOCKED (after busy_timeout)
+            Dialect::Sqlite => code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+            Dialect::Postgres => matches!(code, "40P01" | "40001" | "55P03"),
+            // deadlock, lock wait timeout
+            Dialect::MySql { .. } => {
+                mysql_errno(d.as_ref()).is_some_and(|n| matches!(n, 1213 | 1205))
+            }
+        }
+    }
+
     /// A failed CREATE/ALTER that concerns the table's shape (the plugin's
     /// declaration), not the database's health or our permissions.
     pub fn is_table_error(self, e: &sqlx::Error) -> bool {

@@ -318,15 +318,68 @@ impl SqlSink {
     /// forward. So however partitions move between hosts, each record is
     /// applied once.
     pub async fn commit(&mut self, batch: SinkBatch) -> anyhow::Result<SinkReport> {
-        let d = self.dialect;
-        let mut report = SinkReport::default();
-        let mut dead: Vec<DeadLetter> = batch.dead;
-        let mut events = batch.events;
-
         // Tables first, outside the transaction (DDL commits implicitly in
         // MySQL), so the table cache stays true whatever happens next.
-        let broken = self.prepare_tables(&events).await?;
+        let broken = self.prepare_tables(&batch.events).await?;
+        let SinkBatch {
+            mut events,
+            mut dead,
+            offsets,
+            learned,
+            ..
+        } = batch;
+        let mut report = SinkReport::default();
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .try_commit(
+                    &mut events,
+                    &mut dead,
+                    &offsets,
+                    &learned,
+                    &broken,
+                    &mut report,
+                )
+                .await;
+            match result {
+                // A deadlock with another host of the pipeline (two hosts
+                // writing the same rows in different orders) or a lock wait
+                // that timed out: the database rolled the transaction back.
+                Err(e) if attempt < 5 && self.transient(&e) => {
+                    attempt += 1;
+                    tracing::warn!(
+                        attempt,
+                        "sink transaction aborted by the database ({e:#}); trying the batch again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+                other => return other.map(|()| report),
+            }
+        }
+    }
 
+    /// Whether an error aborted only this transaction and a retry may pass.
+    fn transient(&self, e: &anyhow::Error) -> bool {
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+            .any(|e| self.dialect.is_transient(e))
+    }
+
+    /// One attempt at the batch's transaction. `events` and `dead` are
+    /// updated in place (records another consumer committed dropped, events
+    /// the sink refuses moved to `dead`), so a retry starts from there.
+    async fn try_commit(
+        &mut self,
+        events: &mut Vec<EventWrites>,
+        dead: &mut Vec<DeadLetter>,
+        offsets: &[(Arc<str>, i32, i64)],
+        learned: &[Learned],
+        broken: &HashMap<TableId, String>,
+        report: &mut SinkReport,
+    ) -> anyhow::Result<()> {
+        let d = self.dialect;
+        report.writes = 0;
+        report.offsets.clear();
         let SqlSink {
             conn,
             sql,
@@ -335,29 +388,33 @@ impl SqlSink {
             ..
         } = self;
         let mut tx = conn.begin().await.context("BEGIN")?;
-        let mut stored = claim_offsets(&mut tx, d, meta, pipeline, &batch.offsets).await?;
-        report.stale += drop_committed(&stored, &mut events, &mut dead);
-        let mut accepted = Vec::with_capacity(events.len());
-        for ev in events {
-            match precheck(d, &ev, &broken) {
-                None => accepted.push(ev),
-                Some(reason) => reject(&mut dead, &mut report, ev, reason),
+        let mut stored = claim_offsets(&mut tx, d, meta, pipeline, offsets).await?;
+        report.stale += drop_committed(&stored, events, dead);
+        for ev in std::mem::take(events) {
+            match precheck(d, &ev, broken) {
+                None => events.push(ev),
+                Some(reason) => reject(dead, report, ev, reason),
             }
         }
-        match write_grouped(&mut tx, d, sql, &accepted).await {
+        match write_grouped(&mut tx, d, sql, events).await {
             Ok(n) => report.writes += n,
             Err(e) if d.retry_event_by_event(&e) => {
                 tracing::debug!("a grouped write failed ({e}); writing the batch event by event");
                 tx.rollback().await.context("ROLLBACK")?;
                 tx = conn.begin().await.context("BEGIN")?;
                 // The rollback released the offset locks: take them again.
-                stored = claim_offsets(&mut tx, d, meta, pipeline, &batch.offsets).await?;
-                report.stale += drop_committed(&stored, &mut accepted, &mut dead);
-                for ev in accepted {
-                    match write_event(&mut tx, d, sql, &ev).await {
-                        Ok(n) => report.writes += n,
+                stored = claim_offsets(&mut tx, d, meta, pipeline, offsets).await?;
+                report.stale += drop_committed(&stored, events, dead);
+                let mut i = 0;
+                while i < events.len() {
+                    match write_event(&mut tx, d, sql, &events[i]).await {
+                        Ok(n) => {
+                            report.writes += n;
+                            i += 1;
+                        }
                         Err(SinkError::Rejected(reason)) => {
-                            reject(&mut dead, &mut report, ev, reason)
+                            let ev = events.remove(i);
+                            reject(dead, report, ev, reason)
                         }
                         Err(SinkError::Database(e)) => {
                             return Err(anyhow::Error::new(e).context("writing to the sink"))
@@ -368,7 +425,7 @@ impl SqlSink {
             Err(e) => return Err(anyhow::Error::new(e).context("writing to the sink")),
         }
 
-        for dl in &dead {
+        for dl in dead.iter() {
             sqlx::query(&meta.dlq)
                 .bind(pipeline.as_str())
                 .bind(&*dl.record.id.topic)
@@ -384,9 +441,9 @@ impl SqlSink {
                 .await
                 .context("writing sluice_dlq")?;
         }
-        if !batch.offsets.is_empty() {
+        if !offsets.is_empty() {
             let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
-            let rows = vec![format!("(?, ?, ?, ?, {})", meta.now); batch.offsets.len()];
+            let rows = vec![format!("(?, ?, ?, ?, {})", meta.now); offsets.len()];
             let sql = d
                 .sql(&format!(
                     "INSERT INTO sluice_offsets ({}) VALUES {}{}",
@@ -396,7 +453,7 @@ impl SqlSink {
                 ))
                 .into_owned();
             let mut q = sqlx::query(&sql);
-            for (topic, partition, next) in &batch.offsets {
+            for (topic, partition, next) in offsets {
                 // Never backwards: a consumer that lost the partition may be behind.
                 let next =
                     committed_next(&stored, topic, *partition).map_or(*next, |s| s.max(*next));
@@ -411,7 +468,7 @@ impl SqlSink {
                 .await
                 .context("writing sluice_offsets")?;
         }
-        for fact in &batch.learned {
+        for fact in learned {
             let (topic, kind, name, value) = match fact {
                 Learned::TextColumn { topic, column } => {
                     (topic, "text_column", column.as_str(), String::new())
@@ -431,7 +488,7 @@ impl SqlSink {
                 .context("writing sluice_decoder_state")?;
         }
         tx.commit().await.context("COMMIT")?;
-        Ok(report)
+        Ok(())
     }
 
     /// Create or extend every table the batch writes to. Returns the tables
@@ -439,13 +496,13 @@ impl SqlSink {
     async fn prepare_tables(
         &mut self,
         events: &[EventWrites],
-    ) -> anyhow::Result<HashMap<*const SinkTable, String>> {
+    ) -> anyhow::Result<HashMap<TableId, String>> {
         let mut broken = HashMap::new();
-        let mut checked: HashSet<*const SinkTable> = HashSet::new();
+        let mut checked: HashSet<TableId> = HashSet::new();
         for ev in events {
             for w in &ev.writes {
                 let table = w.table();
-                let ptr = Arc::as_ptr(table);
+                let ptr = table_id(table);
                 if !checked.insert(ptr) {
                     continue;
                 }
@@ -525,13 +582,20 @@ impl SqlSink {
                     if state.columns.iter().any(|n| n == &c.name) {
                         continue;
                     }
-                    sqlx::query(&format!(
+                    let added = sqlx::query(&format!(
                         "ALTER TABLE {quoted_table} ADD COLUMN {} {ty}",
                         d.quote(&c.name)
                     ))
                     .execute(&mut self.conn)
-                    .await
-                    .map_err(ddl_error)?;
+                    .await;
+                    if let Err(e) = added {
+                        // Another host of the pipeline may have added it since
+                        // this one looked: then all is well.
+                        let now = read_table(&mut self.conn, d, &table.name).await?;
+                        if !now.is_some_and(|t| t.columns.iter().any(|n| n == &c.name)) {
+                            return Err(ddl_error(e));
+                        }
+                    }
                     catalog(&mut self.conn, &self.meta, &table.name, c).await?;
                     tracing::info!(table = %table.name, column = %c.name, "sink column added");
                     state.columns.push(c.name.clone());
@@ -563,10 +627,17 @@ impl SqlSink {
                         .join(", "),
                     d.table_options()
                 );
-                sqlx::query(&ddl)
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(ddl_error)?;
+                if let Err(e) = sqlx::query(&ddl).execute(&mut self.conn).await {
+                    // Another host of the pipeline may have created it at the
+                    // same moment: check it as an existing table.
+                    return match read_table(&mut self.conn, d, &table.name).await? {
+                        Some(state) => {
+                            self.tables.insert(table.name.clone(), state);
+                            Box::pin(self.ensure_table(table)).await
+                        }
+                        None => Err(ddl_error(e)),
+                    };
+                }
                 for c in &table.columns {
                     catalog(&mut self.conn, &self.meta, &table.name, c).await?;
                 }
@@ -660,15 +731,20 @@ fn decode_headers(text: Option<&str>) -> anyhow::Result<Vec<(String, Option<Vec<
         .collect()
 }
 
+/// One declaration of a sink table within a batch (its address: the
+/// batch's writes share their declarations), as a plain number so the
+/// commit future stays `Send`.
+type TableId = usize;
+
+fn table_id(table: &Arc<SinkTable>) -> TableId {
+    Arc::as_ptr(table) as TableId
+}
+
 /// Why an event cannot be written, found without asking the database.
-fn precheck(
-    d: Dialect,
-    ev: &EventWrites,
-    broken: &HashMap<*const SinkTable, String>,
-) -> Option<String> {
+fn precheck(d: Dialect, ev: &EventWrites, broken: &HashMap<TableId, String>) -> Option<String> {
     for w in &ev.writes {
         let table = w.table();
-        if let Some(why) = broken.get(&Arc::as_ptr(table)) {
+        if let Some(why) = broken.get(&table_id(table)) {
             return Some(why.clone());
         }
         for (v, c) in bound(table, w) {
@@ -737,12 +813,12 @@ async fn claim_offsets(
         .await
         .context("claiming the batch's partitions in sluice_offsets")?;
 
-    let which = vec!["(topic = ? AND kafka_partition = ?)"; parts.len()];
+    let which = vec!["(?, ?)"; parts.len()];
     let lock = d
         .sql(&format!(
             "SELECT topic, kafka_partition, next_offset FROM sluice_offsets
-         WHERE pipeline = ? AND ({}) ORDER BY topic, kafka_partition{}",
-            which.join(" OR "),
+         WHERE pipeline = ? AND (topic, kafka_partition) IN ({}) ORDER BY topic, kafka_partition{}",
+            which.join(", "),
             // SQLite: the claim's INSERT already holds the database's write lock.
             if d == Dialect::Sqlite {
                 ""
