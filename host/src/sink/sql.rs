@@ -442,16 +442,7 @@ impl SqlSink {
                 .context("writing sluice_dlq")?;
         }
         if !offsets.is_empty() {
-            let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
-            let rows = vec![format!("(?, ?, ?, ?, {})", meta.now); offsets.len()];
-            let sql = d
-                .sql(&format!(
-                    "INSERT INTO sluice_offsets ({}) VALUES {}{}",
-                    cols.join(", "),
-                    rows.join(", "),
-                    d.upsert_clause(&cols[..3], &cols[3..])
-                ))
-                .into_owned();
+            let sql = offsets_insert_sql(d, meta.now, offsets.len(), true);
             let mut q = sqlx::query(&sql);
             for (topic, partition, next) in offsets {
                 // Never backwards: a consumer that lost the partition may be behind.
@@ -776,6 +767,24 @@ const OFFSET_COLUMNS: [&str; 5] = [
     "updated_at",
 ];
 
+/// `INSERT INTO sluice_offsets` of `rows` rows (pipeline, topic, partition
+/// and, if `update`, the next offset bound in that order), which on conflict
+/// sets the bound offset (`update`) or leaves the row as it is (a new row
+/// starts at 0).
+fn offsets_insert_sql(d: Dialect, now: &str, rows: usize, update: bool) -> String {
+    let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
+    let offset = if update { "?" } else { "0" };
+    let values = vec![format!("(?, ?, ?, {offset}, {now})"); rows];
+    let set: &[String] = if update { &cols[3..] } else { &[] };
+    d.sql(&format!(
+        "INSERT INTO sluice_offsets ({}) VALUES {}{}",
+        cols.join(", "),
+        values.join(", "),
+        d.upsert_clause(&cols[..3], set)
+    ))
+    .into_owned()
+}
+
 /// Lock this batch's partitions in `sluice_offsets` and read their committed
 /// next offsets: two statements whatever the number of partitions. Rows a
 /// partition does not have yet are created at 0 first, so there is a row to
@@ -795,16 +804,7 @@ async fn claim_offsets(
     if parts.is_empty() {
         return Ok(Vec::new());
     }
-    let cols = OFFSET_COLUMNS.map(|c| d.quote(c));
-    let rows = vec![format!("(?, ?, ?, 0, {})", meta.now); parts.len()];
-    let claim = d
-        .sql(&format!(
-            "INSERT INTO sluice_offsets ({}) VALUES {}{}",
-            cols.join(", "),
-            rows.join(", "),
-            d.upsert_clause(&cols[..3], &[])
-        ))
-        .into_owned();
+    let claim = offsets_insert_sql(d, meta.now, parts.len(), false);
     let mut q = sqlx::query(&claim);
     for (topic, partition) in &parts {
         q = q.bind(pipeline).bind(&***topic).bind(*partition);
