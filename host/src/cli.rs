@@ -176,10 +176,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the run's summary on stdout. The work is committed by now, so a
+/// reader that went away (`sluice … | head -1`) must not turn it into a panic.
 fn print_summary(s: &RunSummary) {
+    use std::io::Write;
+    let text = summary_text(s);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!("cannot print the run summary: {e}");
+        }
+    }
+}
+
+fn summary_text(s: &RunSummary) -> String {
+    use std::fmt::Write;
     let st = &s.stats;
     let g = Stats::get;
-    println!(
+    let mut t = String::new();
+    // Writing into a String cannot fail.
+    let _ = writeln!(
+        t,
         "read {} records in {:.2}s ({} already applied, skipped; {} tombstones; {} unrouted)",
         g(&st.read),
         s.elapsed.as_secs_f64(),
@@ -187,14 +204,16 @@ fn print_summary(s: &RunSummary) {
         g(&st.tombstones),
         g(&st.unrouted)
     );
-    println!(
+    let _ = writeln!(
+        t,
         "committed {} records in {} batches, {} sink writes, {} plugin reloads",
         g(&st.committed),
         g(&st.batches),
         g(&st.writes),
         g(&st.reloads)
     );
-    println!(
+    let _ = writeln!(
+        t,
         "dead-lettered {} (decode {}, plugin {}, sink {}){}",
         st.dead_lettered(),
         g(&st.dlq_decode),
@@ -207,13 +226,15 @@ fn print_summary(s: &RunSummary) {
         }
     );
     if g(&st.dlq_published) > 0 {
-        println!(
+        let _ = writeln!(
+            t,
             "{} dead letters copied to the DLQ topic",
             g(&st.dlq_published)
         );
     }
-    println!("sink tables:");
-    for (t, n) in &s.tables {
-        println!("  {t:<24} {n:>8} rows");
+    t.push_str("sink tables:\n");
+    for (name, n) in &s.tables {
+        let _ = writeln!(t, "  {name:<24} {n:>8} rows");
     }
+    t
 }
