@@ -520,10 +520,11 @@ async fn long_workload(rounds: i64) {
 
 /// The sink tables as Sluice would create them, plus an audit of every row
 /// write (AFTER triggers fire once per applied row, inside Sluice's
-/// transaction, so a rolled-back batch counts nothing).
+/// transaction, so a rolled-back batch counts nothing; MariaDB fires AFTER
+/// UPDATE for an upsert that met an existing row, AFTER INSERT otherwise).
 async fn audited_sink(sink: &SinkDb) {
     let mut c = connect(sink.db, &sink.name).await;
-    for s in [
+    let pg = [
         "CREATE TABLE customers (id BIGINT NOT NULL, name TEXT, email TEXT, segment TEXT, vip BOOLEAN, created_at TIMESTAMPTZ, PRIMARY KEY (id))",
         "CREATE TABLE orders (order_id BIGINT NOT NULL, customer_id BIGINT, amount NUMERIC(12,2), status TEXT, placed_at TIMESTAMP, note TEXT, PRIMARY KEY (order_id))",
         "CREATE TABLE audit (tbl TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (tbl))",
@@ -534,24 +535,53 @@ async fn audited_sink(sink: &SinkDb) {
          END $$",
         "CREATE TRIGGER audit_customers AFTER INSERT OR UPDATE OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION audit_row()",
         "CREATE TRIGGER audit_orders AFTER INSERT OR UPDATE OR DELETE ON orders FOR EACH ROW EXECUTE FUNCTION audit_row()",
-    ] {
-        c.execute(s).await.unwrap();
+    ]
+    .map(String::from);
+    let options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin";
+    let mut my = vec![
+        format!("CREATE TABLE customers (id BIGINT NOT NULL, name LONGTEXT, email LONGTEXT, segment LONGTEXT, vip BOOLEAN, created_at DATETIME(6), PRIMARY KEY (id)) {options}"),
+        format!("CREATE TABLE orders (order_id BIGINT NOT NULL, customer_id BIGINT, amount DECIMAL(12,2), status LONGTEXT, placed_at DATETIME(6), note LONGTEXT, PRIMARY KEY (order_id)) {options}"),
+        "CREATE TABLE audit (tbl VARCHAR(64) NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (tbl))".to_string(),
+    ];
+    for (table, _) in TABLES {
+        for event in ["INSERT", "UPDATE", "DELETE"] {
+            my.push(format!(
+                "CREATE TRIGGER audit_{table}_{event} AFTER {event} ON {table} FOR EACH ROW \
+                 INSERT INTO audit VALUES ('{table}', 1) ON DUPLICATE KEY UPDATE n = n + 1"
+            ));
+        }
     }
+    let ddl = match sink.db {
+        Db::Pg => pg.to_vec(),
+        Db::My => my,
+    };
+    for s in ddl {
+        c.execute(s.as_str()).await.unwrap();
+    }
+}
+
+/// `SUM(expr)` over `from` as a 64-bit integer (0 when no row matches).
+async fn sum(sink: &SinkDb, expr: &str, from: &str) -> Result<i64, sqlx::Error> {
+    let ty = match sink.db {
+        Db::Pg => "BIGINT",
+        Db::My => "SIGNED",
+    };
+    let mut c = connect(sink.db, &sink.name).await;
+    sqlx::query(&format!(
+        "SELECT CAST(COALESCE(SUM({expr}), 0) AS {ty}) FROM {from}"
+    ))
+    .fetch_one(&mut c)
+    .await?
+    .try_get::<i64, _>(0)
 }
 
 /// The audit of an [`audited_sink`]: exactly one row write per change event
 /// in the captured topics (poison records aside), no unexpected dead letters.
 async fn assert_each_change_applied_once(sink: &SinkDb, context: &str) {
-    let mut c = connect(Db::Pg, &sink.name).await;
     for (table, _) in TABLES {
-        let writes: i64 =
-            sqlx::query("SELECT COALESCE(SUM(n), 0)::bigint FROM audit WHERE tbl = $1")
-                .bind(*table)
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-                .try_get(0)
-                .unwrap();
+        let writes = sum(sink, "n", &format!("audit WHERE tbl = '{table}'"))
+            .await
+            .unwrap();
         let events = events_in_topic(&Db::Pg.topic(table));
         let poison = poison_records(&Db::Pg.topic(table));
         assert_eq!(
@@ -564,17 +594,19 @@ async fn assert_each_change_applied_once(sink: &SinkDb, context: &str) {
 }
 
 /// Sum of the next offsets a pipeline committed in the sink (0 before its
-/// first commit).
+/// first commit, when there is no `sluice_offsets` yet).
 async fn committed_offsets(sink: &SinkDb, name: &str) -> i64 {
-    let mut c = connect(sink.db, &sink.name).await;
-    sqlx::query(
-        "SELECT COALESCE(SUM(next_offset), 0)::bigint FROM sluice_offsets WHERE pipeline = $1",
+    match sum(
+        sink,
+        "next_offset",
+        &format!("sluice_offsets WHERE pipeline = '{name}'"),
     )
-    .bind(name)
-    .fetch_one(&mut c)
     .await
-    .map(|r| r.try_get::<i64, _>(0).unwrap())
-    .unwrap_or(0)
+    {
+        Ok(n) => n,
+        Err(e) if e.to_string().contains("exist") => 0,
+        Err(e) => panic!("reading sluice_offsets: {e}"),
+    }
 }
 
 fn kill(child: &mut Child) {
@@ -585,15 +617,28 @@ fn kill(child: &mut Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
+    crash_test(Db::Pg, 6000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_and_repeats_nothing_mariadb_sink() {
+    crash_test(Db::My, 3000).await;
+}
+
+/// The host is killed with SIGKILL at random moments of a PostgreSQL workload
+/// of `rounds` transactions, writing into a `sink_db` sink, and restarted each
+/// time; then the sink must equal the source with every change applied once.
+/// On PostgreSQL, a new pipeline then replays the topics for the throughput.
+async fn crash_test(sink_db: Db, rounds: i64) {
     if !stack_ready() {
         return;
     }
     let _lock = SOURCE_LOCK.lock().await;
-    let sink = SinkDb::create(Db::Pg, "crash").await;
+    let sink = SinkDb::create(sink_db, "crash").await;
     audited_sink(&sink).await;
     let s = mirror();
     let name = unique("crash");
-    let work = tokio::spawn(long_workload(6000));
+    let work = tokio::spawn(long_workload(rounds));
     // pseudo-random kill moments, different on every run, shown on failure
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -645,7 +690,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         .map(|(t, _)| events_in_topic(&Db::Pg.topic(t)))
         .sum();
     eprintln!(
-        "crash test: {} kills over {:.1}s of running, {} events, {} rows in the sink; final catch-up {:.1}s",
+        "crash test into {sink_db:?}: {} kills over {:.1}s of running, {} events, {} rows in the sink; final catch-up {:.1}s",
         kills.len(),
         running.as_secs_f64(),
         total,
@@ -653,6 +698,9 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         final_run.as_secs_f64()
     );
     sink.drop_it().await;
+    if sink_db != Db::Pg {
+        return;
+    }
 
     // Throughput on the same topics: a new pipeline replays them whole into
     // a fresh PostgreSQL database (and must again equal the source).
