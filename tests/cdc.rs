@@ -1058,3 +1058,284 @@ async fn poison_record_goes_to_the_dlq_topic_and_later_records_apply() {
     assert!(published);
     sink.drop_it().await;
 }
+
+/// A sink of any kind for the tests that must hold on all three.
+enum AnySink {
+    Sql(SinkDb),
+    Sqlite(std::path::PathBuf),
+}
+
+impl AnySink {
+    async fn create(kind: &str, s: &Scratch, label: &str) -> AnySink {
+        match kind {
+            "postgres" => AnySink::Sql(SinkDb::create(Db::Pg, label).await),
+            "mariadb" => AnySink::Sql(SinkDb::create(Db::My, label).await),
+            _ => AnySink::Sqlite(s.path(&format!("{label}.db"))),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            AnySink::Sql(db) => db.url(),
+            AnySink::Sqlite(path) => format!("sqlite:{}", path.display()),
+        }
+    }
+
+    /// Each fixture table's primary keys, as sorted text tuples.
+    async fn keys(&self, table: &str, key: &[&str]) -> Vec<String> {
+        let mut keys: Vec<String> = match self {
+            AnySink::Sqlite(path) => tokio::task::block_in_place(|| {
+                query(path, &format!("SELECT {} FROM {table}", key.join(", ")))
+            })
+            .iter()
+            .map(|r| {
+                key.iter()
+                    .map(|k| r[*k].to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect(),
+            AnySink::Sql(db) => {
+                let cols: Vec<String> =
+                    key.iter().map(|k| canonical(db.db, k, Kind::Int)).collect();
+                let mut c = connect(db.db, &db.name).await;
+                sqlx::query(&format!("SELECT {} FROM {table}", cols.join(", ")))
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{table}: {e}"))
+                    .iter()
+                    .map(|r| {
+                        (0..key.len())
+                            .map(|i| text(r, i).unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    })
+                    .collect()
+            }
+        };
+        keys.sort();
+        keys
+    }
+
+    async fn drop_it(self) {
+        if let AnySink::Sql(db) = self {
+            db.drop_it().await;
+        }
+    }
+}
+
+/// Several hosts of one pipeline started at the same instant on a fresh
+/// database: all of them start (bookkeeping and sink-table DDL tolerate a
+/// concurrent creator), all finish, and the sink holds the source's rows.
+async fn hosts_starting_together(kind: &str) {
+    if !stack_ready() {
+        return;
+    }
+    const HOSTS: usize = 4;
+    for round in 0..3 {
+        let s = mirror();
+        let sink = AnySink::create(kind, &s, "together").await;
+        let name = unique("together");
+        let fixture_file = fixture("pg_events.schemas.jsonl");
+        let children: Vec<Child> = (0..HOSTS)
+            .map(|_| {
+                let mut c = sluice();
+                c.args([
+                    "run",
+                    "--name",
+                    &name,
+                    "--until-caught-up",
+                    "--max-batch",
+                    "20",
+                ])
+                .arg("--source")
+                .arg(format!("file:{}", fixture_file.display()))
+                .args(["--sink", &sink.url()])
+                .arg("--plugins")
+                .arg(s.path("plugins"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{kind}, round {round}: host {i} of {HOSTS} started together failed: {}\n{}",
+                out.status,
+                stderr(&out)
+            );
+        }
+        let exp = expected(&fixture("pg_expected.json"));
+        for (table, key) in PG_KEYS {
+            let mut want: Vec<String> = exp[*table]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    key.iter()
+                        .map(|k| r[*k].to_string())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect();
+            want.sort();
+            assert_eq!(
+                sink.keys(table, key).await,
+                want,
+                "{kind}, round {round}: {table}"
+            );
+        }
+        sink.drop_it().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_starting_together_on_a_fresh_postgres_sink_all_start() {
+    hosts_starting_together("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_starting_together_on_a_fresh_mariadb_sink_all_start() {
+    hosts_starting_together("mariadb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_starting_together_on_a_fresh_sqlite_sink_all_start() {
+    hosts_starting_together("sqlite").await;
+}
+
+/// Wait until `log` contains `needle`, for at most `limit`.
+async fn wait_for_log(log: &std::path::Path, needle: &str, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The reported hang: a static member of a fully consumed group is killed
+/// and restarted with `--until-caught-up` while other members are live and
+/// the group rebalances; the restart is caught up before its first poll and
+/// meets its assignment (and a second rebalance) while closing. It must end
+/// at once (exit 0, summary printed), every time, whatever the sink.
+async fn until_caught_up_after_a_killed_static_member(kind: &str) {
+    if !stack_ready() {
+        return;
+    }
+    const TRIES: usize = 6;
+    let _lock = SOURCE_LOCK.lock().await;
+    let s = mirror();
+    let sink = AnySink::create(kind, &s, "restart").await;
+    let name = unique("restart");
+    let logs = s.path("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let member = |id: &str, until: bool, log: &std::path::Path| -> Child {
+        let mut c = sluice_kafka(&s, Db::Pg.topics(), &name, &sink.url());
+        c.args(["--instance-id", id]);
+        if until {
+            c.arg("--until-caught-up");
+        }
+        c.stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    // everything consumed, then two live members hold the group
+    let mut first = member("x", true, &logs.join("first.log"));
+    assert!(
+        first.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(logs.join("first.log")).unwrap()
+    );
+    let mut live: Vec<Child> = ["y", "z"]
+        .iter()
+        .map(|id| member(id, false, &logs.join(format!("{id}.log"))))
+        .collect();
+    for id in ["y", "z"] {
+        wait_for_log(
+            &logs.join(format!("{id}.log")),
+            "partition assigned",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    for i in 0..TRIES {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let log = logs.join(format!("x-{i}.log"));
+        let mut x = member("x", false, &log);
+        let assigned = wait_for_log(&log, "partition assigned", Duration::from_secs(20)).await;
+        assert!(
+            assigned,
+            "{kind}: x never got a partition:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(seed % 1000)).await;
+        kill(&mut x);
+        // a member (re)joining at the same moment makes the group rebalance
+        // while the restarted x closes (one static id, so killed copies do
+        // not pile up in the group holding partitions)
+        let mut churn = member("q", false, &logs.join(format!("q-{i}.log")));
+        tokio::time::sleep(Duration::from_millis(seed % 300)).await;
+        let log = logs.join(format!("restart-{i}.log"));
+        let started = Instant::now();
+        let mut restart = member("x", true, &log);
+        let status = loop {
+            if let Some(status) = restart.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                kill(&mut restart);
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        kill(&mut churn);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let summary = std::fs::read_to_string(log.with_extension("out")).unwrap();
+        match status {
+            Some(st) if st.success() => {}
+            Some(st) => panic!("{kind}, try {i}: the restart failed ({st}):\n{text}"),
+            None => panic!("{kind}, try {i}: --until-caught-up on a consumed group still ran after 60 s:\n{text}"),
+        }
+        assert!(
+            summary.contains("read 0 records"),
+            "{kind}, try {i}: the sink held everything, so nothing is read: {summary}\n{text}"
+        );
+        eprintln!(
+            "{kind}, try {i}: the restart ended in {:.2}s ({} partitions assigned while it closed)",
+            started.elapsed().as_secs_f64(),
+            text.matches("partition assigned").count()
+        );
+    }
+    for m in &mut live {
+        kill(m);
+    }
+    sink.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_caught_up_ends_after_a_killed_static_member_mariadb_sink() {
+    until_caught_up_after_a_killed_static_member("mariadb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_caught_up_ends_after_a_killed_static_member_postgres_sink() {
+    until_caught_up_after_a_killed_static_member("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_caught_up_ends_after_a_killed_static_member_sqlite_sink() {
+    until_caught_up_after_a_killed_static_member("sqlite").await;
+}

@@ -7,13 +7,14 @@ mod common;
 use common::*;
 use serde_json::Value as Json;
 
-fn orders_events_where(file: &str, pred: impl Fn(&Json) -> bool) -> usize {
+/// Events of `topic` in a fixture whose payload satisfies `pred`.
+fn events_where(file: &str, topic: &str, pred: impl Fn(&Json) -> bool) -> usize {
     std::fs::read_to_string(fixture(file))
         .unwrap()
         .lines()
         .filter(|l| {
             let r: Json = serde_json::from_str(l).unwrap();
-            if r["topic"] != "pgserver1.public.orders" || r["payload"].is_null() {
+            if r["topic"] != topic || r["payload"].is_null() {
                 return false;
             }
             let p: Json = serde_json::from_str(r["payload"].as_str().unwrap()).unwrap();
@@ -25,6 +26,59 @@ fn orders_events_where(file: &str, pred: impl Fn(&Json) -> bool) -> usize {
             pred(&p)
         })
         .count()
+}
+
+fn orders_events_where(file: &str, pred: impl Fn(&Json) -> bool) -> usize {
+    events_where(file, "pgserver1.public.orders", pred)
+}
+
+/// The schemaless precise stream without configuration, checked against the
+/// source's final state: customers (no decimals) land whole and equal the
+/// source; in the tables with a decimal column every row of the source has a
+/// (non-null) decimal, so no row may land and every event with a row image
+/// is dead-lettered at decode with the reason.
+fn assert_precise_stream_without_config(db: &std::path::Path) {
+    let file = "pg_events.plain-precise.jsonl";
+    let exp = expected(&fixture("pg_expected.json"));
+    let d = diff_table(
+        db,
+        "customers",
+        exp["customers"].as_array().unwrap(),
+        &["id"],
+    );
+    assert!(d.is_empty(), "{d:?}");
+    let dlq = query(db, "SELECT topic, stage, reason FROM sluice_dlq");
+    assert!(dlq.iter().all(|r| r["stage"] == "decode"), "{dlq:?}");
+    assert!(
+        dlq.iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("refusing to guess")),
+        "{dlq:?}"
+    );
+    let mut all_dead = 0;
+    for (table, _) in &PG_KEYS[1..] {
+        let topic = format!("pgserver1.public.{table}");
+        let with_rows = events_where(file, &topic, |p| {
+            !p["after"].is_null() || !p["before"].is_null()
+        });
+        let dead = dlq.iter().filter(|r| r["topic"] == topic.as_str()).count();
+        let landed = if table_exists(db, table) {
+            query(db, &format!("SELECT * FROM {table}"))
+        } else {
+            Vec::new()
+        };
+        // Every event carries a decimal in these tables: none can be applied.
+        assert_eq!(
+            landed.len(),
+            0,
+            "{table}: rows landed without their scale: {landed:?}"
+        );
+        assert_eq!(
+            dead, with_rows,
+            "{table}: every event with a row image is dead-lettered"
+        );
+        all_dead += dead;
+    }
+    assert_eq!(dlq.len(), all_dead, "dead letters of other tables: {dlq:?}");
 }
 
 #[test]
@@ -66,56 +120,8 @@ fn schemaless_precise_decimals_are_dead_lettered_never_guessed() {
     let s = Scratch::new(&[("mirror", "mirror")]);
     // no configuration at all: the acceptance command as a user would type it
     let out = s.run(&fixture("pg_events.plain-precise.jsonl"), &[]);
-    let exp = expected(&fixture("pg_expected.json"));
-    // customers carry no decimal: they land completely
-    let d = diff_table(
-        &s.db(),
-        "customers",
-        exp["customers"].as_array().unwrap(),
-        &["id"],
-    );
-    assert!(d.is_empty(), "{d:?}");
-    // whatever landed in the decimal tables must be exactly right
-    for (table, key, dec_col) in [
-        ("orders", "order_id", "amount"),
-        ("products", "id", "price"),
-        ("order_lines", "order_id", "unit_price"),
-    ] {
-        if !table_exists(&s.db(), table) {
-            continue;
-        }
-        let rows = query(&s.db(), &format!("SELECT {key}, {dec_col} FROM {table}"));
-        for r in rows {
-            let want = exp[table]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e[key] == r[key]);
-            if let Some(want) = want {
-                assert!(
-                    value_matches(&want[dec_col], &r[dec_col]),
-                    "{table}: wrong value {r:?}"
-                );
-            }
-        }
-    }
-    // the decimal-carrying events are in the DLQ with the reason
-    let dlq = query(&s.db(), "SELECT topic, stage, reason FROM sluice_dlq");
-    let orders_dlq = dlq
-        .iter()
-        .filter(|r| r["topic"] == "pgserver1.public.orders")
-        .count();
-    let orders_with_rows = orders_events_where("pg_events.plain-precise.jsonl", |p| {
-        !p["after"].is_null() || !p["before"].is_null()
-    });
-    assert_eq!(
-        orders_dlq, orders_with_rows,
-        "every orders event carries an amount"
-    );
-    assert!(dlq.iter().all(|r| r["stage"] == "decode"));
-    assert!(dlq
-        .iter()
-        .all(|r| r["reason"].as_str().unwrap().contains("refusing to guess")));
+    assert_precise_stream_without_config(&s.db());
+    let dlq = query(&s.db(), "SELECT id FROM sluice_dlq");
     assert!(stderr(&out).contains("precise decimal"), "the log says why");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("dead-lettered {}", dlq.len())));
 }
@@ -148,7 +154,14 @@ fn declared_scale_missing_dead_letters_with_reason() {
         &s.db(),
         "SELECT reason FROM sluice_dlq WHERE topic = 'pgserver1.public.orders'",
     );
-    assert!(!reasons.is_empty());
+    let orders_with_rows = orders_events_where("pg_events.plain-precise.jsonl", |p| {
+        !p["after"].is_null() || !p["before"].is_null()
+    });
+    assert_eq!(
+        reasons.len(),
+        orders_with_rows,
+        "every orders event carries an amount"
+    );
     assert!(
         reasons
             .iter()
@@ -315,21 +328,7 @@ fn orders_enriched_normalises_orders() {
     let out = s.run(&fixture("pg_events.schemas.jsonl"), &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("unrouted"));
     // independent truth: the source's orders, transformed by hand
-    let exp = expected(&fixture("pg_expected.json"));
-    let want: Vec<Json> = exp["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "order_id": o["order_id"],
-                "customer_id": o["customer_id"],
-                "amount": o["amount"],
-                "status": o["status"].as_str().unwrap().to_uppercase(),
-                "placed_at": format!("{}Z", o["placed_at"].as_str().unwrap()),
-            })
-        })
-        .collect();
+    let want = expected_orders_clean();
     let d = diff_table(&s.db(), "orders_clean", &want, &["order_id"]);
     assert!(d.is_empty(), "{d:?}");
     assert!(
@@ -376,7 +375,10 @@ fn a_resumed_run_decodes_exactly_like_a_straight_run() {
             sink_snapshot(&straight.db()),
             "cut at {cut}"
         );
+        assert_precise_stream_without_config(&resumed.db());
     }
+    // and both against the source, not only against each other
+    assert_precise_stream_without_config(&straight.db());
 }
 
 #[test]

@@ -86,6 +86,8 @@ pub struct RunArgs {
     pub plugins: Option<PathBuf>,
 
     /// Stop (exit 0) once the source has nothing more, instead of following it.
+    /// Kafka: once everything up to the end offsets seen at start is in the
+    /// sink, whichever host of the pipeline committed it.
     #[arg(long)]
     pub until_caught_up: bool,
 

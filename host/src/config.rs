@@ -227,9 +227,13 @@ impl SinkSpec {
         }
     }
 
-    /// The URL for logs and messages: the password replaced by `***`.
+    /// The sink for logs and messages: a SQLite file by its path, a server
+    /// by its URL with the password replaced by `***`.
     pub fn shown(&self) -> String {
-        redact_password(self.url())
+        match self {
+            SinkSpec::Sqlite { path, .. } => format!("SQLite file {}", path.display()),
+            SinkSpec::Server { url } => redact_password(url),
+        }
     }
 }
 
@@ -485,23 +489,61 @@ pub fn parse_sink(s: &str, base: &Path) -> anyhow::Result<SinkSpec> {
     if path.is_empty() || path == ":memory:" {
         bail!("sink `{s}`: give a database file path (sqlite:PATH)");
     }
-    let path = base.join(path);
-    // `%`, `?` and `#` would be read as URL syntax; sqlx percent-decodes the path.
-    let escaped: String = path
-        .display()
-        .to_string()
-        .chars()
-        .map(|c| match c {
-            '%' => "%25".to_string(),
-            '?' => "%3F".to_string(),
-            '#' => "%23".to_string(),
-            c => c.to_string(),
-        })
-        .collect();
-    Ok(SinkSpec::Sqlite {
-        url: format!("sqlite://{escaped}?mode=rwc"),
-        path,
+    let path = sqlite_file(&base.join(path))
+        .with_context(|| format!("sink `{s}`: resolving the database file"))?;
+    let url = sqlite_url(&path).with_context(|| format!("sink `{s}`"))?;
+    Ok(SinkSpec::Sqlite { url, path })
+}
+
+/// The database file as an absolute path without `.`/`..` segments: a
+/// relative path from a pipeline file or the command line must not reach
+/// sqlx as a relative URL, whose first segment would be read as a host. The
+/// directory is resolved on disk when it exists (so `..` after a symlink
+/// means what the shell means), else lexically; the file itself need not exist.
+fn sqlite_file(path: &Path) -> anyhow::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut clean = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    let (Some(dir), Some(file)) = (absolute.parent(), absolute.file_name()) else {
+        return Ok(clean);
+    };
+    if file == ".." || file == "." {
+        bail!("{} names a directory, not a database file", path.display());
+    }
+    Ok(match std::fs::canonicalize(dir) {
+        Ok(dir) => dir.join(file),
+        Err(_) => clean,
     })
+}
+
+/// `sqlite:///ABS/PATH?mode=rwc` with every byte that URL parsing could
+/// change (space, `%`, `?`, `#`, non-ASCII…) percent-encoded; sqlx decodes
+/// the path back to the same text.
+fn sqlite_url(path: &Path) -> anyhow::Result<String> {
+    let Some(text) = path.to_str() else {
+        bail!(
+            "the database path {} is not valid UTF-8, which sqlx's SQLite URLs require",
+            path.display()
+        );
+    };
+    let mut url = String::from("sqlite://");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=rwc");
+    Ok(url)
 }
 
 /// Human durations: `250ms`, `10s`, `5m`, `1h`.
@@ -579,12 +621,12 @@ mod tests {
 
     #[test]
     fn sink_urls() {
-        let base = Path::new("");
+        let base = Path::new("/nonexistent-base");
         assert_eq!(
             parse_sink("sqlite:out.db", base).unwrap(),
             SinkSpec::Sqlite {
-                url: "sqlite://out.db?mode=rwc".into(),
-                path: "out.db".into()
+                url: "sqlite:///nonexistent-base/out.db?mode=rwc".into(),
+                path: "/nonexistent-base/out.db".into()
             }
         );
         assert_eq!(
@@ -603,6 +645,76 @@ mod tests {
         assert!(parse_source("kafka://x", base).is_err(), "no port");
         assert!(
             matches!(parse_source("kafka://a:9092,b:9092", base).unwrap(), SourceSpec::Kafka { brokers, .. } if brokers == "a:9092,b:9092")
+        );
+    }
+
+    /// Relative paths (from a pipeline file's folder or the working
+    /// directory), `..`, spaces, URL syntax and non-ASCII names all open the
+    /// file they name, through sqlx's own URL parsing.
+    #[tokio::test]
+    async fn relative_sqlite_paths_open_the_file_they_name() {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let pipeline_dir = root.join("pipelines");
+        std::fs::create_dir_all(&pipeline_dir).unwrap();
+        std::fs::create_dir_all(root.join("data dir/ünï 💾")).unwrap();
+        for (sink, base, file) in [
+            (
+                "sqlite:../data dir/a.db",
+                pipeline_dir.as_path(),
+                "data dir/a.db",
+            ),
+            (
+                "sqlite://../data dir/ünï 💾/b #1?%20.db",
+                pipeline_dir.as_path(),
+                "data dir/ünï 💾/b #1",
+            ),
+            (
+                "sqlite:./pipelines/../data dir/c%41.db",
+                root.as_path(),
+                "data dir/c%41.db",
+            ),
+            (
+                "sqlite:pipelines/./../data dir/ünï 💾/d.db",
+                root.as_path(),
+                "data dir/ünï 💾/d.db",
+            ),
+        ] {
+            let spec = parse_sink(sink, base).unwrap();
+            let want = root.join(file);
+            let SinkSpec::Sqlite { url, path } = &spec else {
+                panic!("{sink}: not SQLite")
+            };
+            assert_eq!(path, &want, "{sink}");
+            assert!(
+                spec.shown().contains(&want.display().to_string()),
+                "{}",
+                spec.shown()
+            );
+            let conn = sqlx::AnyConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("{sink} → {url}: {e}"));
+            conn.close().await.unwrap();
+            assert!(
+                want.is_file(),
+                "{sink}: {url} did not create {}",
+                want.display()
+            );
+        }
+        // a relative path without a base resolves against the working directory
+        let spec = parse_sink("sqlite:x.db", Path::new("")).unwrap();
+        let SinkSpec::Sqlite { path, .. } = spec else {
+            panic!()
+        };
+        assert_eq!(
+            path,
+            std::env::current_dir()
+                .unwrap()
+                .canonicalize()
+                .unwrap()
+                .join("x.db")
         );
     }
 

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Pipeline, SourceSpec};
+use crate::config::{Pipeline, SinkSpec, SourceSpec};
 use crate::decode::{Decoded, Decoder};
 use crate::dlq::DlqTopic;
 use crate::model::{DeadLetter, RawRecord, Stage};
@@ -44,6 +44,16 @@ pub struct RunSummary {
 pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
+    if let SinkSpec::Sqlite { path, .. } = &p.sink {
+        let dir = path.parent().unwrap_or(path);
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "the SQLite file {} cannot be created: its directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let mut sink = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
     let resume = sink.load_offsets().await?;
     let learned = sink.load_learned().await?;

@@ -115,8 +115,14 @@ impl Scratch {
     }
 }
 
+/// The binary under test: this build's, or `SLUICE_TEST_BIN` (to show that a
+/// test fails on another build, e.g. one from before a fix).
 pub fn sluice() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let bin = std::env::var_os("SLUICE_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
+        PathBuf::from,
+    );
+    let mut c = Command::new(bin);
     c.env("RUST_LOG", "info").env("NO_COLOR", "1");
     c
 }
@@ -325,6 +331,25 @@ pub fn diff_table(db: &Path, table: &str, expected_rows: &[Json], key: &[&str]) 
     diffs
 }
 
+/// What `orders_enriched` must make of the source's final orders, computed
+/// by hand from `pg_expected.json`: status upper-cased, `placed_at` as UTC.
+pub fn expected_orders_clean() -> Vec<Json> {
+    expected(&fixture("pg_expected.json"))["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            json!({
+                "order_id": o["order_id"],
+                "customer_id": o["customer_id"],
+                "amount": o["amount"],
+                "status": o["status"].as_str().unwrap().to_uppercase(),
+                "placed_at": format!("{}Z", o["placed_at"].as_str().unwrap()),
+            })
+        })
+        .collect()
+}
+
 /// Primary keys of the fixture tables.
 pub const PG_KEYS: &[(&str, &[&str])] = &[
     ("customers", &["id"]),
@@ -353,9 +378,16 @@ pub fn assert_pg_state(db: &Path) {
 pub const BROKERS: &str = "localhost:9092";
 
 pub fn stack_ready() -> bool {
-    if std::env::var_os("SLUICE_SKIP_STACK_TESTS").is_some() {
-        eprintln!("SKIPPED: SLUICE_SKIP_STACK_TESTS is set");
-        return false;
+    match std::env::var("SLUICE_SKIP_STACK_TESTS").as_deref() {
+        Ok("1") => {
+            // `cargo test` shows a skipped test as passed: say it where it shows.
+            println!("SKIPPED (SLUICE_SKIP_STACK_TESTS=1): this test needs the dev stack");
+            eprintln!("SKIPPED (SLUICE_SKIP_STACK_TESTS=1): this test needs the dev stack");
+            return false;
+        }
+        Ok("0") | Ok("") | Err(std::env::VarError::NotPresent) => {}
+        Ok(other) => panic!("SLUICE_SKIP_STACK_TESTS={other:?}: set it to 1 to skip the tests that need the dev stack, or unset it"),
+        Err(e) => panic!("SLUICE_SKIP_STACK_TESTS: {e}"),
     }
     let ok = Command::new("kcat")
         .args(["-b", BROKERS, "-L", "-m", "5"])

@@ -1,6 +1,7 @@
 //! Sinks: where a batch's writes, dead letters and offsets land, atomically.
 
 pub mod checkpoint;
+mod ddl_lock;
 pub mod dialect;
 pub mod sql;
 

@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use sqlx::AnyConnection;
 use sqlx::{Connection as _, Row as _};
 
+use super::ddl_lock;
 use super::dialect::{power_of_two_at_most, Dialect};
 use super::{EventWrites, SinkBatch, SinkReport};
 use crate::decode::temporal;
@@ -148,10 +149,12 @@ impl SqlSink {
             other => anyhow::bail!("sink {shown}: unsupported database `{other}`"),
         };
         let session: &[&str] = match dialect {
+            // The busy timeout first: switching to WAL takes the file's
+            // lock, which another host starting at the same moment may hold.
             Dialect::Sqlite => &[
+                "PRAGMA busy_timeout = 10000",
                 "PRAGMA journal_mode = WAL",
                 "PRAGMA synchronous = NORMAL",
-                "PRAGMA busy_timeout = 10000",
             ],
             Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
             Dialect::MySql { .. } => &[
@@ -166,12 +169,9 @@ impl SqlSink {
                 .await
                 .with_context(|| format!("sink {shown}: {s}"))?;
         }
-        for ddl in dialect.meta_ddl() {
-            sqlx::query(ddl)
-                .execute(&mut conn)
-                .await
-                .with_context(|| format!("sink {shown}: creating Sluice's bookkeeping tables"))?;
-        }
+        ddl_lock::locked_ddl(&mut conn, dialect, dialect.meta_ddl())
+            .await
+            .with_context(|| format!("sink {shown}: creating Sluice's bookkeeping tables"))?;
         tracing::info!(sink = %shown, database = dialect.name(), "sink ready");
         Ok(SqlSink {
             conn,
@@ -573,12 +573,11 @@ impl SqlSink {
                     if state.columns.iter().any(|n| n == &c.name) {
                         continue;
                     }
-                    let added = sqlx::query(&format!(
+                    let alter = format!(
                         "ALTER TABLE {quoted_table} ADD COLUMN {} {ty}",
                         d.quote(&c.name)
-                    ))
-                    .execute(&mut self.conn)
-                    .await;
+                    );
+                    let added = ddl_lock::locked_ddl(&mut self.conn, d, &[&alter]).await;
                     if let Err(e) = added {
                         // Another host of the pipeline may have added it since
                         // this one looked: then all is well.
@@ -618,7 +617,7 @@ impl SqlSink {
                         .join(", "),
                     d.table_options()
                 );
-                if let Err(e) = sqlx::query(&ddl).execute(&mut self.conn).await {
+                if let Err(e) = ddl_lock::locked_ddl(&mut self.conn, d, &[&ddl]).await {
                     // Another host of the pipeline may have created it at the
                     // same moment: check it as an existing table.
                     return match read_table(&mut self.conn, d, &table.name).await? {

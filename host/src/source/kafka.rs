@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -64,7 +62,13 @@ struct ResumeFromSink {
     checkpoint: Checkpoint,
     read_checkpoint: ReadCheckpoint,
     assigned: Arc<Mutex<HashMap<(String, i32), ()>>>,
+    /// Whether the configured assignor is cooperative (incremental).
+    cooperative: bool,
 }
+
+/// The partition assignor: cooperative, so a rebalance moves only the
+/// partitions that change owner.
+const ASSIGNOR: &str = "cooperative-sticky";
 
 impl ResumeFromSink {
     /// The sink's offsets as committed now, by any host of the pipeline. If
@@ -105,10 +109,11 @@ impl ConsumerContext for ResumeFromSink {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        // Known from the configuration (`cooperative-sticky`), never asked of
+        // the consumer: asking queues a request to the group handler, which
+        // after the close has terminated it is never answered, and a
+        // rebalance event served that late would block here forever.
+        let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let cp = self.sink_offsets();
@@ -177,6 +182,7 @@ impl KafkaSource {
             checkpoint: self.checkpoint.clone(),
             read_checkpoint: self.read_checkpoint.clone(),
             assigned: assigned.clone(),
+            cooperative: ASSIGNOR == "cooperative-sticky",
         };
         // Static membership: a restarted member (crash, deploy) takes its
         // partitions back at once instead of waiting out the dead member's
@@ -190,7 +196,7 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", ASSIGNOR)
             // librdkafka waits a whole second after a full local queue otherwise
             .set("fetch.queue.backoff.ms", "10")
             .set("topic.metadata.refresh.interval.ms", "10000")
@@ -231,6 +237,7 @@ impl KafkaSource {
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
         let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
         let mut last_commit = Instant::now();
+        let mut last_sink_read = Instant::now();
         loop {
             if caught_up(&reached) && batch.is_empty() {
                 tracing::info!("caught up with the end offsets seen at start");
@@ -247,6 +254,12 @@ impl KafkaSource {
                             // last message's offset alone would never reach.
                             if targets.is_some() && batch.is_empty() {
                                 advance_to_positions(&consumer, &mut reached);
+                                // Partitions other hosts of the pipeline own
+                                // are caught up when the sink has them.
+                                if last_sink_read.elapsed() >= Duration::from_secs(1) {
+                                    last_sink_read = Instant::now();
+                                    advance_to_sink(&self.read_checkpoint, &mut reached);
+                                }
                             }
                             fatal(&consumer, &instance)?;
                             break; // max wait reached
@@ -328,7 +341,49 @@ impl KafkaSource {
             }
         }
         commit_group_offsets(&consumer, &self.checkpoint, &assigned);
+        // Everything read is sent: let the pipeline finish while the consumer closes.
+        drop(out);
+        close(consumer).await;
         Ok(())
+    }
+}
+
+/// How long closing the consumer may take before the run ends without it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Close the consumer without ever hanging the run. rdkafka's `Drop` polls
+/// until librdkafka says the consumer is closed, serving rebalance events on
+/// the way; a rebalance event served after the group handler has terminated
+/// blocks in any call that asks the handler something (it never answers
+/// then: librdkafka #4041, #4884). A restart that is caught up before its first poll
+/// meets exactly that when its assignment, and a second rebalance, arrive
+/// while it closes (a static member rejoining a group with live members).
+/// So: unsubscribe first and serve the resulting revocation while the group
+/// handler still runs, then close on a thread of its own, for at most
+/// [`CLOSE_TIMEOUT`]. Nothing read here is used: the sink's offsets, not these
+/// messages, decide where the next run starts.
+async fn close(consumer: StreamConsumer<ResumeFromSink>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("closing the Kafka consumer: {e}; leaving it open");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, done_rx).await.is_err() {
+        tracing::warn!(
+            "the Kafka consumer did not close within {CLOSE_TIMEOUT:?}; ending without it \
+             (its partitions return to the group after session.timeout.ms)"
+        );
     }
 }
 
@@ -371,6 +426,19 @@ fn advance_to_positions(
                 .or_insert(0);
             *r = (*r).max(pos);
         }
+    }
+}
+
+/// Raise `reached` to the offsets committed in the sink by any host.
+fn advance_to_sink(read: &ReadCheckpoint, reached: &mut HashMap<(String, i32), i64>) {
+    match tokio::task::block_in_place(|| read()) {
+        Ok(committed) => {
+            for (k, next) in committed {
+                let r = reached.entry(k).or_insert(0);
+                *r = (*r).max(next);
+            }
+        }
+        Err(e) => tracing::debug!("reading the sink's offsets to check catch-up: {e:#}"),
     }
 }
 
