@@ -103,15 +103,26 @@ fn kafka_replay_equals_source_state_and_file_source() {
     );
 
     // The checkpoint is in the sink: a second run (new group even) starts
-    // each partition there, so it reads nothing and skips nothing (a source
-    // that ignored the checkpoint would read all 399 and skip or fence them)
-    // and commits nothing.
+    // each partition there. One record arrives meanwhile (the last record of
+    // a partition again, so the state stays the source's): the run reads
+    // exactly that one, skips nothing and commits it. A source that ignored
+    // the checkpoint would read the partition from its start (and skip or
+    // fence what the sink has); one caught up at once would read nothing.
+    let last = std::fs::read_to_string(&fixture_file)
+        .unwrap()
+        .lines()
+        .rfind(|l| l.contains("\"pgserver1.public.orders\"") && l.contains("\"partition\": 0"))
+        .expect("an orders record in partition 0")
+        .to_string();
+    let again = k.path("again.jsonl");
+    std::fs::write(&again, last + "\n").unwrap();
+    produce(&again, &prefix);
     let out = run_kafka(&k, &topics, &format!("{prefix}-other-group"));
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
-        summary.contains("read 0 records")
+        summary.contains("read 1 records")
             && summary.contains("(0 already applied, skipped")
-            && summary.contains("committed 0 records"),
+            && summary.contains("committed 1 records"),
         "{summary}"
     );
     assert_pg_state(&k.db());
@@ -137,7 +148,8 @@ fn kafka_source_resumes_from_the_sink_checkpoint_not_the_group() {
     produce(&rest, &prefix);
     let out = run_kafka(&s, &topics, &format!("{prefix}-b"));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("read 199 records"),
+        String::from_utf8_lossy(&out.stdout).contains("read 199 records")
+            && String::from_utf8_lossy(&out.stdout).contains("(0 already applied, skipped"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
