@@ -1250,6 +1250,15 @@ async fn poison_record_goes_to_the_dlq_topic_and_later_records_apply() {
     sink.drop_it().await;
 }
 
+/// A row's primary key as text (`1|2`), the same for sink rows and rows of
+/// `pg_expected.json`.
+fn key_text(row: &serde_json::Map<String, serde_json::Value>, key: &[&str]) -> String {
+    key.iter()
+        .map(|k| row[*k].to_string())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// A sink of any kind for the tests that must hold on all three.
 enum AnySink {
     Sql(SinkDb),
@@ -1279,12 +1288,7 @@ impl AnySink {
                 query(path, &format!("SELECT {} FROM {table}", key.join(", ")))
             })
             .iter()
-            .map(|r| {
-                key.iter()
-                    .map(|k| r[*k].to_string())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
+            .map(|r| key_text(r, key))
             .collect(),
             AnySink::Sql(db) => {
                 let cols: Vec<String> =
@@ -1364,12 +1368,7 @@ async fn hosts_starting_together(kind: &str) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| {
-                    key.iter()
-                        .map(|k| r[*k].to_string())
-                        .collect::<Vec<_>>()
-                        .join("|")
-                })
+                .map(|r| key_text(r.as_object().unwrap(), key))
                 .collect();
             want.sort();
             assert_eq!(

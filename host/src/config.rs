@@ -502,6 +502,16 @@ pub fn parse_sink(s: &str, base: &Path) -> anyhow::Result<SinkSpec> {
 /// means what the shell means), else lexically; the file itself need not exist.
 fn sqlite_file(path: &Path) -> anyhow::Result<PathBuf> {
     let absolute = std::path::absolute(path)?;
+    // `file_name` is None for a path ending in `..` (or the root).
+    let Some(file) = absolute.file_name() else {
+        bail!("{} names a directory, not a database file", path.display());
+    };
+    if let Some(dir) = absolute
+        .parent()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+    {
+        return Ok(dir.join(file));
+    }
     let mut clean = PathBuf::new();
     for c in absolute.components() {
         match c {
@@ -512,16 +522,7 @@ fn sqlite_file(path: &Path) -> anyhow::Result<PathBuf> {
             other => clean.push(other),
         }
     }
-    let (Some(dir), Some(file)) = (absolute.parent(), absolute.file_name()) else {
-        return Ok(clean);
-    };
-    if file == ".." || file == "." {
-        bail!("{} names a directory, not a database file", path.display());
-    }
-    Ok(match std::fs::canonicalize(dir) {
-        Ok(dir) => dir.join(file),
-        Err(_) => clean,
-    })
+    Ok(clean)
 }
 
 /// `sqlite:///ABS/PATH?mode=rwc` with every byte that URL parsing could

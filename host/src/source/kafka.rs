@@ -62,8 +62,6 @@ struct ResumeFromSink {
     checkpoint: Checkpoint,
     read_checkpoint: ReadCheckpoint,
     assigned: Arc<Mutex<HashMap<(String, i32), ()>>>,
-    /// Whether the configured assignor is cooperative (incremental).
-    cooperative: bool,
 }
 
 /// The partition assignor: cooperative, so a rebalance moves only the
@@ -92,9 +90,9 @@ impl ResumeFromSink {
                     *v = (*v).max(next);
                 }
             }
-            Err(e) => tracing::warn!(
-                "reading the sink's offsets for newly assigned partitions: {e:#}; using the last known checkpoint"
-            ),
+            Err(e) => {
+                tracing::warn!("reading the sink's offsets: {e:#}; using the last known checkpoint")
+            }
         }
         known.clone()
     }
@@ -109,11 +107,11 @@ impl ConsumerContext for ResumeFromSink {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        // Known from the configuration (`cooperative-sticky`), never asked of
-        // the consumer: asking queues a request to the group handler, which
-        // after the close has terminated it is never answered, and a
-        // rebalance event served that late would block here forever.
-        let cooperative = self.cooperative;
+        // Known from the configuration, never asked of the consumer: asking
+        // queues a request to the group handler, which after the close has
+        // terminated it is never answered, and a rebalance event served that
+        // late would block here forever.
+        let cooperative = ASSIGNOR == "cooperative-sticky";
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let cp = self.sink_offsets();
@@ -182,7 +180,6 @@ impl KafkaSource {
             checkpoint: self.checkpoint.clone(),
             read_checkpoint: self.read_checkpoint.clone(),
             assigned: assigned.clone(),
-            cooperative: ASSIGNOR == "cooperative-sticky",
         };
         // Static membership: a restarted member (crash, deploy) takes its
         // partitions back at once instead of waiting out the dead member's
@@ -258,7 +255,10 @@ impl KafkaSource {
                                 // are caught up when the sink has them.
                                 if last_sink_read.elapsed() >= Duration::from_secs(1) {
                                     last_sink_read = Instant::now();
-                                    advance_to_sink(&self.read_checkpoint, &mut reached);
+                                    for (k, next) in consumer.context().sink_offsets() {
+                                        let r = reached.entry(k).or_insert(0);
+                                        *r = (*r).max(next);
+                                    }
                                 }
                             }
                             fatal(&consumer, &instance)?;
@@ -426,19 +426,6 @@ fn advance_to_positions(
                 .or_insert(0);
             *r = (*r).max(pos);
         }
-    }
-}
-
-/// Raise `reached` to the offsets committed in the sink by any host.
-fn advance_to_sink(read: &ReadCheckpoint, reached: &mut HashMap<(String, i32), i64>) {
-    match tokio::task::block_in_place(|| read()) {
-        Ok(committed) => {
-            for (k, next) in committed {
-                let r = reached.entry(k).or_insert(0);
-                *r = (*r).max(next);
-            }
-        }
-        Err(e) => tracing::debug!("reading the sink's offsets to check catch-up: {e:#}"),
     }
 }
 
