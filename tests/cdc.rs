@@ -11,6 +11,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -480,6 +482,13 @@ fn events_in_topic(topic: &str) -> i64 {
 
 /// The PostgreSQL workload of the crash test: many small transactions.
 async fn long_workload(rounds: i64) {
+    long_workload_while(rounds, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`long_workload`] of at least `rounds` transactions, going on while
+/// `more` is set (up to four times as many), so a test that needs the host
+/// at work never runs out of changes.
+async fn long_workload_while(rounds: i64, more: Arc<AtomicBool>) {
     let mut c = connect(Db::Pg, "inventory").await;
     let base: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1000 FROM customers")
         .fetch_one(&mut c)
@@ -493,7 +502,10 @@ async fn long_workload(rounds: i64) {
         .unwrap()
         .try_get::<i64, _>(0)
         .unwrap();
-    for i in 1..=rounds {
+    for i in 1..=4 * rounds {
+        if i > rounds && !more.load(Ordering::Relaxed) {
+            break;
+        }
         let (id, oid) = (base + i, obase + 2 * i);
         let mut stmts = vec![
             format!("INSERT INTO customers (id, name, email, segment, vip, created_at) VALUES ({id}, 'crash {i} ✓', 'k{i}@example.com', 'smb', false, '2024-06-01 00:00:00.{:06}')", i % 1_000_000),
@@ -625,8 +637,9 @@ async fn committed_writes(sink: &SinkDb) -> i64 {
         .unwrap()
 }
 
-/// Wait until a session on the sink database has a transaction open (a
-/// batch being committed), for at most `limit`.
+/// Wait until a session on the sink database has a transaction open that
+/// has written (a batch being committed: PostgreSQL assigns a transaction id
+/// at the first write; InnoDB counts the rows modified), for at most `limit`.
 async fn wait_for_open_transaction(sink: &SinkDb, limit: Duration) -> bool {
     let sql = match sink.db {
         Db::Pg => format!(
@@ -637,7 +650,7 @@ async fn wait_for_open_transaction(sink: &SinkDb, limit: Duration) -> bool {
         Db::My => format!(
             "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.innodb_trx t \
              JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
-             WHERE p.db = '{}' AND p.id <> CONNECTION_ID()",
+             WHERE p.db = '{}' AND p.id <> CONNECTION_ID() AND t.trx_rows_modified > 0",
             sink.name
         ),
     };
@@ -784,7 +797,11 @@ async fn crash_test(sink_db: Db, rounds: i64) {
     let name = unique("crash");
     let logs = s.path("logs");
     std::fs::create_dir(&logs).unwrap();
-    let work = tokio::spawn(long_workload(rounds));
+    // The workload goes on until enough kills are proven, so the host always
+    // has changes to write (a host caught up with an idle source opens no
+    // transaction to kill).
+    let more = Arc::new(AtomicBool::new(true));
+    let work = tokio::spawn(long_workload_while(rounds, more.clone()));
     // pseudo-random kill moments, different on every run, shown on failure
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -821,7 +838,11 @@ async fn crash_test(sink_db: Db, rounds: i64) {
         kills.push((after.as_millis(), open, (a - attempted) - (c - committed)));
         (attempted, committed) = (a, c);
         progress.push(committed_offsets(&sink, &name).await);
+        if proven(&kills) >= 3 {
+            more.store(false, Ordering::Relaxed);
+        }
     }
+    more.store(false, Ordering::Relaxed);
     let proven = proven(&kills);
     assert!(
         proven >= 3,
