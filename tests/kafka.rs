@@ -6,58 +6,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
-
 use common::*;
 use serde_json::Value as Json;
-
-/// Produce a kcat -J file into topics renamed `<prefix>.<schema>.<table>`,
-/// keeping keys, partitions and tombstones. Returns the topic regex.
-fn produce(file: &std::path::Path, prefix: &str) -> String {
-    let mut by_topic: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
-    for line in std::fs::read_to_string(file).unwrap().lines() {
-        let r: Json = serde_json::from_str(line).unwrap();
-        let topic = format!(
-            "{prefix}.{}",
-            r["topic"].as_str().unwrap().split_once('.').unwrap().1
-        );
-        let key = r["key"].as_str().unwrap_or("");
-        let value = r["payload"].as_str().unwrap_or("");
-        assert!(!key.contains('\t') && !value.contains('\n'));
-        by_topic
-            .entry((topic, r["partition"].as_i64().unwrap()))
-            .or_default()
-            .push(format!("{key}\t{value}"));
-    }
-    for ((topic, partition), lines) in by_topic {
-        let mut child = Command::new("kcat")
-            .args([
-                "-b",
-                BROKERS,
-                "-P",
-                "-K",
-                "\t",
-                "-Z",
-                "-t",
-                &topic,
-                "-p",
-                &partition.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all((lines.join("\n") + "\n").as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "kcat -P into {topic}");
-    }
-    format!(r"{prefix}\..*")
-}
 
 fn run_kafka(s: &Scratch, topics: &str, group: &str) -> std::process::Output {
     let out = s

@@ -38,7 +38,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn count(db: &std::path::Path, sql: &str) -> i64 {
-    if !table_exists(db, "tagged") {
+    if !db.exists() || !table_exists(db, "tagged") {
         return 0;
     }
     query(db, sql)[0]["n"].as_i64().unwrap()
@@ -179,4 +179,137 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         boundaries.contains(&(first_v2 as i64)),
         "v2 started at offset {first_v2}, which is not a committed batch boundary"
     );
+}
+
+/// Offsets in a sink table's `column`, ascending (none if it does not exist).
+fn offsets(db: &std::path::Path, table: &str, column: &str) -> Vec<i64> {
+    if !db.exists() || !table_exists(db, table) {
+        return Vec::new();
+    }
+    query(
+        db,
+        &format!("SELECT {column} AS o FROM {table} ORDER BY {column}"),
+    )
+    .iter()
+    .map(|r| r["o"].as_i64().unwrap())
+    .collect()
+}
+
+#[test]
+fn a_plugin_added_while_running_starts_and_a_removed_one_stops_after_the_grace_period() {
+    let s = Scratch::new(&[("tagger_v1", "tagger")]);
+    let db = s.db();
+    let input = s.path("events.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let mut child = s
+        .command(&format!("file:{}", input.display()))
+        .args(["--max-batch", "100"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let log_reader = {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
+    let removals = || {
+        log.lock()
+            .unwrap()
+            .matches("plugin file removed: unloading it")
+            .count()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let input = input.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(input)
+                .unwrap();
+            let mut written = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let lines: String = (written..written + 50)
+                    .map(|o| event_line(o) + "\n")
+                    .collect();
+                f.write_all(lines.as_bytes()).unwrap();
+                written += 50;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            written
+        })
+    };
+    let tagged = || count(&db, "SELECT count(*) AS n FROM tagged");
+    wait_for("tagger at work", Duration::from_secs(60), || {
+        tagged() >= 500
+    });
+
+    // A new plugin dropped in (written aside, then renamed) starts at a batch
+    // boundary; the running one goes on.
+    let staged = s.path("plugins/.mirror.wasm.tmp");
+    std::fs::copy(guest("mirror"), &staged).unwrap();
+    std::fs::rename(&staged, s.path("plugins/mirror.wasm")).unwrap();
+    wait_for("mirror to start", Duration::from_secs(60), || {
+        offsets(&db, "items", "id").len() >= 500
+    });
+
+    // Replaced by delete-then-copy, the file is gone for less than the grace
+    // period: the plugin is not unloaded.
+    let tagger = s.path("plugins/tagger.wasm");
+    let tagger_bytes = std::fs::read(&tagger).unwrap();
+    std::fs::remove_file(&tagger).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&tagger, &tagger_bytes).unwrap();
+    let before = tagged();
+    wait_for("tagger to keep going", Duration::from_secs(60), || {
+        tagged() > before + 500
+    });
+    assert_eq!(removals(), 0, "unloaded within the grace period");
+
+    // Removed for good: unloaded after the grace period, at a batch boundary.
+    std::fs::remove_file(&tagger).unwrap();
+    wait_for("tagger to be unloaded", Duration::from_secs(30), || {
+        removals() == 1
+    });
+    let items_then = offsets(&db, "items", "id").len();
+    wait_for("mirror to keep going", Duration::from_secs(60), || {
+        offsets(&db, "items", "id").len() > items_then + 500
+    });
+    stop.store(true, Ordering::SeqCst);
+    let events = writer.join().unwrap();
+    wait_for("every event to land", Duration::from_secs(120), || {
+        offsets(&db, "items", "id").last() == Some(&(events - 1))
+    });
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    log_reader.join().unwrap();
+    assert!(status.success(), "sluice exited with {status}");
+
+    // tagger handled a prefix 0..r, mirror a suffix m..events, each without a
+    // gap; they overlap while both ran, so every event was handled.
+    let t = offsets(&db, "tagged", "off");
+    let m = offsets(&db, "items", "id");
+    let (r, first_m) = (t.len() as i64, m[0]);
+    assert_eq!(t, (0..r).collect::<Vec<_>>(), "tagger's events have a gap");
+    assert_eq!(
+        m,
+        (first_m..events).collect::<Vec<_>>(),
+        "mirror's events have a gap"
+    );
+    assert!(
+        first_m > 0 && first_m < r && r < events,
+        "m={first_m} r={r} events={events}"
+    );
+    assert_eq!(removals(), 1);
 }

@@ -303,6 +303,124 @@ fn a_runaway_plugin_is_stopped_by_the_call_deadline() {
 }
 
 #[test]
+fn the_memory_cap_stops_a_guest_that_grows_past_it() {
+    let s = Scratch::new(&[("trap_on", "trap_on")]);
+    let events = s.path("hog.jsonl");
+    let line = |off: i64, id: i64, note: &str| {
+        let payload = serde_json::json!({"before": null, "after": {"id": id, "note": note}, "op": "c", "source": {"ts_ms": 1}}).to_string();
+        serde_json::json!({"topic": "srv.public.notes", "partition": 0, "offset": off, "key": format!("{{\"id\":{id}}}"), "payload": payload}).to_string()
+    };
+    std::fs::write(
+        &events,
+        [line(0, 1, "a"), line(1, 2, "hog"), line(2, 3, "b")].join("\n") + "\n",
+    )
+    .unwrap();
+    // 64 MiB do not fit under a 16 MiB cap: the guest is stopped, its event
+    // dead-lettered with the reason, and a fresh instance takes the next one.
+    let cfg = s.path("small.toml");
+    std::fs::write(&cfg, "[limits]\nmemory_mib = 16\n").unwrap();
+    s.run(&events, &[cfg.to_str().unwrap()]);
+    let dlq = query(
+        &s.db(),
+        "SELECT kafka_offset, stage, reason FROM sluice_dlq",
+    );
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["kafka_offset"], 1);
+    assert_eq!(dlq[0]["stage"], "plugin");
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit of 16 MiB"),
+        "{dlq:?}"
+    );
+    let ids = |db: &std::path::Path| -> Vec<Json> {
+        query(db, "SELECT id FROM notes ORDER BY id")
+            .into_iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&s.db()), vec![Json::from(1), Json::from(3)]);
+    // Under a cap it fits in, the same event is no trouble: the cap stopped it.
+    let roomy = Scratch::new(&[("trap_on", "trap_on")]);
+    let cfg = roomy.path("roomy.toml");
+    std::fs::write(&cfg, "[limits]\nmemory_mib = 256\n").unwrap();
+    roomy.run(&events, &[cfg.to_str().unwrap()]);
+    assert!(query(&roomy.db(), "SELECT id FROM sluice_dlq").is_empty());
+    assert_eq!(
+        ids(&roomy.db()),
+        vec![Json::from(1), Json::from(2), Json::from(3)]
+    );
+}
+
+#[test]
+fn a_nan_the_sink_cannot_hold_is_dead_lettered_and_the_rest_lands() {
+    // Debezium sends a double column's NaN as the JSON string "NaN" (Kafka
+    // Connect's JsonConverter quotes non-numeric numbers); SQLite would store
+    // NULL, so the event is dead-lettered with the reason, never changed.
+    let s = Scratch::new(&[("mirror", "mirror")]);
+    let schema = serde_json::json!({"type": "struct", "name": "srv.public.readings.Envelope", "optional": false, "fields": [
+        {"field": "before", "type": "struct", "optional": true, "name": "srv.public.readings.Value", "fields": [
+            {"field": "id", "type": "int32", "optional": false}, {"field": "v", "type": "double", "optional": true}]},
+        {"field": "after", "type": "struct", "optional": true, "name": "srv.public.readings.Value", "fields": [
+            {"field": "id", "type": "int32", "optional": false}, {"field": "v", "type": "double", "optional": true}]},
+        {"field": "op", "type": "string", "optional": false},
+        {"field": "ts_ms", "type": "int64", "optional": true}]});
+    let line = |off: i64, id: i64, v: Json| {
+        let value = serde_json::json!({"schema": schema, "payload": {"before": null, "after": {"id": id, "v": v}, "op": "c", "ts_ms": 1}}).to_string();
+        serde_json::json!({"topic": "srv.public.readings", "partition": 0, "offset": off, "key": format!("{{\"id\":{id}}}"), "payload": value}).to_string()
+    };
+    let events = s.path("nan.jsonl");
+    std::fs::write(
+        &events,
+        [
+            line(0, 1, Json::from(1.5)),
+            line(1, 2, Json::from("NaN")),
+            line(2, 3, Json::from("Infinity")),
+            line(3, 4, Json::from(-2.25)),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let out = s.run(&events, &[]);
+    let dlq = query(
+        &s.db(),
+        "SELECT kafka_offset, stage, reason FROM sluice_dlq",
+    );
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["kafka_offset"], 1);
+    assert_eq!(dlq[0]["stage"], "sink");
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NaN cannot be stored in SQLite"),
+        "{dlq:?}"
+    );
+    let rows = query(&s.db(), "SELECT id, v FROM readings ORDER BY id");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[0]["id"].clone(), rows[0]["v"].as_f64()),
+        (Json::from(1), Some(1.5))
+    );
+    assert_eq!(rows[1]["id"], 3);
+    // JSON has no infinity, so ask SQLite
+    let inf = query(
+        &s.db(),
+        "SELECT v > 1e308 AS inf FROM readings WHERE id = 3",
+    );
+    assert_eq!(inf[0]["inf"], 1, "Infinity kept");
+    assert_eq!(rows[2]["v"].as_f64(), Some(-2.25));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("dead-lettered 1 (decode 0, plugin 0, sink 1)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn malformed_input_is_dead_lettered_and_the_rest_lands() {
     let s = Scratch::new(&[("mirror", "mirror")]);
     let good = std::fs::read_to_string(fixture("pg_events.schemas.jsonl")).unwrap();

@@ -234,6 +234,13 @@ fn summary_text(s: &RunSummary) -> String {
             g(&st.dlq_published)
         );
     }
+    if g(&st.dlq_unsent) > 0 {
+        let _ = writeln!(
+            t,
+            "{} dead letters not yet in the DLQ topic (Kafka refused them, see the log); they stay in sluice_dlq and are sent at the next start",
+            g(&st.dlq_unsent)
+        );
+    }
     t.push_str("sink tables:\n");
     for (name, n) in &s.tables {
         let _ = writeln!(t, "  {name:<24} {n:>8} rows");

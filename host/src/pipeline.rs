@@ -8,6 +8,7 @@
 //! every event is handled by exactly one plugin version.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -273,11 +274,26 @@ fn spawn_dlq_publisher(
                 Some(c) => publish_dead_letters(c, &dlq, &stats).await,
                 None => Pass::OutboxFailed,
             };
-            if matches!(pass, Pass::OutboxFailed) {
-                conn = None;
-            }
             if finishing {
+                if let (Pass::Unsent(e), Some(c)) = (&pass, conn.as_mut()) {
+                    let unsent = c.unpublished_count().await.unwrap_or(-1);
+                    stats
+                        .dlq_unsent
+                        .store(unsent.max(0) as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        topic = dlq.topic(),
+                        unsent,
+                        "dead letters not sent to the DLQ topic ({e:#}); they stay in sluice_dlq and are sent at the next start"
+                    );
+                }
                 return;
+            }
+            match &pass {
+                Pass::Unsent(e) => {
+                    tracing::warn!(topic = dlq.topic(), "DLQ topic: {e:#}; retrying in 5 s")
+                }
+                Pass::OutboxFailed => conn = None,
+                Pass::AllSent => {}
             }
             tokio::select! {
                 _ = wake.notified() => {}
@@ -320,12 +336,7 @@ async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats)
             return Pass::OutboxFailed;
         }
         if let Some(e) = error {
-            tracing::warn!(
-                topic = dlq.topic(),
-                unsent = rows.len() - sent.len(),
-                "DLQ topic: {e:#}; retrying in 5 s"
-            );
-            return Pass::Unsent;
+            return Pass::Unsent(e);
         }
     }
 }
@@ -333,8 +344,8 @@ async fn publish_dead_letters(sink: &mut SqlSink, dlq: &DlqTopic, stats: &Stats)
 /// How a pass over the outbox ended.
 enum Pass {
     AllSent,
-    /// Kafka did not take them all.
-    Unsent,
+    /// Kafka did not take them all (why).
+    Unsent(anyhow::Error),
     /// The sink connection failed (closed while idle, say): open a new one.
     OutboxFailed,
 }

@@ -23,6 +23,9 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Dead letters copied to the DLQ topic.
     pub dlq_published: AtomicU64,
+    /// Dead letters still waiting for the DLQ topic when the run ended (Kafka
+    /// refused them); sent at the next start.
+    pub dlq_unsent: AtomicU64,
     pub reloads: AtomicU64,
 }
 

@@ -181,11 +181,12 @@ pub fn execute(db: &Path, statements: &[&str]) {
 }
 
 pub fn table_exists(db: &Path, table: &str) -> bool {
-    !query(
-        db,
-        &format!("SELECT name FROM sqlite_master WHERE type='table' AND name='{table}'"),
-    )
-    .is_empty()
+    db.exists()
+        && !query(
+            db,
+            &format!("SELECT name FROM sqlite_master WHERE type='table' AND name='{table}'"),
+        )
+        .is_empty()
 }
 
 /// The expected final state, `{table: [row, ...]}`.
@@ -237,6 +238,8 @@ pub fn value_matches(expected: &Json, actual: &Json) -> bool {
     match (expected, actual) {
         (Json::Null, a) => a.is_null(),
         (Json::Bool(b), Json::Number(n)) => n.as_i64() == Some(*b as i64),
+        (Json::Bool(e), Json::Bool(a)) => e == a,
+        (Json::Object(_) | Json::Array(_), Json::Object(_) | Json::Array(_)) => expected == actual,
         (Json::Number(e), Json::Number(a)) => {
             decimal_norm(&e.to_string()) == decimal_norm(&a.to_string())
         }
@@ -280,7 +283,7 @@ pub fn value_matches(expected: &Json, actual: &Json) -> bool {
     }
 }
 
-/// Compare a sink table with expected rows (matched by `key` columns).
+/// Compare a SQLite sink table with expected rows (matched by `key` columns).
 /// Returns a list of differences; empty means equal.
 pub fn diff_table(db: &Path, table: &str, expected_rows: &[Json], key: &[&str]) -> Vec<String> {
     let actual = if table_exists(db, table) {
@@ -288,6 +291,17 @@ pub fn diff_table(db: &Path, table: &str, expected_rows: &[Json], key: &[&str]) 
     } else {
         Vec::new()
     };
+    diff_rows(table, &actual, expected_rows, key)
+}
+
+/// Compare rows read from any sink with expected rows (matched by `key`
+/// columns). Returns a list of differences; empty means equal.
+pub fn diff_rows(
+    table: &str,
+    actual: &[Map<String, Json>],
+    expected_rows: &[Json],
+    key: &[&str],
+) -> Vec<String> {
     let key_of = |row: &Map<String, Json>| {
         key.iter()
             .map(|k| {
@@ -401,6 +415,54 @@ pub fn stack_ready() -> bool {
          or set SLUICE_SKIP_STACK_TESTS=1 to skip the tests that need the stack"
     );
     true
+}
+
+/// Produce a kcat -J file into topics renamed `<prefix>.<schema>.<table>`,
+/// keeping keys, partitions and tombstones. Returns the topic regex.
+pub fn produce(file: &std::path::Path, prefix: &str) -> String {
+    let mut by_topic: std::collections::BTreeMap<(String, i64), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(file).unwrap().lines() {
+        let r: Json = serde_json::from_str(line).unwrap();
+        let topic = format!(
+            "{prefix}.{}",
+            r["topic"].as_str().unwrap().split_once('.').unwrap().1
+        );
+        let key = r["key"].as_str().unwrap_or("");
+        let value = r["payload"].as_str().unwrap_or("");
+        assert!(!key.contains('\t') && !value.contains('\n'));
+        by_topic
+            .entry((topic, r["partition"].as_i64().unwrap()))
+            .or_default()
+            .push(format!("{key}\t{value}"));
+    }
+    for ((topic, partition), lines) in by_topic {
+        let mut child = Command::new("kcat")
+            .args([
+                "-b",
+                BROKERS,
+                "-P",
+                "-K",
+                "\t",
+                "-Z",
+                "-t",
+                &topic,
+                "-p",
+                &partition.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all((lines.join("\n") + "\n").as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "kcat -P into {topic}");
+    }
+    format!(r"{prefix}\..*")
 }
 
 /// A name no earlier run used (topics, groups, databases).

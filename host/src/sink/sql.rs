@@ -234,6 +234,20 @@ impl SqlSink {
         Ok(out)
     }
 
+    /// How many dead letters are not yet on the DLQ topic (for the summary
+    /// when a run ends with Kafka refusing them).
+    pub async fn unpublished_count(&mut self) -> anyhow::Result<i64> {
+        let sql = self
+            .dialect
+            .sql("SELECT COUNT(*) FROM sluice_dlq WHERE pipeline = ? AND NOT published");
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(&self.pipeline)
+            .fetch_one(&mut self.conn)
+            .await
+            .context("counting unpublished dead letters in sluice_dlq")?;
+        Ok(n)
+    }
+
     /// Dead letters not yet copied to the DLQ topic, oldest first.
     pub async fn unpublished_dead_letters(
         &mut self,

@@ -1,6 +1,7 @@
 //! Test guest: mirrors like `mirror`, but panics (a Wasm trap) on the `orders`
-//! row with `order_id` 1003, and on any row whose `note` is "loop" spins
-//! forever, so tests can check trap isolation and the call deadline.
+//! row with `order_id` 1003, on any row whose `note` is "loop" spins
+//! forever, and on "hog" fills 64 MiB of memory, so tests can check trap
+//! isolation, the call deadline and the memory cap.
 
 use sluice_guest::{export_plugin, Change, Emitter, Op, Plugin, PluginInfo, Value};
 
@@ -16,6 +17,10 @@ impl Plugin for TrapOn {
         if let Some(row) = change.after() {
             if table.name() == "orders" && row.get("order_id") == Some(&Value::Int(1003)) {
                 panic!("poison order 1003");
+            }
+            if row.get("note") == Some(&Value::Text("hog".into())) {
+                let hog = vec![1u8; 64 << 20];
+                std::hint::black_box(&hog);
             }
             if row.get("note") == Some(&Value::Text("loop".into())) {
                 #[allow(clippy::empty_loop)]
