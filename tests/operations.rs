@@ -621,3 +621,59 @@ fn log_format_json_writes_one_json_object_per_line() {
         "{text}"
     );
 }
+
+#[test]
+fn relative_sqlite_paths_from_a_pipeline_file_work_and_errors_name_the_file() {
+    let s = Scratch::new(&[("mirror", "mirror")]);
+    let root = std::fs::canonicalize(s.dir.path()).unwrap();
+    std::fs::create_dir_all(root.join("pipes")).unwrap();
+    std::fs::create_dir_all(root.join("out dir/ünï 💾")).unwrap();
+    let input = fixture("pg_events.schemas.jsonl");
+    let pipeline = |sink: &str| {
+        let p = root.join("pipes/p.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "source = \"file:{}\"\nsink = \"{sink}\"\nplugins = \"../plugins\"\n",
+                input.display()
+            ),
+        )
+        .unwrap();
+        // from an unrelated working directory
+        let elsewhere = tempfile::tempdir().unwrap();
+        sluice()
+            .current_dir(elsewhere.path())
+            .arg("run")
+            .arg(&p)
+            .arg("--until-caught-up")
+            .output()
+            .unwrap()
+    };
+    // `..`, spaces and non-ASCII, relative to the pipeline file
+    let out = pipeline("sqlite:../out dir/ünï 💾/a b.db");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_pg_state(&root.join("out dir/ünï 💾/a b.db"));
+
+    // a file that cannot be opened is named as a file, never as a URL
+    for (sink, file, why) in [
+        (
+            "sqlite:../no such dir/x.db",
+            "no such dir/x.db",
+            "does not exist",
+        ),
+        (
+            "sqlite:../out dir",
+            "out dir",
+            "unable to open database file",
+        ),
+    ] {
+        let out = pipeline(sink);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{sink}");
+        assert!(
+            err.contains(&root.join(file).display().to_string()) && err.contains(why),
+            "{sink}: {err}"
+        );
+        assert!(!err.contains("sqlite://"), "{sink}: {err}");
+    }
+}

@@ -164,10 +164,22 @@ impl SqlSink {
             ],
         };
         for s in session {
-            sqlx::query(s)
-                .execute(&mut conn)
-                .await
-                .with_context(|| format!("sink {shown}: {s}"))?;
+            // Switching an SQLite file to WAL needs its exclusive lock and
+            // answers SQLITE_BUSY at once, without the busy handler, while
+            // another host opens the same file: a lock conflict is retried.
+            let started = std::time::Instant::now();
+            loop {
+                match sqlx::query(s).execute(&mut conn).await {
+                    Ok(_) => break,
+                    Err(e)
+                        if dialect.is_transient(&e)
+                            && started.elapsed() < std::time::Duration::from_secs(10) =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("sink {shown}: {s}")),
+                }
+            }
         }
         ddl_lock::locked_ddl(&mut conn, dialect, dialect.meta_ddl())
             .await
