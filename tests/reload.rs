@@ -44,6 +44,23 @@ fn count(db: &std::path::Path, sql: &str) -> i64 {
     query(db, sql)[0]["n"].as_i64().unwrap()
 }
 
+/// The child's stderr, collected while it runs (join the thread after it exits).
+fn collect_log(
+    child: &mut std::process::Child,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let collected = log.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = collected.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    (log, reader)
+}
+
 #[test]
 fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
     let s = Scratch::new(&[("tagger_v1", "mirror")]);
@@ -73,19 +90,7 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Collect the log while it runs.
-    let log = Arc::new(Mutex::new(String::new()));
-    let log_reader = {
-        let log = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
+    let (log, log_reader) = collect_log(&mut child);
     let log_has = |needle: &str| log.lock().unwrap().contains(needle);
 
     // A writer appends events steadily while the plugin is replaced, and goes
@@ -207,18 +212,7 @@ fn a_plugin_added_while_running_starts_and_a_removed_one_stops_after_the_grace_p
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let log_reader = {
-        let log = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
+    let (log, log_reader) = collect_log(&mut child);
     let removals = || {
         log.lock()
             .unwrap()

@@ -272,19 +272,27 @@ fn a_trapping_plugin_dead_letters_only_the_poison_event() {
     assert!(stderr(&out).contains("replaying the batch event by event"));
 }
 
+/// Schemaless inserts into `srv.public.notes`, one per note, ids 1, 2, …
+/// at offsets 0, 1, … (`trap_on` misbehaves on some notes).
+fn notes_events(s: &Scratch, notes: &[&str]) -> std::path::PathBuf {
+    let lines: Vec<String> = notes
+        .iter()
+        .enumerate()
+        .map(|(off, note)| {
+            let id = off + 1;
+            let payload = serde_json::json!({"before": null, "after": {"id": id, "note": note}, "op": "c", "source": {"ts_ms": 1}}).to_string();
+            serde_json::json!({"topic": "srv.public.notes", "partition": 0, "offset": off, "key": format!("{{\"id\":{id}}}"), "payload": payload}).to_string()
+        })
+        .collect();
+    let path = s.path("notes.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
 #[test]
 fn a_runaway_plugin_is_stopped_by_the_call_deadline() {
     let s = Scratch::new(&[("trap_on", "trap_on")]);
-    let events = s.path("loop.jsonl");
-    let line = |off: i64, id: i64, note: &str| {
-        let payload = serde_json::json!({"before": null, "after": {"id": id, "note": note}, "op": "c", "source": {"ts_ms": 1}}).to_string();
-        serde_json::json!({"topic": "srv.public.notes", "partition": 0, "offset": off, "key": format!("{{\"id\":{id}}}"), "payload": payload}).to_string()
-    };
-    std::fs::write(
-        &events,
-        [line(0, 1, "a"), line(1, 2, "loop"), line(2, 3, "b")].join("\n") + "\n",
-    )
-    .unwrap();
+    let events = notes_events(&s, &["a", "loop", "b"]);
     let cfg = s.path("p.toml");
     std::fs::write(&cfg, "[limits]\ncall_timeout = \"300ms\"\n").unwrap();
     s.run(&events, &[cfg.to_str().unwrap()]);
@@ -305,16 +313,7 @@ fn a_runaway_plugin_is_stopped_by_the_call_deadline() {
 #[test]
 fn the_memory_cap_stops_a_guest_that_grows_past_it() {
     let s = Scratch::new(&[("trap_on", "trap_on")]);
-    let events = s.path("hog.jsonl");
-    let line = |off: i64, id: i64, note: &str| {
-        let payload = serde_json::json!({"before": null, "after": {"id": id, "note": note}, "op": "c", "source": {"ts_ms": 1}}).to_string();
-        serde_json::json!({"topic": "srv.public.notes", "partition": 0, "offset": off, "key": format!("{{\"id\":{id}}}"), "payload": payload}).to_string()
-    };
-    std::fs::write(
-        &events,
-        [line(0, 1, "a"), line(1, 2, "hog"), line(2, 3, "b")].join("\n") + "\n",
-    )
-    .unwrap();
+    let events = notes_events(&s, &["a", "hog", "b"]);
     // 64 MiB do not fit under a 16 MiB cap: the guest is stopped, its event
     // dead-lettered with the reason, and a fresh instance takes the next one.
     let cfg = s.path("small.toml");
