@@ -1,0 +1,322 @@
+//! Row writes: grouped multi-row upserts and deletes per table (statements
+//! cached per declaration and size), and the event-by-event writes in
+//! savepoints when a grouped write meets a row error.
+
+use super::*;
+
+/// The values a write binds, each with its column: the whole row for an
+/// upsert, the key for a delete. (On the hot path: allocates nothing.)
+pub(super) fn bound<'a>(
+    table: &'a SinkTable,
+    w: &'a SinkWrite,
+) -> impl Iterator<Item = (&'a Value, &'a Column)> + 'a {
+    let (values, key) = match w {
+        SinkWrite::Upsert { values, .. } => (values, None),
+        SinkWrite::Delete { key, .. } => (key, Some(&table.key)),
+    };
+    values.iter().enumerate().map(move |(i, v)| {
+        let col = match key {
+            None => i,
+            Some(k) => k[i] as usize,
+        };
+        (v, &table.columns[col])
+    })
+}
+
+/// The statements of `table`, created on first use.
+pub(super) fn table_sql<'c>(
+    cache: &'c mut HashMap<Arc<SinkTable>, TableSql>,
+    d: Dialect,
+    table: &Arc<SinkTable>,
+) -> &'c mut TableSql {
+    cache
+        .entry(table.clone())
+        .or_insert_with(|| TableSql::new(d, table))
+}
+
+/// Multi-row statements of one sink table, built on first use. Row counts are
+/// powers of two so a handful of prepared statements serve every batch.
+pub(super) struct TableSql {
+    table: Arc<SinkTable>,
+    max_rows: usize,
+    upserts: HashMap<usize, Arc<str>>,
+    deletes: HashMap<usize, Arc<str>>,
+}
+
+impl TableSql {
+    fn new(d: Dialect, table: &Arc<SinkTable>) -> TableSql {
+        TableSql {
+            table: table.clone(),
+            max_rows: d.max_rows(table.columns.len()),
+            upserts: HashMap::new(),
+            deletes: HashMap::new(),
+        }
+    }
+
+    fn statement(&mut self, d: Dialect, upsert: bool, rows: usize) -> Arc<str> {
+        let t = &self.table;
+        let cache = if upsert {
+            &mut self.upserts
+        } else {
+            &mut self.deletes
+        };
+        cache
+            .entry(rows)
+            .or_insert_with(|| {
+                if upsert {
+                    upsert_sql(d, t, rows)
+                } else {
+                    delete_sql(d, t, rows)
+                }
+                .into()
+            })
+            .clone()
+    }
+}
+
+pub(super) fn upsert_sql(d: Dialect, t: &SinkTable, rows: usize) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| d.quote(&c.name)).collect();
+    let key: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| d.quote(&t.columns[k as usize].name))
+        .collect();
+    let non_key: Vec<String> = (0..t.columns.len())
+        .filter(|i| !t.key.contains(&(*i as u32)))
+        .map(|i| cols[i].clone())
+        .collect();
+    let mut n = 0;
+    let tuples: Vec<String> = (0..rows)
+        .map(|_| {
+            let ps: Vec<String> = t
+                .columns
+                .iter()
+                .map(|c| {
+                    n += 1;
+                    d.placeholder(n, Some(c))
+                })
+                .collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES {}{}",
+        d.quote(&t.name),
+        cols.join(", "),
+        tuples.join(", "),
+        d.upsert_clause(&key, &non_key)
+    )
+}
+
+pub(super) fn delete_sql(d: Dialect, t: &SinkTable, rows: usize) -> String {
+    let key: Vec<(&Column, String)> = t
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &t.columns[k as usize];
+            (c, d.quote(&c.name))
+        })
+        .collect();
+    let mut n = 0;
+    let mut next = |c: &Column| {
+        n += 1;
+        d.placeholder(n, Some(c))
+    };
+    let cond = if let [(c, name)] = key.as_slice() {
+        let ps: Vec<String> = (0..rows).map(|_| next(c)).collect();
+        format!("{name} IN ({})", ps.join(", "))
+    } else {
+        (0..rows)
+            .map(|_| {
+                let parts: Vec<String> = key
+                    .iter()
+                    .map(|(c, name)| format!("{name} = {}", next(c)))
+                    .collect();
+                format!("({})", parts.join(" AND "))
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    format!("DELETE FROM {} WHERE {cond}", d.quote(&t.name))
+}
+
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+pub(super) fn bind_value<'q>(
+    q: AnyQuery<'q>,
+    d: Dialect,
+    v: &'q Value,
+    col: &Column,
+) -> AnyQuery<'q> {
+    match v {
+        // NULLs carry the column's type, so PostgreSQL can infer nothing wrong.
+        Value::Null => match col.ty {
+            ColumnType::Int => q.bind(None::<i64>),
+            ColumnType::Float => q.bind(None::<f64>),
+            ColumnType::Boolean if d != Dialect::Sqlite => q.bind(None::<bool>),
+            ColumnType::Boolean => q.bind(None::<i64>),
+            ColumnType::Bytes => q.bind(None::<Vec<u8>>),
+            _ => q.bind(None::<String>),
+        },
+        Value::Boolean(b) if d == Dialect::Sqlite => q.bind(*b as i64),
+        Value::Boolean(b) => q.bind(*b),
+        Value::Int(i) => q.bind(*i),
+        Value::Float(f) => q.bind(*f),
+        Value::Decimal(s) | Value::Text(s) | Value::Json(s) => q.bind(s.as_str()),
+        Value::Bytes(b) => q.bind(b.as_slice()),
+        // MySQL's DATETIME takes no zone suffix: the UTC wall time is stored.
+        Value::Timestamp(us) if matches!(d, Dialect::MySql { .. }) => {
+            q.bind(temporal::format_local(*us))
+        }
+        Value::Timestamp(us) => q.bind(temporal::format_timestamp(*us)),
+        Value::LocalTimestamp(us) => q.bind(temporal::format_local(*us)),
+        Value::Date(days) => q.bind(temporal::format_date(*days)),
+        Value::Time(us) => q.bind(temporal::format_time(*us)),
+    }
+}
+
+/// The key of a write as bytes, to keep two writes of one key out of one
+/// multi-row statement.
+pub(super) fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
+    out.clear();
+    let mut push = |v: &Value| match v {
+        Value::Null => out.push(0),
+        Value::Boolean(b) => out.extend([1, *b as u8]),
+        Value::Int(i) => {
+            out.push(2);
+            out.extend(i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            out.push(3);
+            out.extend(f.to_bits().to_le_bytes());
+        }
+        Value::Decimal(s) | Value::Text(s) | Value::Json(s) => {
+            out.push(4);
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            out.push(5);
+            out.extend((b.len() as u64).to_le_bytes());
+            out.extend(b);
+        }
+        Value::Timestamp(x) | Value::LocalTimestamp(x) | Value::Time(x) => {
+            out.push(6);
+            out.extend(x.to_le_bytes());
+        }
+        Value::Date(x) => {
+            out.push(7);
+            out.extend(x.to_le_bytes());
+        }
+    };
+    match w {
+        SinkWrite::Upsert { values, .. } => {
+            table.key.iter().for_each(|&k| push(&values[k as usize]))
+        }
+        SinkWrite::Delete { key, .. } => key.iter().for_each(push),
+    }
+}
+
+/// The fast path: every table's writes in order, grouped into multi-row
+/// upserts and deletes. Writes are grouped by table name (different names
+/// never share a row, so their relative order does not matter); within a
+/// name a run ends where the kind or the declaration changes (a column added
+/// mid-batch, a second plugin) or a key repeats, so every row sees its
+/// writes in batch order.
+pub(super) async fn write_grouped(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    events: &[EventWrites],
+) -> Result<u64, sqlx::Error> {
+    let mut order: Vec<Vec<&SinkWrite>> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for w in events.iter().flat_map(|ev| &ev.writes) {
+        let i = *index.entry(w.table().name.as_str()).or_insert_with(|| {
+            order.push(Vec::new());
+            order.len() - 1
+        });
+        order[i].push(w);
+    }
+    let mut written = 0;
+    let mut key = Vec::new();
+    for writes in order {
+        let mut start = 0;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for (i, w) in writes.iter().enumerate() {
+            key_bytes(w.table(), w, &mut key);
+            let (first, table) = (writes[start], w.table());
+            let changed = i > start
+                && (is_upsert(first) != is_upsert(w)
+                    || !(Arc::ptr_eq(first.table(), table) || **first.table() == **table));
+            let full = i - start == table_sql(cache, d, first.table()).max_rows;
+            if changed || full || seen.contains(&key) {
+                let ts = table_sql(cache, d, first.table());
+                execute_run(conn, d, ts, &writes[start..i]).await?;
+                start = i;
+                seen.clear();
+            }
+            seen.insert(key.clone());
+        }
+        let ts = table_sql(cache, d, writes[start].table());
+        execute_run(conn, d, ts, &writes[start..]).await?;
+        written += writes.len() as u64;
+    }
+    Ok(written)
+}
+
+pub(super) fn is_upsert(w: &SinkWrite) -> bool {
+    matches!(w, SinkWrite::Upsert { .. })
+}
+
+/// Write a run of same-kind writes to one table in power-of-two chunks.
+pub(super) async fn execute_run(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    ts: &mut TableSql,
+    mut run: &[&SinkWrite],
+) -> Result<(), sqlx::Error> {
+    while let Some(first) = run.first() {
+        let rows = power_of_two_at_most(run.len());
+        let sql = ts.statement(d, is_upsert(first), rows);
+        let mut q = sqlx::query(&sql);
+        for w in &run[..rows] {
+            for (v, c) in bound(&ts.table, w) {
+                q = bind_value(q, d, v, c);
+            }
+        }
+        q.execute(&mut *conn).await?;
+        run = &run[rows..];
+    }
+    Ok(())
+}
+
+/// The slow path: one event in a savepoint, one row per statement, so a
+/// row error names this event alone and undoes only its writes.
+pub(super) async fn write_event(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    ev: &EventWrites,
+) -> Result<u64, SinkError> {
+    sqlx::query(Dialect::SAVEPOINT).execute(&mut *conn).await?;
+    for w in &ev.writes {
+        let table = w.table();
+        let ts = table_sql(cache, d, table);
+        if let Err(e) = execute_run(conn, d, ts, &[w]).await {
+            if !d.is_row_error(&e) {
+                return Err(SinkError::Database(e));
+            }
+            sqlx::query(Dialect::ROLLBACK_TO)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(Dialect::RELEASE).execute(&mut *conn).await?;
+            return Err(SinkError::Rejected(format!(
+                "writing to `{}`: {e}",
+                table.name
+            )));
+        }
+    }
+    sqlx::query(Dialect::RELEASE).execute(&mut *conn).await?;
+    Ok(ev.writes.len() as u64)
+}
