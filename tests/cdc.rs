@@ -969,10 +969,15 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
         "the restarted static member b did not get its partitions back:\n{}",
         read_logs(&logs)
     );
+    // More members join while the workload runs: every join moves
+    // partitions, each a chance for an in-flight batch to meet the fence.
+    let mut d = member("d");
+    pause().await;
+    let mut e = member("e");
     work.await.unwrap();
     pause().await;
     let before_final = committed_offsets(&sink, &name).await;
-    for m in [&mut a, &mut b, &mut c] {
+    for m in [&mut a, &mut b, &mut c, &mut d, &mut e] {
         kill(m);
     }
     assert!(before_final > 0, "the members committed nothing");

@@ -43,6 +43,16 @@ struct Running {
     log: PathBuf,
 }
 
+/// A test that fails must not leave its host running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     fn start(mut c: Command, log: PathBuf) -> Running {
         let file = std::fs::File::create(&log).unwrap();

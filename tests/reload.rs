@@ -90,6 +90,7 @@ fn replacing_the_plugin_mid_stream_loses_and_repeats_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let (log, log_reader) = collect_log(&mut child);
     let log_has = |needle: &str| log.lock().unwrap().contains(needle);
 
@@ -212,6 +213,7 @@ fn a_plugin_added_while_running_starts_and_a_removed_one_stops_after_the_grace_p
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let (log, log_reader) = collect_log(&mut child);
     let removals = || {
         log.lock()

@@ -127,6 +127,20 @@ pub fn sluice() -> Command {
     c
 }
 
+/// Kills the process when the test fails (panics) while it still runs, so a
+/// failed test leaves no host behind: `let _guard = KillOnPanic(child.id());`.
+pub struct KillOnPanic(pub u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
