@@ -48,6 +48,7 @@
 //! `cdylib`) and drop the `.wasm` into the host's plugin folder.
 
 #[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
@@ -59,9 +60,34 @@ pub mod bindings {
     });
 }
 
+#[doc(hidden)]
+#[cfg(feature = "wit-0-1")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../wit/v0.1",
+        pub_export_macro: true,
+        export_macro_name: "__sluice_export_world",
+        default_bindings_module: "sluice_guest::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+#[cfg(not(feature = "wit-0-1"))]
+mod aggregate;
 mod decimal;
 mod emitter;
 mod view;
+
+#[cfg(not(feature = "wit-0-1"))]
+pub use aggregate::{
+    days, decode_counts, encode_counts, hours, minutes, project_by_columns, seconds, Aggregate,
+    AggregateFn, Aggregation, CustomAggregate, EmitMode, EventTime, LatePolicy, Measure,
+    Projection, Semantics, Window,
+};
+#[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
+pub use aggregate::{run_apply, run_finish, run_merge, run_project};
 
 use bindings::sluice::transform::types as wit;
 
@@ -82,8 +108,33 @@ pub trait Plugin {
 
     /// Turn one change into sink writes through `out`. An `Err` sends the event
     /// to the dead-letter queue with your message; writes already emitted for
-    /// this change are discarded.
-    fn on_change(change: &Change<'_>, out: &mut Emitter) -> Result<(), String>;
+    /// this change are discarded. The default writes nothing (a plugin made
+    /// only of aggregations).
+    fn on_change(change: &Change<'_>, out: &mut Emitter) -> Result<(), String> {
+        let _ = (change, out);
+        Ok(())
+    }
+
+    /// Where a row image counts for the aggregation declared at `index`:
+    /// its group, event time and one argument per measure; `Ok(None)` leaves
+    /// the row out; an `Err` dead-letters the event. The default reads the
+    /// declaration's columns by name ([`project_by_columns`]).
+    #[cfg(not(feature = "wit-0-1"))]
+    fn project(
+        index: u32,
+        aggregation: &Aggregation,
+        row: &Row<'_>,
+    ) -> Result<Option<Projection>, String> {
+        let _ = index;
+        project_by_columns(aggregation, row)
+    }
+
+    /// The implementation of a custom measure, by its name (see [`Aggregate`]).
+    #[cfg(not(feature = "wit-0-1"))]
+    fn custom_aggregate(measure: &str) -> Option<CustomAggregate> {
+        let _ = measure;
+        None
+    }
 }
 
 /// Build a [`PluginInfo`] without spelling out the record.
@@ -94,6 +145,8 @@ pub fn info(name: &str, version: &str, tables: &[&str], outputs: &[&str]) -> Plu
         tables: tables.iter().map(|t| t.to_string()).collect(),
         outputs: outputs.iter().map(|t| t.to_string()).collect(),
         state_version: 0,
+        #[cfg(not(feature = "wit-0-1"))]
+        aggregations: Vec::new(),
     }
 }
 
@@ -129,6 +182,69 @@ pub fn run_batch<P: Plugin>(input: wit::Batch) -> wit::BatchResult {
 }
 
 /// Export a type implementing [`Plugin`] as the component's `plugin` interface.
+#[cfg(not(feature = "wit-0-1"))]
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __SluiceExport;
+
+        impl $crate::bindings::exports::sluice::transform::plugin::Guest for __SluiceExport {
+            fn describe() -> $crate::PluginInfo {
+                <$plugin as $crate::Plugin>::describe()
+            }
+
+            fn process(
+                input: $crate::bindings::sluice::transform::types::Batch,
+            ) -> $crate::bindings::sluice::transform::types::BatchResult {
+                $crate::run_batch::<$plugin>(input)
+            }
+
+            fn project(
+                aggregation: u32,
+                source: $crate::bindings::sluice::transform::types::Table,
+                rows: ::std::vec::Vec<::std::vec::Vec<$crate::Value>>,
+            ) -> ::std::vec::Vec<
+                ::std::result::Result<
+                    ::std::option::Option<$crate::Projection>,
+                    ::std::string::String,
+                >,
+            > {
+                $crate::run_project::<$plugin>(aggregation, source, rows)
+            }
+
+            fn aggregate_apply(
+                aggregation: u32,
+                measure: u32,
+                updates: ::std::vec::Vec<$crate::bindings::sluice::transform::types::StateUpdate>,
+            ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<u8>, ::std::string::String>>
+            {
+                $crate::run_apply::<$plugin>(aggregation, measure, updates)
+            }
+
+            fn aggregate_merge(
+                aggregation: u32,
+                measure: u32,
+                groups: ::std::vec::Vec<::std::vec::Vec<::std::vec::Vec<u8>>>,
+            ) -> ::std::vec::Vec<::std::vec::Vec<u8>> {
+                $crate::run_merge::<$plugin>(aggregation, measure, groups)
+            }
+
+            fn aggregate_finish(
+                aggregation: u32,
+                measure: u32,
+                states: ::std::vec::Vec<::std::vec::Vec<u8>>,
+            ) -> ::std::vec::Vec<$crate::Value> {
+                $crate::run_finish::<$plugin>(aggregation, measure, states)
+            }
+        }
+
+        $crate::bindings::__sluice_export_world!(__SluiceExport with_types_in $crate::bindings);
+    };
+}
+
+/// Export a type implementing [`Plugin`] as the component's `plugin` interface.
+#[cfg(feature = "wit-0-1")]
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {

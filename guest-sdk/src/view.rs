@@ -103,9 +103,16 @@ impl<'a> Change<'a> {
         })
     }
 
-    /// Source commit time in ms since the epoch.
+    /// Source commit time in ms since the epoch (0 when unknown: WIT 0.1).
+    #[cfg(feature = "wit-0-1")]
     pub fn event_time_ms(&self) -> i64 {
         self.raw.event_time_ms
+    }
+
+    /// Source commit time in ms since the epoch, when the event gives it.
+    #[cfg(not(feature = "wit-0-1"))]
+    pub fn commit_time_ms(&self) -> Option<i64> {
+        self.raw.commit_time_ms
     }
 
     /// Kafka partition and offset, plus the connector position when known.
@@ -122,6 +129,11 @@ pub struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
+    #[cfg_attr(feature = "wit-0-1", allow(dead_code))]
+    pub(crate) fn new(table: &'a Table<'a>, values: &'a [Value]) -> Self {
+        Row { table, values }
+    }
+
     /// All values, in the table's column order.
     pub fn values(&self) -> &'a [Value] {
         self.values

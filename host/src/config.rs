@@ -41,6 +41,8 @@ pub struct PipelineFile {
     pub batch: BatchFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub streaming: StreamingFile,
     /// Column types for schemaless streams, per table name or full topic.
     #[serde(default)]
     pub columns: HashMap<String, HashMap<String, ColumnHint>>,
@@ -68,6 +70,15 @@ pub struct LimitsFile {
     pub call_timeout: Option<String>,
     /// Memory cap per instance in MiB.
     pub memory_mib: Option<u64>,
+}
+
+/// `[streaming]` section: event time and watermarks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingFile {
+    /// A source partition with no record for this long stops holding back
+    /// watermarks until its next record, e.g. "30s".
+    pub idle_timeout: Option<String>,
 }
 
 /// A declared column type for schemaless streams.
@@ -175,6 +186,8 @@ pub struct Pipeline {
     pub max_batch_wait: Duration,
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
+    /// See `StreamingFile::idle_timeout`.
+    pub idle_timeout: Duration,
     pub hints: ColumnHints,
     pub keys: TableKeys,
     pub decimal_handling: DecimalHandling,
@@ -378,6 +391,13 @@ impl Pipeline {
             Some(s) => parse_duration(&s).context("key `limits.call_timeout`")?,
             None => Duration::from_secs(5),
         };
+        let idle_timeout = match pf.streaming.idle_timeout {
+            Some(s) => parse_duration(&s).context("key `streaming.idle_timeout`")?,
+            None => Duration::from_secs(30),
+        };
+        if idle_timeout.is_zero() {
+            bail!("key `streaming.idle_timeout` must be longer than 0s");
+        }
         let memory_mib = pf.limits.memory_mib.unwrap_or(128);
         if !(1..=65536).contains(&memory_mib) {
             bail!("key `limits.memory_mib` must be between 1 and 65536 (64 GiB)");
@@ -420,6 +440,7 @@ impl Pipeline {
             max_batch_wait,
             call_timeout,
             memory_limit_bytes: (memory_mib as usize) << 20,
+            idle_timeout,
             hints: ColumnHints::new(pf.columns),
             keys: TableKeys::new(pf.keys),
             decimal_handling: pf.decimal_handling.unwrap_or_default(),

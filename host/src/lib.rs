@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod dlq;
 pub mod model;
+pub mod operators;
 pub mod pipeline;
 pub mod plugin;
 pub mod sink;

@@ -151,8 +151,9 @@ pub struct ChangeEvent {
     pub after: Option<Vec<Value>>,
     /// Connector position (Postgres LSN, binlog file:pos), when known.
     pub source_position: Option<String>,
-    /// `source.ts_ms`, or the envelope's `ts_ms` when absent.
-    pub event_time_ms: i64,
+    /// `source.ts_ms`, or the envelope's `ts_ms` when absent; `None` when
+    /// the event says neither (never a made-up 0).
+    pub commit_time_ms: Option<i64>,
 }
 
 /// A sink table as a plugin declared it.

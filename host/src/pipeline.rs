@@ -26,8 +26,9 @@ use crate::plugin::set::PluginSet;
 use crate::sink::checkpoint::CheckpointReader;
 use crate::sink::sql::SqlSink;
 use crate::sink::{EventWrites, SinkBatch};
-use crate::source::file::{FileSource, SourceItem};
+use crate::source::file::FileSource;
 use crate::source::kafka::{Checkpoint, KafkaSource};
+use crate::source::SourceItem;
 use crate::stats::Stats;
 
 /// Bounded channel depth between stages, in batches.
@@ -119,6 +120,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 max_batch: p.max_batch_records,
                 max_wait: p.max_batch_wait,
                 resume,
+                idle_timeout: p.idle_timeout,
             }
             .run(raw_tx, cancel.clone(), stats.clone()),
         ),
@@ -146,6 +148,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 max_batch: p.max_batch_records,
                 max_wait: p.max_batch_wait,
                 checkpoint: checkpoint.clone(),
+                idle_timeout: p.idle_timeout,
             }
             .run(raw_tx, cancel.clone(), stats.clone()),
         ),
@@ -445,10 +448,12 @@ fn process_batch(
     let mut offsets: HashMap<(Arc<str>, i32), i64> = HashMap::new();
     let mut decoded = Vec::with_capacity(items.len());
     for item in items {
-        let id = item.id().clone();
-        let next = offsets.entry((id.topic.clone(), id.partition)).or_insert(0);
-        *next = (*next).max(id.offset + 1);
+        if let Some(id) = item.id() {
+            let next = offsets.entry((id.topic.clone(), id.partition)).or_insert(0);
+            *next = (*next).max(id.offset + 1);
+        }
         match item {
+            SourceItem::Signal(signal) => batch.signals.push(signal),
             SourceItem::Malformed { record, reason } => {
                 stats.add(&stats.dlq_decode, 1);
                 batch.dead.push(dead(record, Stage::Decode, None, reason));

@@ -48,6 +48,21 @@ pub fn guest(name: &str) -> PathBuf {
             .status()
             .expect("running cargo to build guest components");
         assert!(status.success(), "building guest components failed");
+        // A build of its own: its SDK feature (WIT 0.1) must not unify onto the others.
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "mirror_v01",
+            ])
+            .status()
+            .expect("running cargo to build the WIT 0.1 guest");
+        assert!(status.success(), "building mirror_v01 failed");
         target.join("wasm32-wasip2/release")
     });
     let p = dir.join(format!("{name}.wasm"));

@@ -285,11 +285,10 @@ impl Decoder {
         }
 
         let desc = self.intern_table(&topic, layout.columns, &key_names, key_idx);
-        let event_time_ms = source
+        let commit_time_ms = source
             .and_then(|s| s.get("ts_ms"))
             .or_else(|| obj.get("ts_ms"))
-            .and_then(Json::as_i64)
-            .unwrap_or(0);
+            .and_then(Json::as_i64);
         Ok(Decoded::Change(ChangeEvent {
             table: desc,
             op,
@@ -297,7 +296,7 @@ impl Decoder {
             before: before_vals,
             after: after_vals,
             source_position: source.and_then(source_position),
-            event_time_ms,
+            commit_time_ms,
         }))
     }
 

@@ -147,7 +147,7 @@ fn envelope_shapes() {
             c.after.unwrap(),
             vec![Value::Int(1), Value::Text("a".into())]
         );
-        assert_eq!(c.event_time_ms, 5);
+        assert_eq!(c.commit_time_ms, Some(5));
     }
     let tomb = RawRecord {
         value: None,
@@ -261,7 +261,7 @@ fn truncate_has_no_key_and_no_rows() {
     let c = change(dec.decode(&raw("s.db.t", None, v)).unwrap());
     assert_eq!(c.op, Op::Truncate);
     assert!(c.key.is_empty() && c.before.is_none() && c.after.is_none());
-    assert_eq!(c.event_time_ms, 9);
+    assert_eq!(c.commit_time_ms, Some(9));
 }
 
 #[test]

@@ -14,11 +14,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, PluginInfo, Transform, TransformPre};
+use super::bindings::{self, Call, ChangeOutcome, PluginBindings, PluginInfo, PluginPre};
+use crate::model;
+use crate::operators::{Projection, StateUpdate};
 
 /// wasmtime 48 has its own error type (not `std::error::Error`).
 fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
@@ -76,8 +78,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(wasm_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err)?;
-        Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(wasm_err)?;
+        bindings::add_to_linker(&mut linker).map_err(wasm_err)?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("sluice-epoch".into())
@@ -102,7 +103,7 @@ impl Runtime {
             .with_context(|| format!("loading plugin {}", path.display()))
     }
 
-    /// Compile component bytes and check they export the expected interface.
+    /// Compile component bytes and bind the newest plugin interface they export.
     pub fn compile_bytes(self: &Arc<Self>, bytes: &[u8]) -> anyhow::Result<Arc<Compiled>> {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
@@ -111,18 +112,32 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        if !exports.iter().any(|n| n == bindings::PLUGIN_INTERFACE) {
+        if !bindings::PLUGIN_INTERFACES
+            .iter()
+            .any(|i| exports.iter().any(|n| n == i))
+        {
             return Err(anyhow!(
-                "component does not export `{}` (it exports: {}); rebuild it against this host's WIT",
-                bindings::PLUGIN_INTERFACE,
-                if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
+                "component does not export {} (it exports: {}); rebuild it against this host's WIT",
+                bindings::PLUGIN_INTERFACES
+                    .iter()
+                    .map(|i| format!("`{i}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                }
             ));
         }
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow!("plugin imports something this host does not offer: {e}"))?;
-        let pre = TransformPre::new(pre).map_err(wasm_err)?;
+        let pre = match PluginPre::probe(&exports, pre) {
+            Some(p) => p.map_err(wasm_err)?,
+            None => return Err(anyhow!("no plugin interface found")),
+        };
         Ok(Arc::new(Compiled {
             runtime: self.clone(),
             pre,
@@ -133,7 +148,7 @@ impl Runtime {
 /// A compiled, linked plugin from which instances are made.
 pub struct Compiled {
     runtime: Arc<Runtime>,
-    pre: TransformPre<HostState>,
+    pre: PluginPre,
 }
 
 impl Compiled {
@@ -178,7 +193,7 @@ impl Compiled {
 pub struct Instance {
     compiled: Arc<Compiled>,
     store: Store<HostState>,
-    bindings: Transform,
+    bindings: PluginBindings,
     stderr: LogStream,
 }
 
@@ -188,25 +203,71 @@ impl Instance {
     }
 
     pub fn describe(&mut self) -> Result<PluginInfo, String> {
-        self.store
-            .set_epoch_deadline(self.compiled.deadline_ticks());
-        let plugin = self.bindings.sluice_transform_plugin();
-        plugin
-            .call_describe(&mut self.store)
-            .map(PluginInfo::from)
-            .map_err(|e| self.trap_message(e))
+        self.call(|b, store| b.describe(store))
     }
 
-    /// Call `process`; `Err` carries a trap explanation (the instance is then dead).
-    pub fn process(&mut self, batch: &bindings::Batch) -> Result<bindings::BatchResult, String> {
+    /// Call `process`; `Err` carries a trap explanation (the instance is
+    /// then dead) or says how the answer was broken.
+    pub fn process(
+        &mut self,
+        events: &[(&model::ChangeEvent, &model::RecordId)],
+    ) -> Result<Vec<ChangeOutcome>, String> {
+        self.call(|b, store| b.process(store, events))
+    }
+
+    /// Call `project` for aggregation `aggregation` (0.2 plugins).
+    pub fn project(
+        &mut self,
+        aggregation: u32,
+        source: &model::TableDesc,
+        rows: &[&[model::Value]],
+    ) -> Result<Vec<Result<Option<Projection>, String>>, String> {
+        self.call(|b, store| b.project(store, aggregation, source, rows))
+    }
+
+    /// Fold rows into custom aggregate states.
+    pub fn aggregate_apply(
+        &mut self,
+        aggregation: u32,
+        measure: u32,
+        updates: &[StateUpdate],
+    ) -> Result<Vec<Result<Vec<u8>, String>>, String> {
+        self.call(|b, store| b.aggregate_apply(store, aggregation, measure, updates))
+    }
+
+    /// Merge partial custom aggregate states, per group.
+    pub fn aggregate_merge(
+        &mut self,
+        aggregation: u32,
+        measure: u32,
+        groups: &[Vec<Vec<u8>>],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        self.call(|b, store| b.aggregate_merge(store, aggregation, measure, groups))
+    }
+
+    /// Output values of custom aggregate states.
+    pub fn aggregate_finish(
+        &mut self,
+        aggregation: u32,
+        measure: u32,
+        states: &[Vec<u8>],
+    ) -> Result<Vec<model::Value>, String> {
+        self.call(|b, store| b.aggregate_finish(store, aggregation, measure, states))
+    }
+
+    /// One call under a fresh deadline; a trap's reason quotes only what
+    /// this call wrote to stderr.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&PluginBindings, &mut Store<HostState>) -> Call<T>,
+    ) -> Result<T, String> {
         self.store
             .set_epoch_deadline(self.compiled.deadline_ticks());
-        // A trap's reason quotes only what this call wrote to stderr.
         self.stderr.clear_tail();
-        let plugin = self.bindings.sluice_transform_plugin();
-        plugin
-            .call_process(&mut self.store, batch)
-            .map_err(|e| self.trap_message(e))
+        match f(&self.bindings, &mut self.store) {
+            Ok(answer) => answer,
+            Err(e) => Err(self.trap_message(e)),
+        }
     }
 
     fn trap_message(&self, err: wasmtime::Error) -> String {
@@ -254,12 +315,11 @@ impl WasiView for HostState {
     }
 }
 
-impl bindings::sluice::transform::types::Host for HostState {}
-
-impl bindings::sluice::transform::host::Host for HostState {
-    fn log(&mut self, level: bindings::sluice::transform::types::LogLevel, message: String) {
+impl HostState {
+    /// A guest's log line, tagged with the plugin.
+    pub(super) fn log_line(&self, level: tracing::Level, message: &str) {
         let plugin = &*self.tag;
-        match bindings::log_level(level) {
+        match level {
             tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
             tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
             tracing::Level::INFO => tracing::info!(plugin, "{message}"),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::bindings::{self, ChangeOutcome, PluginInfo};
+use super::bindings::{ChangeOutcome, PluginInfo};
 use super::runtime::{Compiled, Instance};
 use crate::model::{ChangeEvent, RecordId, SinkWrite};
 
@@ -113,11 +113,12 @@ impl PluginSet {
             .values()
             .map(|p| {
                 format!(
-                    "{} {} ({}: {})",
+                    "{} {} ({}: {}; WIT {})",
                     p.info.name,
                     p.info.version,
                     p.id,
-                    p.info.tables.join(",")
+                    p.info.tables.join(","),
+                    p.info.interface
                 )
             })
             .collect()
@@ -201,7 +202,5 @@ fn call(
     plugin: &mut LoadedPlugin,
     events: &[(&ChangeEvent, &RecordId)],
 ) -> Result<Vec<ChangeOutcome>, String> {
-    let batch = bindings::to_batch(events);
-    let result = plugin.instance.process(&batch)?;
-    bindings::from_result(result, events.len())
+    plugin.instance.process(events)
 }

@@ -8,6 +8,7 @@ pub mod sql;
 use std::sync::Arc;
 
 use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
+use crate::source::SourceSignal;
 
 /// The writes one source record produced.
 #[derive(Debug)]
@@ -29,6 +30,9 @@ pub struct SinkBatch {
     pub records: u64,
     /// Decoder facts learned from this batch (committed with its offsets).
     pub learned: Vec<Learned>,
+    /// What happened to the source's partitions during the batch, in order
+    /// (operators' watermarks follow them).
+    pub signals: Vec<SourceSignal>,
 }
 
 /// What a commit did beyond the batch's own dead letters.

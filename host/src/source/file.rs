@@ -15,29 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::{SourceItem, SourceSignal};
 use crate::model::{RawRecord, RecordId};
 use crate::stats::Stats;
-
-/// A line of the file, or why it could not be read.
-#[derive(Debug)]
-pub enum SourceItem {
-    Record(RawRecord),
-    /// A line that is not a kcat record; it goes to the DLQ under a pseudo id
-    /// (`file:PATH`, partition -1, offset = line number).
-    Malformed {
-        record: RawRecord,
-        reason: String,
-    },
-}
-
-impl SourceItem {
-    pub fn id(&self) -> &RecordId {
-        match self {
-            SourceItem::Record(r) => &r.id,
-            SourceItem::Malformed { record, .. } => &record.id,
-        }
-    }
-}
 
 /// One line of `kcat -C -J` output (other fields kcat writes are ignored).
 #[derive(Deserialize)]
@@ -79,6 +59,9 @@ pub struct FileSource {
     pub max_wait: Duration,
     /// Next offset to read per (topic, partition), from the sink's checkpoint.
     pub resume: HashMap<(String, i32), i64>,
+    /// While following: a partition with no new line for this long is
+    /// signalled idle.
+    pub idle_timeout: Duration,
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -97,11 +80,14 @@ impl FileSource {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let pseudo_topic: Arc<str> = format!("file:{}", self.path.display()).into();
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-        let mut next: HashMap<(String, i32), i64> = self.resume;
+        let mut next: HashMap<(String, i32), i64> = self.resume.clone();
         let mut line = String::new();
         let mut line_no: i64 = 0;
         let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
         let mut batch_started = Instant::now();
+        // Partitions seen so far: when their last line was read, and whether
+        // they were signalled idle since.
+        let mut seen: HashMap<(Arc<str>, i32), (Instant, bool)> = HashMap::new();
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -119,6 +105,20 @@ impl FileSource {
                 if !self.follow {
                     break;
                 }
+                let idle: Vec<SourceItem> = seen
+                    .iter_mut()
+                    .filter(|(_, (last, idle))| !*idle && last.elapsed() >= self.idle_timeout)
+                    .map(|((topic, partition), (_, idle))| {
+                        *idle = true;
+                        SourceItem::Signal(SourceSignal::Idle {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                    })
+                    .collect();
+                if !idle.is_empty() && out.send(idle).await.is_err() {
+                    return Ok(());
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(POLL) => continue,
@@ -129,6 +129,9 @@ impl FileSource {
             if text.trim().is_empty() {
                 line.clear();
                 continue;
+            }
+            if batch.is_empty() {
+                batch_started = Instant::now();
             }
             let item = match KcatLine::parse(text) {
                 Ok(k) => {
@@ -147,6 +150,18 @@ impl FileSource {
                         continue;
                     }
                     *slot = k.offset + 1;
+                    match seen.get_mut(&(topic.clone(), k.partition)) {
+                        Some(state) => *state = (Instant::now(), false),
+                        None => {
+                            seen.insert((topic.clone(), k.partition), (Instant::now(), false));
+                            let start = self.resume.get(&(topic.to_string(), k.partition)).copied();
+                            batch.push(SourceItem::Signal(SourceSignal::Assigned {
+                                topic: topic.clone(),
+                                partition: k.partition,
+                                start,
+                            }));
+                        }
+                    }
                     SourceItem::Record(RawRecord {
                         id: RecordId {
                             topic,
@@ -188,9 +203,6 @@ impl FileSource {
             };
             line.clear();
             stats.add(&stats.read, 1);
-            if batch.is_empty() {
-                batch_started = Instant::now();
-            }
             batch.push(item);
             let full = batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait;
             if full && out.send(std::mem::take(&mut batch)).await.is_err() {
@@ -201,5 +213,90 @@ impl FileSource {
             let _ = out.send(batch).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(partition: i32, offset: i64) -> String {
+        format!(
+            "{{\"topic\":\"s.public.t\",\"partition\":{partition},\"offset\":{offset},\"key\":null,\"payload\":\"{{}}\"}}\n"
+        )
+    }
+
+    fn describe(item: &SourceItem) -> String {
+        match item {
+            SourceItem::Record(r) => format!("record {}/{}", r.id.partition, r.id.offset),
+            SourceItem::Malformed { .. } => "malformed".into(),
+            SourceItem::Signal(SourceSignal::Assigned {
+                partition, start, ..
+            }) => format!("assigned {partition} from {start:?}"),
+            SourceItem::Signal(SourceSignal::Revoked { partition, .. }) => {
+                format!("revoked {partition}")
+            }
+            SourceItem::Signal(SourceSignal::Idle { partition, .. }) => {
+                format!("idle {partition}")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn partitions_are_announced_before_their_first_record_and_go_idle_when_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, [line(0, 0), line(1, 0), line(0, 1)].concat()).unwrap();
+        let source = FileSource {
+            path: path.clone(),
+            follow: true,
+            max_batch: 100,
+            max_wait: Duration::from_millis(10),
+            resume: HashMap::from([(("s.public.t".to_string(), 1), 0)]),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(source.run(tx, cancel.clone(), Arc::new(Stats::default())));
+        let mut seen = Vec::new();
+        // Partition 1 goes quiet; append to partition 0 only, then wait for both to idle.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut appended = false;
+        while seen
+            .iter()
+            .filter(|s: &&String| s.starts_with("idle"))
+            .count()
+            < 2
+        {
+            let batch = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("the source went silent without idle signals")
+                .expect("the source ended");
+            seen.extend(batch.iter().map(describe));
+            if !appended {
+                use std::io::Write as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(line(0, 2).as_bytes()).unwrap();
+                appended = true;
+            }
+        }
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(
+            &seen[..4],
+            [
+                "assigned 0 from None",
+                "record 0/0",
+                "assigned 1 from Some(0)",
+                "record 1/0"
+            ]
+        );
+        let pos = |s: &str| seen.iter().position(|x| x == s).unwrap_or(usize::MAX);
+        assert!(pos("record 0/2") < pos("idle 0"), "{seen:?}");
+        assert!(pos("idle 1") < usize::MAX, "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| s.starts_with("idle")).count(), 2);
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::file::SourceItem;
+use super::{SourceItem, SourceSignal};
 use crate::model::{RawRecord, RecordId};
 use crate::stats::Stats;
 
@@ -55,6 +55,9 @@ pub struct KafkaSource {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub checkpoint: Checkpoint,
+    /// A partition with no record for this long (while this host polls) is
+    /// signalled idle.
+    pub idle_timeout: Duration,
 }
 
 /// Sets each assigned partition's start offset from the sink's checkpoint.
@@ -62,6 +65,9 @@ struct ResumeFromSink {
     checkpoint: Checkpoint,
     read_checkpoint: ReadCheckpoint,
     assigned: Arc<Mutex<HashMap<(String, i32), ()>>>,
+    /// Assignments and revocations for the batch stream, in the order the
+    /// hook saw them; the poll loop drains them before the next message.
+    signals: Arc<Mutex<Vec<SourceSignal>>>,
 }
 
 /// The partition assignor: cooperative, so a rebalance moves only the
@@ -121,9 +127,16 @@ impl ConsumerContext for ResumeFromSink {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
                 for (topic, partition) in parts {
-                    let start = match cp.get(&(topic.clone(), partition)) {
-                        Some(&next) => Offset::Offset(next),
+                    let next = cp.get(&(topic.clone(), partition)).copied();
+                    signals.push(SourceSignal::Assigned {
+                        topic: topic.as_str().into(),
+                        partition,
+                        start: next,
+                    });
+                    let start = match next {
+                        Some(next) => Offset::Offset(next),
                         None => Offset::Beginning,
                     };
                     tracing::info!(%topic, partition, start = ?start, "partition assigned; resuming from the sink's checkpoint");
@@ -144,12 +157,17 @@ impl ConsumerContext for ResumeFromSink {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                let mut signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
                 for e in tpl.elements() {
                     tracing::info!(
                         topic = e.topic(),
                         partition = e.partition(),
                         "partition revoked"
                     );
+                    signals.push(SourceSignal::Revoked {
+                        topic: e.topic().into(),
+                        partition: e.partition(),
+                    });
                     assigned.remove(&(e.topic().to_string(), e.partition()));
                 }
                 drop(assigned);
@@ -176,10 +194,12 @@ impl KafkaSource {
         stats: Arc<Stats>,
     ) -> anyhow::Result<()> {
         let assigned = Arc::new(Mutex::new(HashMap::new()));
+        let signals = Arc::new(Mutex::new(Vec::new()));
         let context = ResumeFromSink {
             checkpoint: self.checkpoint.clone(),
             read_checkpoint: self.read_checkpoint.clone(),
             assigned: assigned.clone(),
+            signals: signals.clone(),
         };
         // Static membership: a restarted member (crash, deploy) takes its
         // partitions back at once instead of waiting out the dead member's
@@ -235,6 +255,7 @@ impl KafkaSource {
         let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
         let mut last_commit = Instant::now();
         let mut last_sink_read = Instant::now();
+        let mut quiet = Quiet::default();
         loop {
             if caught_up(&reached) && batch.is_empty() {
                 tracing::info!("caught up with the end offsets seen at start");
@@ -272,6 +293,9 @@ impl KafkaSource {
                         Ok(Ok(m)) => m,
                     },
                 };
+                // Signals the rebalance hook queued during this poll precede
+                // the message: it may be the first of a new assignment.
+                drain_signals(&signals, &mut batch, &mut quiet);
                 let key = (msg.topic().to_string(), msg.partition());
                 // Redelivery after a rebalance: skip what the sink already has.
                 if reached.get(&key).is_some_and(|&next| msg.offset() < next) {
@@ -327,10 +351,20 @@ impl KafkaSource {
                     }
                 };
                 stats.add(&stats.read, 1);
+                quiet.heard(&id_of(&item));
                 batch.push(item);
             }
-            if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
-                break;
+            drain_signals(&signals, &mut batch, &mut quiet);
+            quiet.idle_since(self.idle_timeout, &mut batch);
+            if !batch.is_empty() {
+                let sending = Instant::now();
+                if out.send(std::mem::take(&mut batch)).await.is_err() {
+                    break;
+                }
+                // Waiting on a full pipeline is not a quiet partition.
+                if sending.elapsed() >= self.max_wait {
+                    quiet.restart_clocks();
+                }
             }
             if cancel.is_cancelled() {
                 break;
@@ -345,6 +379,77 @@ impl KafkaSource {
         drop(out);
         close(consumer).await;
         Ok(())
+    }
+}
+
+/// Move the hook's queued signals into the batch, in order.
+fn drain_signals(
+    signals: &Mutex<Vec<SourceSignal>>,
+    batch: &mut Vec<SourceItem>,
+    quiet: &mut Quiet,
+) {
+    let mut queued = signals.lock().unwrap_or_else(|p| p.into_inner());
+    for signal in queued.drain(..) {
+        quiet.follow(&signal);
+        batch.push(SourceItem::Signal(signal));
+    }
+}
+
+fn id_of(item: &SourceItem) -> (Arc<str>, i32) {
+    match item.id() {
+        Some(id) => (id.topic.clone(), id.partition),
+        None => ("".into(), -1),
+    }
+}
+
+/// Which assigned partitions have been quiet, and since when (Flink's
+/// `withIdleness`: no record for the timeout while this host polls).
+#[derive(Default)]
+struct Quiet {
+    /// Assigned partitions: when their last record (or the assignment) came,
+    /// and whether they were signalled idle since.
+    partitions: HashMap<(Arc<str>, i32), (Instant, bool)>,
+}
+
+impl Quiet {
+    fn follow(&mut self, signal: &SourceSignal) {
+        let (topic, partition) = signal.partition();
+        match signal {
+            SourceSignal::Assigned { .. } => {
+                self.partitions
+                    .insert((topic.clone(), partition), (Instant::now(), false));
+            }
+            SourceSignal::Revoked { .. } => {
+                self.partitions.remove(&(topic.clone(), partition));
+            }
+            SourceSignal::Idle { .. } => {}
+        }
+    }
+
+    fn heard(&mut self, key: &(Arc<str>, i32)) {
+        if let Some(state) = self.partitions.get_mut(key) {
+            *state = (Instant::now(), false);
+        }
+    }
+
+    fn restart_clocks(&mut self) {
+        for (since, _) in self.partitions.values_mut() {
+            *since = Instant::now();
+        }
+    }
+
+    /// Signal each partition quiet for `timeout` idle, once.
+    fn idle_since(&mut self, timeout: Duration, batch: &mut Vec<SourceItem>) {
+        for ((topic, partition), (since, idle)) in &mut self.partitions {
+            if !*idle && since.elapsed() >= timeout {
+                *idle = true;
+                tracing::debug!(%topic, partition, "partition idle");
+                batch.push(SourceItem::Signal(SourceSignal::Idle {
+                    topic: topic.clone(),
+                    partition: *partition,
+                }));
+            }
+        }
     }
 }
 
