@@ -1042,6 +1042,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
                     headers: Vec::new(),
                 },
                 plugins: None,
+                ops: Vec::new(),
                 writes: vec![SinkWrite::Upsert {
                     table: table.clone(),
                     values: vec![Value::Int(i), Value::Text(v.into())],

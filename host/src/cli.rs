@@ -216,17 +216,35 @@ fn summary_text(s: &RunSummary) -> String {
     );
     let _ = writeln!(
         t,
-        "dead-lettered {} (decode {}, plugin {}, sink {}){}",
+        "dead-lettered {} (decode {}, plugin {}, sink {}{}){}",
         st.dead_lettered(),
         g(&st.dlq_decode),
         g(&st.dlq_plugin),
         g(&st.dlq_sink),
+        if g(&st.dlq_aggregate) > 0 {
+            format!(", aggregate {}", g(&st.dlq_aggregate))
+        } else {
+            String::new()
+        },
         if st.dead_lettered() > 0 {
             " -> see table sluice_dlq"
         } else {
             ""
         }
     );
+    if g(&st.duplicates) > 0 {
+        let _ = writeln!(
+            t,
+            "{} re-delivered changes skipped by aggregations (not newer than what they hold for the row)",
+            g(&st.duplicates)
+        );
+    }
+    if !s.state.is_empty() {
+        t.push_str("aggregation state (cached by this host):\n");
+        for (op, rows, bytes) in &s.state {
+            let _ = writeln!(t, "  {op:<32} {rows:>8} rows {bytes:>10} bytes");
+        }
+    }
     if g(&st.dlq_published) > 0 {
         let _ = writeln!(
             t,

@@ -151,10 +151,19 @@ pub struct ChangeEvent {
     pub after: Option<Vec<Value>>,
     /// Connector position (Postgres LSN, binlog file:pos), when known.
     pub source_position: Option<String>,
+    /// The same position, comparable: per key, a later change has a larger
+    /// one (operators drop re-deliveries by it).
+    pub source_order: Option<SourceOrder>,
     /// `source.ts_ms`, or the envelope's `ts_ms` when absent; `None` when
     /// the event says neither (never a made-up 0).
     pub commit_time_ms: Option<i64>,
 }
+
+/// A source position that orders the changes of one row: PostgreSQL
+/// `[lsn, 0, 0]`; MySQL/MariaDB `[binlog file number, pos, row]`. Only
+/// changes of the same key are compared (a snapshot shares one position).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceOrder(pub [u64; 3]);
 
 /// A sink table as a plugin declared it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -203,6 +212,8 @@ impl SinkWrite {
 pub enum Stage {
     Decode,
     Plugin,
+    /// An aggregation refused the event (it changes nothing there).
+    Aggregate,
     Sink,
 }
 
@@ -212,6 +223,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Plugin => "plugin",
+            Stage::Aggregate => "aggregate",
             Stage::Sink => "sink",
         }
     }

@@ -39,6 +39,8 @@ const CHANNEL_BATCHES: usize = 4;
 pub struct RunSummary {
     pub stats: Arc<Stats>,
     pub tables: Vec<(String, i64)>,
+    /// (aggregation, state rows, bytes) this host held at the end.
+    pub state: Vec<(String, usize, usize)>,
     pub elapsed: Duration,
 }
 
@@ -198,6 +200,8 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
             Ok(report) => {
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
+                stats.add(&stats.dlq_aggregate, report.dlq_aggregate);
+                stats.add(&stats.duplicates, report.duplicates);
                 stats.add(&stats.skipped, report.stale);
                 stats.add(&stats.committed, records.saturating_sub(report.stale));
                 stats.add(&stats.batches, 1);
@@ -247,6 +251,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     Ok(RunSummary {
         stats,
         tables,
+        state: sink.state_sizes(),
         elapsed: started.elapsed(),
     })
 }
@@ -442,7 +447,7 @@ fn process_batch(
     unrouted_topics: &mut HashMap<Arc<str>, u64>,
 ) -> SinkBatch {
     let mut batch = SinkBatch {
-        records: items.len() as u64,
+        records: items.iter().filter(|i| i.id().is_some()).count() as u64,
         ..Default::default()
     };
     let mut offsets: HashMap<(Arc<str>, i32), i64> = HashMap::new();
@@ -489,11 +494,12 @@ fn process_batch(
                 .dead
                 .push(dead(record.clone(), Stage::Plugin, Some(plugin), reason));
         }
-        if !outcome.writes.is_empty() {
+        if !outcome.writes.is_empty() || !outcome.ops.is_empty() {
             batch.events.push(EventWrites {
                 record,
                 plugins: Some(outcome.producers.join(",")),
                 writes: outcome.writes,
+                ops: outcome.ops,
             });
         }
     }

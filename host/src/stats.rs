@@ -20,6 +20,11 @@ pub struct Stats {
     pub dlq_decode: AtomicU64,
     pub dlq_plugin: AtomicU64,
     pub dlq_sink: AtomicU64,
+    /// Events aggregations refused (bad projection, impossible retraction).
+    pub dlq_aggregate: AtomicU64,
+    /// Events aggregations skipped as re-deliveries (not newer than their
+    /// row's stored position): Debezium is at-least-once.
+    pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     /// Dead letters copied to the DLQ topic.
     pub dlq_published: AtomicU64,
@@ -39,6 +44,9 @@ impl Stats {
     }
 
     pub fn dead_lettered(&self) -> u64 {
-        Self::get(&self.dlq_decode) + Self::get(&self.dlq_plugin) + Self::get(&self.dlq_sink)
+        Self::get(&self.dlq_decode)
+            + Self::get(&self.dlq_plugin)
+            + Self::get(&self.dlq_aggregate)
+            + Self::get(&self.dlq_sink)
     }
 }

@@ -39,6 +39,8 @@ pub fn guest(name: &str) -> PathBuf {
                 "-p",
                 "orders_enriched",
                 "-p",
+                "orders_by_customer",
+                "-p",
                 "tagger_v1",
                 "-p",
                 "tagger_v2",
@@ -57,9 +59,9 @@ pub fn guest(name: &str) -> PathBuf {
                 "--release",
                 "--target",
                 "wasm32-wasip2",
-                "-p",
-                "mirror_v01",
+                "--manifest-path",
             ])
+            .arg(workspace().join("tests/guests/mirror_v01/Cargo.toml"))
             .status()
             .expect("running cargo to build the WIT 0.1 guest");
         assert!(status.success(), "building mirror_v01 failed");
@@ -334,8 +336,12 @@ pub fn diff_rows(
     let key_of = |row: &Map<String, Json>| {
         key.iter()
             .map(|k| {
-                decimal_norm(&row.get(*k).map(|v| v.to_string()).unwrap_or_default())
-                    .unwrap_or_default()
+                let v = row.get(*k).map(|v| match v {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+                let v = v.unwrap_or_default();
+                decimal_norm(&v).unwrap_or(v)
             })
             .collect::<Vec<_>>()
             .join("|")

@@ -20,7 +20,9 @@ use serde_json::Value as Json;
 use crate::config::{
     ColumnHint, ColumnHints, DecimalEncoding, DecimalHandling, HintType, TableKeys,
 };
-use crate::model::{ChangeEvent, Column, ColumnType, Learned, Op, RawRecord, TableDesc, Value};
+use crate::model::{
+    ChangeEvent, Column, ColumnType, Learned, Op, RawRecord, SourceOrder, TableDesc, Value,
+};
 use schema::{Encoding, RowSchema};
 use temporal::TimeUnit;
 
@@ -181,7 +183,7 @@ impl Decoder {
 
         // A truncate concerns the whole table: no key. A delete without row
         // images (e.g. REPLICA IDENTITY NOTHING) takes its key from the Kafka key.
-        let key_only = op == Op::Delete && before.is_none() && after.is_none();
+        let mut key_only = op == Op::Delete && before.is_none() && after.is_none();
         let key_names = if op == Op::Truncate {
             Arc::new(Vec::new())
         } else {
@@ -214,12 +216,20 @@ impl Decoder {
             self.gather_text_evidence(&topic, [before, after]);
         }
         let ctx = |image: &str| format!("{} ({image})", rec.id.topic);
-        let before_vals = before
-            .map(|b| {
-                self.row_values(&topic, &layout, b)
-                    .map_err(|e| err(format!("{}: {e}", ctx("before"))))
-            })
-            .transpose()?;
+        let before_vals = match before.map(|b| self.row_values(&topic, &layout, b)) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            // A delete's `before` under PostgreSQL's default REPLICA IDENTITY
+            // is the key plus placeholders for NOT NULL columns, which need
+            // not be valid values (empty decimal bytes): the delete needs
+            // only its key, so take that from the Kafka key instead.
+            Some(Err(e)) if op == Op::Delete && after.is_none() && key_object(rec).is_some() => {
+                tracing::debug!(topic = %rec.id.topic, "a delete's `before` does not decode ({e}); using the Kafka key");
+                key_only = true;
+                None
+            }
+            Some(Err(e)) => return Err(err(format!("{}: {e}", ctx("before")))),
+        };
         let after_vals = after
             .map(|a| {
                 self.row_values(&topic, &layout, a)
@@ -296,6 +306,7 @@ impl Decoder {
             before: before_vals,
             after: after_vals,
             source_position: source.and_then(source_position),
+            source_order: source.and_then(source_order),
             commit_time_ms,
         }))
     }
@@ -595,6 +606,25 @@ fn source_position(source: &Json) -> Option<String> {
     let pos = source.get("pos").map(|p| p.to_string()).unwrap_or_default();
     let row = source.get("row").map(|p| p.to_string()).unwrap_or_default();
     Some(format!("binlog:{file}:{pos}:{row}"))
+}
+
+/// The comparable position of a change (see `SourceOrder`): PostgreSQL's
+/// `lsn`; MySQL-family binlog file number, `pos` and `row`. A GTID alone
+/// orders transactions only, not the rows in them: no order then.
+fn source_order(source: &Json) -> Option<SourceOrder> {
+    let num = |v: &Json| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    if let Some(lsn) = source.get("lsn").and_then(num) {
+        return Some(SourceOrder([lsn, 0, 0]));
+    }
+    let file = source.get("file").and_then(Json::as_str)?;
+    // `mysql-bin.000003`: the files of one server are numbered in order.
+    let index: u64 = file.rsplit('.').next()?.parse().ok()?;
+    let pos = source.get("pos").and_then(num)?;
+    let row = source.get("row").and_then(num).unwrap_or(0);
+    Some(SourceOrder([index, pos, row]))
 }
 
 /// A JSON integer that fits i64 (exact; serde_json keeps number text).

@@ -2,7 +2,11 @@
 //! changes, apart from where that state is stored (the sink commits it with
 //! the batch's rows and offsets) and from the plugins that declare them.
 
+pub mod accumulate;
+pub mod aggregate;
+pub mod codec;
 pub mod spec;
+pub mod window;
 
 use crate::model::Value;
 

@@ -2,12 +2,16 @@
 //! table, calling each once per batch, and isolating poison events after a
 //! trap by replaying the batch one event at a time on fresh instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::bindings::{ChangeOutcome, PluginInfo};
 use super::runtime::{Compiled, Instance};
-use crate::model::{ChangeEvent, RecordId, SinkWrite};
+use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, Value};
+use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
+use crate::operators::codec::Writer;
+use crate::operators::spec::Semantics;
+use crate::operators::Projection;
 
 /// A plugin ready to swap in: compiled, instantiated and described.
 pub struct LoadedPlugin {
@@ -17,6 +21,11 @@ pub struct LoadedPlugin {
     /// Content hash of the `.wasm`, to skip reloads of identical files.
     pub hash: String,
     instance: Instance,
+    /// The plugin's aggregations, in declaration order.
+    ops: Vec<Arc<AggregationOp>>,
+    /// Output tables per (aggregation, source table layout), typed from the
+    /// first projection of that layout.
+    outputs: HashMap<(usize, usize), (Arc<TableDesc>, Arc<SinkTable>)>,
 }
 
 impl LoadedPlugin {
@@ -32,11 +41,26 @@ impl LoadedPlugin {
         if info.tables.is_empty() {
             anyhow::bail!("describe() lists no tables: the plugin would never be called");
         }
+        let ops = info
+            .aggregations
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                Arc::new(AggregationOp {
+                    id: format!("{}/{}", info.name, spec.output),
+                    plugin: info.name.clone(),
+                    index: i as u32,
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
         Ok(LoadedPlugin {
             id: id.to_string(),
             info,
             hash,
             instance,
+            ops,
+            outputs: HashMap::new(),
         })
     }
 
@@ -64,6 +88,8 @@ pub struct EventOutcome {
     pub rejections: Vec<(String, String)>,
     /// No plugin handles this event's table.
     pub unrouted: bool,
+    /// What the event means to each aggregation that reads its table.
+    pub ops: Vec<OperatorInput>,
 }
 
 /// Plugins by id; processing order is the id order, so results are stable.
@@ -138,6 +164,9 @@ impl PluginSet {
             }
             let sub: Vec<(&ChangeEvent, &RecordId)> = mine.iter().map(|&i| events[i]).collect();
             let results = run_isolated(plugin, &sub);
+            if !plugin.ops.is_empty() {
+                project_all(plugin, &sub, &mine, &mut outcomes);
+            }
             for (&i, result) in mine.iter().zip(results) {
                 routed[i] = true;
                 match result {
@@ -190,6 +219,149 @@ fn run_isolated(
                             ));
                         }
                         Err(trap)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Encode a source row's identity: its topic and primary key.
+fn row_key(ev: &ChangeEvent) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str(&ev.table.topic);
+    w.values(&ev.key);
+    w.buf
+}
+
+/// Project the events for each of the plugin's aggregations (one `project`
+/// call per aggregation and source layout) and add the operator inputs to
+/// the outcomes; a row the plugin refuses, or that traps, is rejected.
+fn project_all(
+    plugin: &mut LoadedPlugin,
+    events: &[(&ChangeEvent, &RecordId)],
+    slots: &[usize],
+    outcomes: &mut [EventOutcome],
+) {
+    for (a, op) in plugin.ops.clone().iter().enumerate() {
+        // Rows to project, grouped by source layout, in batch order.
+        let mut layouts: Vec<(Arc<TableDesc>, Vec<usize>)> = Vec::new();
+        let mut inputs: Vec<Option<OperatorInput>> = vec![None; events.len()];
+        for (i, (ev, _)) in events.iter().enumerate() {
+            if !op.spec.reads(&ev.table.topic, &ev.table.name) {
+                continue;
+            }
+            let change = match (ev.op, &ev.after, op.spec.semantics) {
+                (Op::Truncate, _, _) => {
+                    outcomes[slots[i]].rejections.push((
+                        plugin.info.name.clone(),
+                        format!(
+                            "TRUNCATE of {} cannot be applied to aggregation `{}` yet; the aggregate keeps the table's rows",
+                            ev.table.topic, op.spec.output
+                        ),
+                    ));
+                    continue;
+                }
+                (Op::Delete, _, Semantics::Append) => continue,
+                (Op::Delete, _, Semantics::Changelog) => InputChange::Delete,
+                (_, Some(_), _) => {
+                    match layouts.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &ev.table)) {
+                        Some((_, rows)) => rows.push(i),
+                        None => layouts.push((ev.table.clone(), vec![i])),
+                    }
+                    InputChange::Row(None)
+                }
+                (_, None, _) => {
+                    outcomes[slots[i]].rejections.push((
+                        plugin.info.name.clone(),
+                        format!("{:?} event without an `after` row", ev.op),
+                    ));
+                    continue;
+                }
+            };
+            inputs[i] = Some(OperatorInput {
+                op: op.clone(),
+                output: Arc::new(SinkTable {
+                    name: op.spec.output.clone(),
+                    columns: Vec::new(),
+                    key: Vec::new(),
+                }),
+                row_key: row_key(ev),
+                order: ev.source_order,
+                change,
+                commit_time_ms: ev.commit_time_ms,
+            });
+        }
+        for (table, rows) in &layouts {
+            let images: Vec<&[Value]> = rows
+                .iter()
+                .map(|&i| events[i].0.after.as_deref().unwrap_or(&[]))
+                .collect();
+            let projected = project_isolated(plugin, a as u32, table, &images);
+            for (&i, result) in rows.iter().zip(projected) {
+                match result {
+                    Ok(p) => {
+                        if let Some(p) = &p {
+                            let key = (a, Arc::as_ptr(table) as usize);
+                            plugin.outputs.entry(key).or_insert_with(|| {
+                                let t = aggregate::output_table(&op.spec, table, Some(p));
+                                (table.clone(), Arc::new(t))
+                            });
+                        }
+                        if let Some(input) = &mut inputs[i] {
+                            input.change = InputChange::Row(p);
+                        }
+                    }
+                    Err(reason) => {
+                        inputs[i] = None;
+                        outcomes[slots[i]]
+                            .rejections
+                            .push((plugin.info.name.clone(), reason));
+                    }
+                }
+            }
+        }
+        for (i, input) in inputs.into_iter().enumerate() {
+            let Some(mut input) = input else { continue };
+            let table = &events[i].0.table;
+            let key = (a, Arc::as_ptr(table) as usize);
+            let (_, output) = plugin.outputs.entry(key).or_insert_with(|| {
+                let t = aggregate::output_table(&op.spec, table, None);
+                (table.clone(), Arc::new(t))
+            });
+            input.output = output.clone();
+            outcomes[slots[i]].ops.push(input);
+        }
+    }
+}
+
+/// `project` over rows; after a trap, row by row on fresh instances so only
+/// the poison row is rejected.
+fn project_isolated(
+    plugin: &mut LoadedPlugin,
+    aggregation: u32,
+    table: &TableDesc,
+    rows: &[&[Value]],
+) -> Vec<Result<Option<Projection>, String>> {
+    match plugin.instance.project(aggregation, table, rows) {
+        Ok(results) => results,
+        Err(trap) => {
+            tracing::warn!(plugin = %plugin.info.name, rows = rows.len(), "{trap}; projecting row by row to isolate the poison row");
+            rows.iter()
+                .map(|row| {
+                    if let Err(e) = plugin.rebuild() {
+                        return Err(format!(
+                            "{trap}; and the instance could not be rebuilt: {e:#}"
+                        ));
+                    }
+                    match plugin
+                        .instance
+                        .project(aggregation, table, std::slice::from_ref(row))
+                    {
+                        Ok(mut one) => one
+                            .pop()
+                            .unwrap_or_else(|| Err("plugin returned no projection".into())),
+                        Err(trap) => Err(trap),
                     }
                 })
                 .collect()

@@ -150,7 +150,25 @@ impl Dialect {
         power_of_two_at_most((MAX_PARAMS / columns.max(1)).clamp(1, MAX_ROWS))
     }
 
-    /// The bookkeeping tables: offsets, dead letters, decoder facts, column catalog.
+    /// `INSERT` that leaves an existing row alone.
+    pub fn insert_ignore(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "INSERT OR IGNORE",
+            Dialect::Postgres => "INSERT",
+            Dialect::MySql { .. } => "INSERT IGNORE",
+        }
+    }
+
+    /// What `insert_ignore` needs at the end of the statement.
+    pub fn insert_ignore_tail(self) -> &'static str {
+        match self {
+            Dialect::Postgres => " ON CONFLICT DO NOTHING",
+            _ => "",
+        }
+    }
+
+    /// The bookkeeping tables: offsets, dead letters, decoder facts, column
+    /// catalog, operator state.
     pub fn meta_ddl(self) -> &'static [&'static str] {
         match self {
             Dialect::Sqlite => SQLITE_META,
@@ -403,6 +421,11 @@ const SQLITE_META: &[&str] = &[
         reason TEXT NOT NULL, failed_at TEXT NOT NULL, published INTEGER NOT NULL DEFAULT 0)",
     TEXT_DECODER_STATE,
     TEXT_COLUMNS,
+    "CREATE TABLE IF NOT EXISTS sluice_state (
+        pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BLOB NOT NULL,
+        v BLOB NOT NULL, expires INTEGER, PRIMARY KEY (pipeline, operator, kind, k))",
+    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)",
+    "CREATE TABLE IF NOT EXISTS sluice_state_seq (pipeline TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)",
 ];
 
 const PG_META: &[&str] = &[
@@ -417,6 +440,11 @@ const PG_META: &[&str] = &[
         reason TEXT NOT NULL, failed_at TIMESTAMPTZ NOT NULL, published BOOLEAN NOT NULL DEFAULT FALSE)",
     TEXT_DECODER_STATE,
     TEXT_COLUMNS,
+    "CREATE TABLE IF NOT EXISTS sluice_state (
+        pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BYTEA NOT NULL,
+        v BYTEA NOT NULL, expires BIGINT, PRIMARY KEY (pipeline, operator, kind, k))",
+    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)",
+    "CREATE TABLE IF NOT EXISTS sluice_state_seq (pipeline TEXT NOT NULL PRIMARY KEY, seq BIGINT NOT NULL)",
 ];
 
 // Key parts sized so composite keys stay under InnoDB's 3072-byte limit.
@@ -440,6 +468,15 @@ const MYSQL_META: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_columns (
         table_name VARCHAR(190) NOT NULL, column_name VARCHAR(190) NOT NULL,
         logical_type VARCHAR(32) NOT NULL, PRIMARY KEY (table_name, column_name))
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS sluice_state (
+        pipeline VARCHAR(190) NOT NULL, operator VARCHAR(190) NOT NULL, kind VARCHAR(4) NOT NULL,
+        k VARBINARY(1024) NOT NULL, v LONGBLOB NOT NULL, expires BIGINT,
+        PRIMARY KEY (pipeline, operator, kind, k),
+        INDEX sluice_state_expiry (pipeline, operator, kind, expires))
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS sluice_state_seq (
+        pipeline VARCHAR(190) NOT NULL PRIMARY KEY, seq BIGINT NOT NULL)
         ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 

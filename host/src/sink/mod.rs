@@ -8,6 +8,7 @@ pub mod sql;
 use std::sync::Arc;
 
 use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
+use crate::operators::aggregate::OperatorInput;
 use crate::source::SourceSignal;
 
 /// The writes one source record produced.
@@ -17,6 +18,8 @@ pub struct EventWrites {
     /// Plugins that produced the writes (for a sink-stage dead letter).
     pub plugins: Option<String>,
     pub writes: Vec<SinkWrite>,
+    /// What the record means to aggregations (applied in the commit).
+    pub ops: Vec<OperatorInput>,
 }
 
 /// Everything one batch commits, in one transaction.
@@ -43,6 +46,11 @@ pub struct SinkReport {
     /// Records dropped because another consumer of the pipeline had
     /// committed them (a partition moved while the batch was in flight).
     pub stale: u64,
+    /// Events aggregations refused (dead-lettered with stage `aggregate`).
+    pub dlq_aggregate: u64,
+    /// Events aggregations skipped as re-deliveries (not newer than the
+    /// state holds for their row).
+    pub duplicates: u64,
     /// The next offsets now committed (never lower than before).
     pub offsets: Vec<(Arc<str>, i32, i64)>,
 }

@@ -26,6 +26,7 @@ mod ddl;
 mod offsets;
 mod outbox;
 mod rows;
+mod state;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct SqlSink {
     tables: HashMap<String, TableState>,
     sql: HashMap<Arc<SinkTable>, TableSql>,
     meta: MetaSql,
+    /// Aggregations' state, cached between commits.
+    states: state::OperatorStates,
 }
 
 /// Bookkeeping statements in this dialect.
@@ -201,6 +204,7 @@ impl SqlSink {
             tables: HashMap::new(),
             sql: HashMap::new(),
             meta: MetaSql::new(dialect),
+            states: state::OperatorStates::default(),
         })
     }
 
@@ -313,6 +317,7 @@ impl SqlSink {
                 // writing the same rows in different orders) or a lock wait
                 // that timed out: the database rolled the transaction back.
                 Err(e) if attempt < 5 && self.transient(&e) => {
+                    self.states.invalidate();
                     attempt += 1;
                     tracing::warn!(
                         attempt,
@@ -320,9 +325,21 @@ impl SqlSink {
                     );
                     tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
                 }
-                other => return other.map(|()| report),
+                Err(e) => {
+                    self.states.invalidate();
+                    return Err(e);
+                }
+                Ok(()) => {
+                    self.states.committed();
+                    return Ok(report);
+                }
             }
         }
+    }
+
+    /// (aggregation, state rows, bytes) cached by this sink.
+    pub fn state_sizes(&self) -> Vec<(String, usize, usize)> {
+        self.states.sizes()
     }
 
     /// Whether an error aborted only this transaction and a retry may pass.
@@ -352,6 +369,7 @@ impl SqlSink {
             sql,
             meta,
             pipeline,
+            states,
             ..
         } = self;
         let mut tx = conn.begin().await.context("BEGIN")?;
@@ -363,7 +381,7 @@ impl SqlSink {
                 Some(reason) => reject(dead, report, ev, reason),
             }
         }
-        match write_grouped(&mut tx, d, sql, events).await {
+        match write_grouped(&mut tx, d, sql, events.iter().flat_map(|ev| &ev.writes)).await {
             Ok(n) => report.writes += n,
             Err(e) if d.retry_event_by_event(&e) => {
                 tracing::debug!("a grouped write failed ({e}); writing the batch event by event");
@@ -392,7 +410,19 @@ impl SqlSink {
             Err(e) => return Err(anyhow::Error::new(e).context("writing to the sink")),
         }
 
-        for dl in dead.iter() {
+        // Aggregations last: they see exactly the events that commit.
+        let mut op_dead = Vec::new();
+        if events.iter().any(|ev| !ev.ops.is_empty()) {
+            let ops = states
+                .apply(&mut tx, d, pipeline, events, &mut op_dead)
+                .await?;
+            report.writes += write_grouped(&mut tx, d, sql, ops.outputs.iter())
+                .await
+                .context("writing aggregation results")?;
+            report.duplicates = ops.duplicates;
+            report.dlq_aggregate = op_dead.len() as u64;
+        }
+        for dl in dead.iter().chain(&op_dead) {
             sqlx::query(&meta.dlq)
                 .bind(pipeline.as_str())
                 .bind(&*dl.record.id.topic)
@@ -485,6 +515,9 @@ fn table_id(table: &Arc<SinkTable>) -> TableId {
 
 /// Why an event cannot be written, found without asking the database.
 fn precheck(d: Dialect, ev: &EventWrites, broken: &HashMap<TableId, String>) -> Option<String> {
+    if let Some(why) = ev.ops.iter().find_map(|i| broken.get(&table_id(&i.output))) {
+        return Some(why.clone());
+    }
     for w in &ev.writes {
         let table = w.table();
         if let Some(why) = broken.get(&table_id(table)) {
@@ -555,6 +588,7 @@ mod tests {
                 headers: Vec::new(),
             },
             plugins: None,
+            ops: Vec::new(),
             writes: vec![SinkWrite::Upsert {
                 table: t.clone(),
                 values: std::iter::once(id)

@@ -22,8 +22,8 @@ impl SqlSink {
         let mut broken = HashMap::new();
         let mut checked: HashSet<TableId> = HashSet::new();
         for ev in events {
-            for w in &ev.writes {
-                let table = w.table();
+            let outputs = ev.ops.iter().map(|i| &i.output);
+            for table in ev.writes.iter().map(|w| w.table()).chain(outputs) {
                 let ptr = table_id(table);
                 if !checked.insert(ptr) {
                     continue;

@@ -223,15 +223,15 @@ pub(super) fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
 /// name a run ends where the kind or the declaration changes (a column added
 /// mid-batch, a second plugin) or a key repeats, so every row sees its
 /// writes in batch order.
-pub(super) async fn write_grouped(
+pub(super) async fn write_grouped<'w>(
     conn: &mut AnyConnection,
     d: Dialect,
     cache: &mut HashMap<Arc<SinkTable>, TableSql>,
-    events: &[EventWrites],
+    writes: impl Iterator<Item = &'w SinkWrite>,
 ) -> Result<u64, sqlx::Error> {
     let mut order: Vec<Vec<&SinkWrite>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for w in events.iter().flat_map(|ev| &ev.writes) {
+    for w in writes {
         let i = *index.entry(w.table().name.as_str()).or_insert_with(|| {
             order.push(Vec::new());
             order.len() - 1

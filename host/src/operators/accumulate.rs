@@ -1,0 +1,634 @@
+//! Accumulators by class (as Materialize splits them): invertible ones
+//! (count, sum, avg) take signed deltas and keep no per-value state; min and
+//! max keep a multiset (value → count). Sums are exact: integers in i128,
+//! decimals as big integers with a scale, floats as big integers of 2^-1074
+//! units (every f64 is one exactly), so retracting what was added restores
+//! the sum bit for bit — no float drift.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use num_bigint::BigInt;
+use num_traits::{Signed, ToPrimitive};
+
+use super::codec::{CorruptState, Reader, Writer};
+use super::spec::{AggregateFn, MeasureSpec};
+use crate::decode::decimal;
+use crate::model::Value;
+
+/// An exact running sum.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sum {
+    /// Nothing (non-null) added yet.
+    Empty,
+    Int(i128),
+    /// Unscaled value and scale.
+    Decimal(BigInt, u32),
+    /// Units of 2^-1074.
+    Float(BigInt),
+}
+
+/// `text` as (unscaled, scale).
+fn parse_decimal(text: &str) -> Result<(BigInt, u32), String> {
+    let canonical =
+        decimal::canonical(text).ok_or_else(|| format!("`{text}` is not a decimal number"))?;
+    let (neg, body) = match canonical.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, canonical.as_str()),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let digits: BigInt = format!("{int}{frac}")
+        .parse()
+        .map_err(|_| format!("`{text}` is not a decimal number"))?;
+    Ok((if neg { -digits } else { digits }, frac.len() as u32))
+}
+
+fn rescale(v: &BigInt, from: u32, to: u32) -> BigInt {
+    v * BigInt::from(10u32).pow(to - from)
+}
+
+/// An f64 in units of 2^-1074, exactly.
+fn float_units(f: f64) -> Result<BigInt, String> {
+    if !f.is_finite() {
+        return Err(format!("{f} cannot be summed"));
+    }
+    let bits = f.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64;
+    let frac = bits & ((1u64 << 52) - 1);
+    let units = if exp == 0 {
+        BigInt::from(frac)
+    } else {
+        BigInt::from(frac | (1u64 << 52)) << (exp - 1) as usize
+    };
+    Ok(if f.is_sign_negative() { -units } else { units })
+}
+
+fn units_to_f64(u: &BigInt) -> f64 {
+    let bits = u.bits();
+    if bits <= 1000 {
+        let f = u.to_f64().unwrap_or(f64::NAN);
+        return f * 2f64.powi(-1074);
+    }
+    let shift = bits - 64;
+    let top = (u >> shift as usize).to_f64().unwrap_or(f64::NAN);
+    top * 2f64.powi(shift as i32 - 1074)
+}
+
+impl Sum {
+    /// Add `v` `weight` times.
+    fn add(&mut self, v: &Value, weight: i64) -> Result<(), String> {
+        let w = weight as i128;
+        match (&mut *self, v) {
+            (_, Value::Null) => {}
+            (Sum::Empty, Value::Int(i)) => *self = Sum::Int(*i as i128 * w),
+            (Sum::Int(s), Value::Int(i)) => {
+                *s = s
+                    .checked_add(*i as i128 * w)
+                    .ok_or("integer sum overflows 128 bits")?
+            }
+            (Sum::Empty, Value::Decimal(d)) => {
+                let (u, scale) = parse_decimal(d)?;
+                *self = Sum::Decimal(u * weight, scale);
+            }
+            (Sum::Decimal(s, scale), Value::Decimal(d)) => {
+                let (u, sc) = parse_decimal(d)?;
+                if sc > *scale {
+                    *s = rescale(s, *scale, sc);
+                    *scale = sc;
+                }
+                *s += rescale(&u, sc, *scale) * weight;
+            }
+            (Sum::Decimal(s, scale), Value::Int(i)) => {
+                *s += rescale(&BigInt::from(*i), 0, *scale) * weight
+            }
+            (Sum::Float(s), Value::Int(i)) => *s += float_units(*i as f64)? * weight,
+            (Sum::Int(s), Value::Decimal(d)) => {
+                let (u, sc) = parse_decimal(d)?;
+                let mut acc = rescale(&BigInt::from(*s), 0, sc);
+                acc += u * weight;
+                *self = Sum::Decimal(acc, sc);
+            }
+            (Sum::Empty, Value::Float(f)) => *self = Sum::Float(float_units(*f)? * weight),
+            (Sum::Float(s), Value::Float(f)) => *s += float_units(*f)? * weight,
+            (Sum::Int(s), Value::Float(f)) => {
+                *self = Sum::Float(float_units(*s as f64)? + float_units(*f)? * weight)
+            }
+            (_, other) => {
+                return Err(format!(
+                    "cannot sum {} values{}",
+                    other.natural_type().as_str(),
+                    match self {
+                        Sum::Empty => String::new(),
+                        Sum::Int(_) => " with integers".into(),
+                        Sum::Decimal(..) => " with decimals".into(),
+                        Sum::Float(_) => " with floats".into(),
+                    }
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Sum::Empty => Value::Null,
+            Sum::Int(i) => match i64::try_from(*i) {
+                Ok(v) => Value::Int(v),
+                Err(_) => Value::Decimal(i.to_string()),
+            },
+            Sum::Decimal(u, scale) => Value::Decimal(decimal::from_unscaled(u, *scale)),
+            Sum::Float(u) => Value::Float(units_to_f64(u)),
+        }
+    }
+
+    /// sum / n, or null when nothing was added.
+    fn average(&self, n: i64) -> Value {
+        if n == 0 {
+            return Value::Null;
+        }
+        match self {
+            Sum::Empty => Value::Null,
+            Sum::Int(i) => Value::Float(*i as f64 / n as f64),
+            Sum::Float(u) => Value::Float(units_to_f64(u) / n as f64),
+            Sum::Decimal(u, scale) => {
+                // Six more digits than the inputs, rounded half away from zero.
+                let out_scale = scale + 6;
+                let num = rescale(u, *scale, out_scale);
+                let n = BigInt::from(n);
+                let half = if num.is_negative() { -&n } else { n.clone() };
+                let q = (num * 2 + half) / (n * 2);
+                Value::Decimal(decimal::from_unscaled(&q, out_scale))
+            }
+        }
+    }
+
+    fn write(&self, w: &mut Writer) {
+        match self {
+            Sum::Empty => w.u8(0),
+            Sum::Int(i) => {
+                w.u8(1);
+                w.buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Sum::Decimal(u, scale) => {
+                w.u8(2);
+                w.bytes(&u.to_signed_bytes_le());
+                w.u32(*scale);
+            }
+            Sum::Float(u) => {
+                w.u8(3);
+                w.bytes(&u.to_signed_bytes_le());
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Sum, CorruptState> {
+        Ok(match r.u8()? {
+            0 => Sum::Empty,
+            1 => {
+                let lo = r.i64()? as u64 as u128;
+                let hi = r.i64()? as u64 as u128;
+                Sum::Int((lo | (hi << 64)) as i128)
+            }
+            2 => {
+                let u = BigInt::from_signed_bytes_le(r.bytes()?);
+                Sum::Decimal(u, r.u32()?)
+            }
+            3 => Sum::Float(BigInt::from_signed_bytes_le(r.bytes()?)),
+            _ => return Err(CorruptState("sum tag")),
+        })
+    }
+}
+
+/// A value ordered for min/max: numbers by value (decimals exactly), text
+/// by bytes, times by time; different kinds by kind.
+#[derive(Clone, Debug)]
+pub struct Ordered(pub Value);
+
+impl Ordered {
+    fn rank(&self) -> u8 {
+        match &self.0 {
+            Value::Null => 0,
+            Value::Boolean(_) => 1,
+            Value::Int(_) | Value::Decimal(_) | Value::Float(_) => 2,
+            Value::Text(_) => 3,
+            Value::Bytes(_) => 4,
+            Value::Timestamp(_) => 5,
+            Value::LocalTimestamp(_) => 6,
+            Value::Date(_) => 7,
+            Value::Time(_) => 8,
+            Value::Json(_) => 9,
+        }
+    }
+}
+
+fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => x.cmp(y),
+        (Value::Float(x), Value::Float(y)) => x.total_cmp(y),
+        (Value::Float(x), Value::Int(y)) => x.total_cmp(&(*y as f64)),
+        (Value::Int(x), Value::Float(y)) => (*x as f64).total_cmp(y),
+        _ => {
+            let exact = |v: &Value| match v {
+                Value::Int(i) => Some((BigInt::from(*i), 0)),
+                Value::Decimal(d) => parse_decimal(d).ok(),
+                _ => None,
+            };
+            match (exact(a), exact(b)) {
+                (Some((x, sx)), Some((y, sy))) => {
+                    let s = sx.max(sy);
+                    rescale(&x, sx, s).cmp(&rescale(&y, sy, s))
+                }
+                // A float beside a decimal: compare as floats.
+                _ => {
+                    let f = |v: &Value| match v {
+                        Value::Float(f) => *f,
+                        Value::Decimal(d) => d.parse().unwrap_or(f64::NAN),
+                        Value::Int(i) => *i as f64,
+                        _ => f64::NAN,
+                    };
+                    f(a).total_cmp(&f(b))
+                }
+            }
+        }
+    }
+}
+
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank()
+            .cmp(&other.rank())
+            .then_with(|| match (&self.0, &other.0) {
+                (Value::Boolean(a), Value::Boolean(b)) => a.cmp(b),
+                (Value::Text(a), Value::Text(b)) | (Value::Json(a), Value::Json(b)) => a.cmp(b),
+                (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+                (Value::Timestamp(a), Value::Timestamp(b))
+                | (Value::LocalTimestamp(a), Value::LocalTimestamp(b))
+                | (Value::Time(a), Value::Time(b)) => a.cmp(b),
+                (Value::Date(a), Value::Date(b)) => a.cmp(b),
+                (a, b) if self.rank() == 2 => cmp_numbers(a, b),
+                _ => Ordering::Equal,
+            })
+    }
+}
+
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ordered {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ordered {}
+
+/// One measure's state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Acc {
+    /// `count-rows`: the group's row count is the answer.
+    Rows,
+    /// Non-null values counted.
+    Count(i64),
+    /// Sum and how many non-null values it holds (avg divides by it).
+    Sum(Sum, i64),
+    /// The multiset of non-null values (min and max).
+    Multiset(BTreeMap<Ordered, i64>),
+}
+
+impl Acc {
+    pub fn new(f: AggregateFn) -> Acc {
+        match f {
+            AggregateFn::CountRows => Acc::Rows,
+            AggregateFn::Count => Acc::Count(0),
+            AggregateFn::Sum | AggregateFn::Avg => Acc::Sum(Sum::Empty, 0),
+            AggregateFn::Min | AggregateFn::Max => Acc::Multiset(BTreeMap::new()),
+            AggregateFn::Custom => Acc::Rows, // refused at load (spec::check)
+        }
+    }
+
+    /// Whether applying `v` `weight` times would be refused, and why.
+    fn check(&self, v: &Value, weight: i64) -> Result<(), String> {
+        match self {
+            Acc::Rows => Ok(()),
+            Acc::Count(n) => {
+                if *v != Value::Null && n + weight < 0 {
+                    Err("a retraction matches no counted value".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Acc::Sum(s, n) => {
+                if *v == Value::Null {
+                    return Ok(());
+                }
+                if n + weight < 0 {
+                    return Err("a retraction matches no summed value".into());
+                }
+                s.clone().add(v, weight)
+            }
+            Acc::Multiset(m) => {
+                if *v == Value::Null || weight > 0 {
+                    return Ok(());
+                }
+                let have = m.get(&Ordered(v.clone())).copied().unwrap_or(0);
+                if have + weight < 0 {
+                    Err(format!(
+                        "a retraction of {v:?} matches no value in the group"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Apply `v` `weight` times; `check` said it can.
+    fn apply(&mut self, v: &Value, weight: i64) {
+        if *v == Value::Null {
+            return;
+        }
+        match self {
+            Acc::Rows => {}
+            Acc::Count(n) => *n += weight,
+            Acc::Sum(s, n) => {
+                *n += weight;
+                if s.add(v, weight).is_err() {
+                    debug_assert!(false, "applied after a failed check");
+                }
+                if *n == 0 {
+                    *s = Sum::Empty;
+                }
+            }
+            Acc::Multiset(m) => {
+                let k = Ordered(v.clone());
+                let n = m.entry(k.clone()).or_insert(0);
+                *n += weight;
+                if *n == 0 {
+                    m.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Acc) {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::Sum(a, na), Acc::Sum(b, nb)) => {
+                // Re-add b's sum as one value: exact for every kind.
+                let v = b.value();
+                if *nb != 0 && a.add(&v, 1).is_ok() {
+                    *na += nb;
+                }
+            }
+            (Acc::Multiset(a), Acc::Multiset(b)) => {
+                for (k, n) in b {
+                    *a.entry(k.clone()).or_insert(0) += n;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&self, f: AggregateFn, rows: i64) -> Value {
+        match (self, f) {
+            (Acc::Rows, _) => Value::Int(rows),
+            (Acc::Count(n), _) => Value::Int(*n),
+            (Acc::Sum(s, _), AggregateFn::Sum) => s.value(),
+            (Acc::Sum(s, n), _) => s.average(*n),
+            (Acc::Multiset(m), AggregateFn::Min) => {
+                m.keys().next().map_or(Value::Null, |k| k.0.clone())
+            }
+            (Acc::Multiset(m), _) => m.keys().next_back().map_or(Value::Null, |k| k.0.clone()),
+        }
+    }
+
+    fn write(&self, w: &mut Writer) {
+        match self {
+            Acc::Rows => w.u8(0),
+            Acc::Count(n) => {
+                w.u8(1);
+                w.i64(*n)
+            }
+            Acc::Sum(s, n) => {
+                w.u8(2);
+                s.write(w);
+                w.i64(*n)
+            }
+            Acc::Multiset(m) => {
+                w.u8(3);
+                w.u32(m.len() as u32);
+                for (k, n) in m {
+                    w.value(&k.0);
+                    w.i64(*n);
+                }
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Acc, CorruptState> {
+        Ok(match r.u8()? {
+            0 => Acc::Rows,
+            1 => Acc::Count(r.i64()?),
+            2 => {
+                let s = Sum::read(r)?;
+                Acc::Sum(s, r.i64()?)
+            }
+            3 => {
+                let n = r.u32()?;
+                let mut m = BTreeMap::new();
+                for _ in 0..n {
+                    let v = r.value()?;
+                    m.insert(Ordered(v), r.i64()?);
+                }
+                Acc::Multiset(m)
+            }
+            _ => return Err(CorruptState("accumulator tag")),
+        })
+    }
+}
+
+/// A group's state: its row count and one accumulator per measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupAcc {
+    pub rows: i64,
+    pub measures: Vec<Acc>,
+}
+
+impl GroupAcc {
+    pub fn new(measures: &[MeasureSpec]) -> GroupAcc {
+        GroupAcc {
+            rows: 0,
+            measures: measures.iter().map(|m| Acc::new(m.function)).collect(),
+        }
+    }
+
+    /// Whether a row with `args` can be added (`weight` > 0) or retracted.
+    pub fn check(&self, args: &[Value], weight: i64) -> Result<(), String> {
+        if self.rows + weight < 0 {
+            return Err(
+                "a retraction matches no row of the group (lost input or corrupt state)".into(),
+            );
+        }
+        for (acc, v) in self.measures.iter().zip(args) {
+            acc.check(v, weight)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, args: &[Value], weight: i64) {
+        self.rows += weight;
+        for (acc, v) in self.measures.iter_mut().zip(args) {
+            acc.apply(v, weight);
+        }
+    }
+
+    pub fn merge(&mut self, other: &GroupAcc) {
+        self.rows += other.rows;
+        for (a, b) in self.measures.iter_mut().zip(&other.measures) {
+            a.merge(b);
+        }
+    }
+
+    /// The measure values, in declaration order.
+    pub fn finish(&self, measures: &[MeasureSpec]) -> Vec<Value> {
+        self.measures
+            .iter()
+            .zip(measures)
+            .map(|(a, m)| a.finish(m.function, self.rows))
+            .collect()
+    }
+
+    pub fn write(&self, w: &mut Writer) {
+        w.i64(self.rows);
+        w.u32(self.measures.len() as u32);
+        for m in &self.measures {
+            m.write(w);
+        }
+    }
+
+    pub fn read(r: &mut Reader<'_>) -> Result<GroupAcc, CorruptState> {
+        let rows = r.i64()?;
+        let n = r.u32()?;
+        let measures = (0..n).map(|_| Acc::read(r)).collect::<Result<_, _>>()?;
+        Ok(GroupAcc { rows, measures })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measures(fs: &[AggregateFn]) -> Vec<MeasureSpec> {
+        fs.iter()
+            .map(|&function| MeasureSpec {
+                name: format!("{function:?}"),
+                function,
+                column: None,
+                output_type: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decimal_sums_are_exact_and_retractions_restore_them() {
+        let ms = measures(&[AggregateFn::CountRows, AggregateFn::Sum, AggregateFn::Avg]);
+        let mut g = GroupAcc::new(&ms);
+        for d in ["0.10", "0.20", "1234567890123456789012345.5"] {
+            let v = Value::Decimal(d.into());
+            g.check(&[Value::Null, v.clone(), v.clone()], 1).unwrap();
+            g.apply(&[Value::Null, v.clone(), v], 1);
+        }
+        let out = g.finish(&ms);
+        assert_eq!(out[0], Value::Int(3));
+        assert_eq!(
+            out[1],
+            Value::Decimal("1234567890123456789012345.80".into())
+        );
+        let big = Value::Decimal("1234567890123456789012345.5".into());
+        g.apply(&[Value::Null, big.clone(), big], -1);
+        assert_eq!(g.finish(&ms)[1], Value::Decimal("0.30".into()));
+        assert_eq!(g.finish(&ms)[2], Value::Decimal("0.15000000".into()));
+    }
+
+    #[test]
+    fn float_sums_do_not_drift_under_retraction() {
+        let ms = measures(&[AggregateFn::Sum]);
+        let mut g = GroupAcc::new(&ms);
+        g.apply(&[Value::Float(0.1)], 1);
+        for _ in 0..1000 {
+            g.apply(&[Value::Float(1e16)], 1);
+            g.apply(&[Value::Float(0.3)], 1);
+            g.apply(&[Value::Float(1e16)], -1);
+            g.apply(&[Value::Float(0.3)], -1);
+        }
+        assert_eq!(g.finish(&ms)[0], Value::Float(0.1));
+    }
+
+    #[test]
+    fn min_and_max_follow_deletes_and_nulls_do_not_count() {
+        let ms = measures(&[AggregateFn::Min, AggregateFn::Max, AggregateFn::Count]);
+        let mut g = GroupAcc::new(&ms);
+        let row = |d: &str| {
+            let v = Value::Decimal(d.into());
+            [v.clone(), v.clone(), v]
+        };
+        for d in ["9.5", "10.25", "-3"] {
+            g.apply(&row(d), 1);
+        }
+        g.apply(&[Value::Null, Value::Null, Value::Null], 1);
+        assert_eq!(
+            g.finish(&ms),
+            vec![
+                Value::Decimal("-3".into()),
+                Value::Decimal("10.25".into()),
+                Value::Int(3)
+            ]
+        );
+        g.apply(&row("-3"), -1);
+        g.apply(&row("10.25"), -1);
+        assert_eq!(
+            g.finish(&ms)[..2],
+            [Value::Decimal("9.5".into()), Value::Decimal("9.5".into())]
+        );
+        assert!(
+            g.check(&row("77"), -1).is_err(),
+            "retracting a value never added"
+        );
+        g.apply(&row("9.5"), -1);
+        assert_eq!(g.finish(&ms), vec![Value::Null, Value::Null, Value::Int(0)]);
+    }
+
+    #[test]
+    fn a_group_never_counts_below_zero() {
+        let ms = measures(&[AggregateFn::CountRows]);
+        let g = GroupAcc::new(&ms);
+        let e = g.check(&[Value::Null], -1).unwrap_err();
+        assert!(e.contains("matches no row"), "{e}");
+    }
+
+    #[test]
+    fn state_reads_back_as_written() {
+        let ms = measures(&[
+            AggregateFn::Sum,
+            AggregateFn::Max,
+            AggregateFn::Sum,
+            AggregateFn::Sum,
+        ]);
+        let mut g = GroupAcc::new(&ms);
+        g.apply(
+            &[
+                Value::Decimal("1.5".into()),
+                Value::Text("b".into()),
+                Value::Int(i64::MAX),
+                Value::Float(-2.5),
+            ],
+            2,
+        );
+        let mut w = Writer::default();
+        g.write(&mut w);
+        assert_eq!(GroupAcc::read(&mut Reader::new(&w.buf)).unwrap(), g);
+    }
+}

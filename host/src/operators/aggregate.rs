@@ -1,0 +1,667 @@
+//! The aggregation operator: keeps each source row's last contribution
+//! (normalisation and dedup, DESIGN §3a), retracts it when the row changes
+//! or goes away, adds the new one to the windows of its event time, and
+//! answers with the group rows to upsert or delete and the state to write.
+//!
+//! It runs inside the sink's commit (`sink/sql/state.rs` loads what it needs
+//! and writes what it changed, with the batch's rows and offsets), so the
+//! database is the truth: whichever host of the pipeline committed last,
+//! the next commit reads its state.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::accumulate::GroupAcc;
+use super::codec::{self, CorruptState, Reader, Writer};
+use super::spec::{AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, Semantics, WindowSpec};
+use super::window::{windows_of, Window};
+use super::Projection;
+use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
+
+/// An aggregation as the pipeline runs it.
+#[derive(Debug)]
+pub struct AggregationOp {
+    /// State is kept under this id: `<plugin name>/<output table>`.
+    pub id: String,
+    pub plugin: String,
+    /// Index in the plugin's declaration (for `project`).
+    pub index: u32,
+    pub spec: AggregationSpec,
+}
+
+/// What a change means to an aggregation.
+#[derive(Clone, Debug)]
+pub enum InputChange {
+    /// The row's new image projected (`None`: the plugin filtered it out).
+    Row(Option<Projection>),
+    /// The row is gone.
+    Delete,
+}
+
+/// One change for one aggregation, as the processor prepared it.
+#[derive(Clone, Debug)]
+pub struct OperatorInput {
+    pub op: Arc<AggregationOp>,
+    /// The sink table the group rows go to (types from the source table).
+    pub output: Arc<SinkTable>,
+    /// Identifies the source row: topic and primary key.
+    pub row_key: Vec<u8>,
+    pub order: Option<SourceOrder>,
+    pub change: InputChange,
+    pub commit_time_ms: Option<i64>,
+}
+
+/// State kinds in `sluice_state`.
+pub mod kind {
+    /// A source row's last position and contribution.
+    pub const ROW: &str = "r";
+    /// A window's group state.
+    pub const GROUP: &str = "g";
+}
+
+/// What a row currently contributes: its group, event time and arguments.
+#[derive(Clone, Debug, PartialEq)]
+struct Contribution {
+    group: Vec<Value>,
+    /// Typed event time (window bounds take its type); `None` without windows.
+    time: Option<Value>,
+    args: Vec<Value>,
+}
+
+/// A source row as the aggregation last saw it.
+#[derive(Clone, Debug, PartialEq)]
+struct RowState {
+    order: Option<SourceOrder>,
+    contribution: Option<Contribution>,
+}
+
+impl RowState {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(codec::VERSION);
+        match self.order {
+            Some(SourceOrder([a, b, c])) => {
+                w.u8(1);
+                w.i64(a as i64);
+                w.i64(b as i64);
+                w.i64(c as i64);
+            }
+            None => w.u8(0),
+        }
+        match &self.contribution {
+            Some(c) => {
+                w.u8(1);
+                w.values(&c.group);
+                match &c.time {
+                    Some(t) => {
+                        w.u8(1);
+                        w.value(t)
+                    }
+                    None => w.u8(0),
+                }
+                w.values(&c.args);
+            }
+            None => w.u8(0),
+        }
+        w.buf
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RowState, CorruptState> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != codec::VERSION {
+            return Err(CorruptState("row state version"));
+        }
+        let order = match r.u8()? {
+            0 => None,
+            _ => Some(SourceOrder([
+                r.i64()? as u64,
+                r.i64()? as u64,
+                r.i64()? as u64,
+            ])),
+        };
+        let contribution = match r.u8()? {
+            0 => None,
+            _ => {
+                let group = r.values()?;
+                let time = match r.u8()? {
+                    0 => None,
+                    _ => Some(r.value()?),
+                };
+                Some(Contribution {
+                    group,
+                    time,
+                    args: r.values()?,
+                })
+            }
+        };
+        Ok(RowState {
+            order,
+            contribution,
+        })
+    }
+}
+
+/// A window of a group: its bounds (typed for the output) and accumulators.
+#[derive(Clone, Debug, PartialEq)]
+struct GroupState {
+    group: Vec<Value>,
+    window: Window,
+    bounds: Option<(Value, Value)>,
+    acc: GroupAcc,
+}
+
+impl GroupState {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(codec::VERSION);
+        w.values(&self.group);
+        w.i64(self.window.0);
+        w.i64(self.window.1);
+        match &self.bounds {
+            Some((s, e)) => {
+                w.u8(1);
+                w.value(s);
+                w.value(e);
+            }
+            None => w.u8(0),
+        }
+        self.acc.write(&mut w);
+        w.buf
+    }
+
+    fn decode(bytes: &[u8]) -> Result<GroupState, CorruptState> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != codec::VERSION {
+            return Err(CorruptState("group state version"));
+        }
+        let group = r.values()?;
+        let window = (r.i64()?, r.i64()?);
+        let bounds = match r.u8()? {
+            0 => None,
+            _ => Some((r.value()?, r.value()?)),
+        };
+        let acc = GroupAcc::read(&mut r)?;
+        Ok(GroupState {
+            group,
+            window,
+            bounds,
+            acc,
+        })
+    }
+}
+
+/// A state row to write: `value` `None` deletes it. `expires` is the time
+/// after which the watermark may close it (windowed groups).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateWrite {
+    pub kind: &'static str,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub expires: Option<i64>,
+}
+
+/// What applying a batch's inputs produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Group rows for the sink, in order.
+    pub outputs: Vec<SinkWrite>,
+    pub state: Vec<StateWrite>,
+    /// (input index, reason) of inputs that change nothing and go to the DLQ.
+    pub rejected: Vec<(usize, String)>,
+    /// Re-deliveries: not newer than what the state holds for their row.
+    pub duplicates: u64,
+}
+
+/// µs of an event time value, or why it cannot be one.
+fn micros(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Timestamp(t) | Value::LocalTimestamp(t) => Ok(*t),
+        Value::Date(d) => Ok(*d as i64 * 86_400_000_000),
+        Value::Null => Err("the event time is null".into()),
+        other => Err(format!(
+            "the event time must be a timestamp, local-timestamp or date, not {}",
+            other.natural_type().as_str()
+        )),
+    }
+}
+
+/// Window bounds typed like the event time: dates stay dates when the
+/// bounds fall on midnight, else become zone-less timestamps.
+fn bound(like: &Value, t: i64) -> Value {
+    const DAY: i64 = 86_400_000_000;
+    match like {
+        Value::Timestamp(_) => Value::Timestamp(t),
+        Value::Date(_) if t % DAY == 0 => Value::Date((t / DAY) as i32),
+        _ => Value::LocalTimestamp(t),
+    }
+}
+
+/// One aggregation's state as the sink holds it between commits: what was
+/// loaded from (or written to) the database, by key; `None` = known absent.
+pub struct AggregateState {
+    spec: AggregationSpec,
+    rows: HashMap<Vec<u8>, Option<RowState>>,
+    groups: HashMap<Vec<u8>, Option<GroupState>>,
+}
+
+impl AggregateState {
+    pub fn new(spec: AggregationSpec) -> Self {
+        AggregateState {
+            spec,
+            rows: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Forget everything loaded (another host may have changed the state).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.groups.clear();
+    }
+
+    /// (state rows, encoded bytes) held in memory, for the summary.
+    pub fn size(&self) -> (usize, usize) {
+        let rows = self.rows.values().flatten().count() + self.groups.values().flatten().count();
+        let bytes = self
+            .rows
+            .values()
+            .flatten()
+            .map(|r| r.encode().len())
+            .sum::<usize>()
+            + self
+                .groups
+                .values()
+                .flatten()
+                .map(|g| g.encode().len())
+                .sum::<usize>();
+        (rows, bytes)
+    }
+
+    /// Row keys the inputs need that are not loaded.
+    pub fn missing_rows<'a>(
+        &self,
+        inputs: impl Iterator<Item = &'a OperatorInput>,
+    ) -> Vec<Vec<u8>> {
+        let mut out: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for i in inputs {
+            if !self.rows.contains_key(&i.row_key) {
+                out.insert(i.row_key.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Store loaded source rows (`None`: not in the database).
+    pub fn load_rows(&mut self, rows: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), CorruptState> {
+        for (k, v) in rows {
+            let state = v.map(|b| RowState::decode(&b)).transpose()?;
+            self.rows.insert(k, state);
+        }
+        Ok(())
+    }
+
+    /// The windows a contribution counts in.
+    fn windows(&self, c: &Contribution) -> Result<Vec<Window>, String> {
+        match &c.time {
+            None => Ok(vec![(i64::MIN, i64::MAX)]),
+            Some(t) => Ok(windows_of(&self.spec.window, micros(t)?)),
+        }
+    }
+
+    fn group_key(c: &Contribution, w: Window) -> Vec<u8> {
+        let mut k = Writer::default();
+        k.i64(w.0);
+        k.i64(w.1);
+        k.values(&c.group);
+        k.buf
+    }
+
+    /// The contribution an input brings (or why it cannot count).
+    fn contribution(&self, input: &OperatorInput) -> Result<Option<Contribution>, String> {
+        let p = match &input.change {
+            InputChange::Row(Some(p)) => p,
+            InputChange::Row(None) | InputChange::Delete => return Ok(None),
+        };
+        if p.args.len() != self.spec.measures.len() {
+            return Err(format!(
+                "the projection has {} arguments for {} measures",
+                p.args.len(),
+                self.spec.measures.len()
+            ));
+        }
+        if p.group.len() != self.spec.group_by.len() {
+            return Err(format!(
+                "the projection has {} group values for {} group columns",
+                p.group.len(),
+                self.spec.group_by.len()
+            ));
+        }
+        if let Some(i) = p.group.iter().position(|v| *v == Value::Null) {
+            return Err(format!(
+                "group column `{}` is null: a sink key cannot hold null",
+                self.spec.group_by[i]
+            ));
+        }
+        let time = match (&self.spec.event_time, &self.spec.window) {
+            (_, WindowSpec::Global) => None,
+            (EventTimeSpec::CommitTime, _) => match input.commit_time_ms {
+                Some(ms) => Some(Value::Timestamp(ms * 1000)),
+                None => return Err("the event has no commit time (source.ts_ms)".into()),
+            },
+            (EventTimeSpec::Column(c), _) => {
+                let t = p
+                    .event_time
+                    .clone()
+                    .ok_or_else(|| format!("the projection gave no event time (column `{c}`)"))?;
+                micros(&t)?;
+                Some(t)
+            }
+        };
+        Ok(Some(Contribution {
+            group: p.group.clone(),
+            time,
+            args: p.args.clone(),
+        }))
+    }
+
+    /// Group keys the inputs touch that are not loaded. Call after the rows
+    /// are loaded.
+    pub fn missing_groups<'a>(
+        &self,
+        inputs: impl Iterator<Item = &'a OperatorInput>,
+    ) -> Vec<Vec<u8>> {
+        let mut out: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut want = |c: &Contribution| {
+            for w in self.windows(c).unwrap_or_default() {
+                let k = Self::group_key(c, w);
+                if !self.groups.contains_key(&k) {
+                    out.insert(k);
+                }
+            }
+        };
+        for i in inputs {
+            if let Some(Some(RowState {
+                contribution: Some(old),
+                ..
+            })) = self.rows.get(&i.row_key)
+            {
+                want(old);
+            }
+            if let Ok(Some(new)) = self.contribution(i) {
+                want(&new);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Store loaded groups (`None`: not in the database).
+    pub fn load_groups(
+        &mut self,
+        groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), CorruptState> {
+        for (k, v) in groups {
+            let state = v.map(|b| GroupState::decode(&b)).transpose()?;
+            self.groups.insert(k, state);
+        }
+        Ok(())
+    }
+
+    /// Apply the inputs in order. Rows and groups they need must be loaded.
+    pub fn apply(&mut self, inputs: &[&OperatorInput]) -> Applied {
+        let mut applied = Applied::default();
+        let mut dirty_rows: Vec<Vec<u8>> = Vec::new();
+        let mut dirty_groups: Vec<Vec<u8>> = Vec::new();
+        let mut output_table: Option<Arc<SinkTable>> = None;
+        for (idx, input) in inputs.iter().enumerate() {
+            output_table = Some(input.output.clone());
+            let stored = self.rows.get(&input.row_key).cloned().flatten();
+            if let (
+                Some(new),
+                Some(RowState {
+                    order: Some(old), ..
+                }),
+            ) = (input.order, &stored)
+            {
+                if new <= *old {
+                    applied.duplicates += 1;
+                    continue;
+                }
+            }
+            let new = match self.contribution(input) {
+                Ok(c) => c,
+                Err(reason) => {
+                    applied.rejected.push((idx, reason));
+                    continue;
+                }
+            };
+            let old = match self.spec.semantics {
+                Semantics::Changelog => stored.as_ref().and_then(|s| s.contribution.clone()),
+                // Append: every event counts once; nothing is retracted.
+                Semantics::Append => None,
+            };
+            match self.move_contribution(old.as_ref(), new.as_ref()) {
+                Ok(touched) => dirty_groups.extend(touched),
+                Err(reason) => {
+                    applied.rejected.push((idx, reason));
+                    continue;
+                }
+            }
+            self.rows.insert(
+                input.row_key.clone(),
+                Some(RowState {
+                    order: input.order,
+                    contribution: match self.spec.semantics {
+                        Semantics::Changelog => new,
+                        Semantics::Append => None,
+                    },
+                }),
+            );
+            dirty_rows.push(input.row_key.clone());
+        }
+        let mut seen = BTreeSet::new();
+        for k in dirty_rows {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let value = self.rows.get(&k).cloned().flatten().map(|r| r.encode());
+            applied.state.push(StateWrite {
+                kind: kind::ROW,
+                key: k,
+                value,
+                expires: None,
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for k in dirty_groups {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let group = self.groups.get(&k).cloned().flatten();
+            let (value, expires) = match &group {
+                Some(g) if g.acc.rows > 0 => (Some(g.encode()), None),
+                _ => (None, None),
+            };
+            if value.is_none() {
+                self.groups.insert(k.clone(), None);
+            }
+            applied.state.push(StateWrite {
+                kind: kind::GROUP,
+                key: k,
+                value,
+                expires,
+            });
+            if let (Some(table), Some(g)) = (&output_table, group) {
+                if self.spec.emit == EmitMode::Update {
+                    applied.outputs.push(self.output_row(table, &g));
+                }
+            }
+        }
+        let _ = LatePolicy::Apply;
+        applied
+    }
+
+    /// Retract `old` and add `new`, checking first so that a refused change
+    /// leaves every group as it was. Returns the groups touched.
+    fn move_contribution(
+        &mut self,
+        old: Option<&Contribution>,
+        new: Option<&Contribution>,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut steps: Vec<(Vec<u8>, &Contribution, Window, i64)> = Vec::new();
+        if let Some(c) = old {
+            for w in self.windows(c)? {
+                steps.push((Self::group_key(c, w), c, w, -1));
+            }
+        }
+        if let Some(c) = new {
+            for w in self.windows(c)? {
+                steps.push((Self::group_key(c, w), c, w, 1));
+            }
+        }
+        // Check against the groups as they would be step by step.
+        let mut scratch: HashMap<&[u8], GroupAcc> = HashMap::new();
+        for (k, c, _, weight) in &steps {
+            let acc = scratch.entry(k.as_slice()).or_insert_with(|| {
+                self.groups
+                    .get(k)
+                    .cloned()
+                    .flatten()
+                    .map(|g| g.acc)
+                    .unwrap_or_else(|| GroupAcc::new(&self.spec.measures))
+            });
+            acc.check(&c.args, *weight)?;
+            acc.apply(&c.args, *weight);
+        }
+        let mut touched = Vec::with_capacity(steps.len());
+        for (k, c, w, weight) in steps {
+            let entry = self.groups.entry(k.clone()).or_insert(None);
+            let g = entry.get_or_insert_with(|| GroupState {
+                group: c.group.clone(),
+                window: w,
+                bounds: c.time.as_ref().map(|t| (bound(t, w.0), bound(t, w.1))),
+                acc: GroupAcc::new(&self.spec.measures),
+            });
+            g.acc.apply(&c.args, weight);
+            touched.push(k);
+        }
+        Ok(touched)
+    }
+
+    /// The sink write for a group: its row, or a delete when it is empty.
+    fn output_row(&self, table: &Arc<SinkTable>, g: &GroupState) -> SinkWrite {
+        let windowed = self.spec.window != WindowSpec::Global;
+        let mut key = Vec::new();
+        if windowed {
+            if let Some((s, _)) = &g.bounds {
+                key.push(s.clone());
+            }
+        }
+        key.extend(g.group.iter().cloned());
+        if g.acc.rows <= 0 {
+            return SinkWrite::Delete {
+                table: table.clone(),
+                key,
+            };
+        }
+        let mut values = Vec::with_capacity(table.columns.len());
+        if windowed {
+            if let Some((s, e)) = &g.bounds {
+                values.push(s.clone());
+                values.push(e.clone());
+            }
+        }
+        values.extend(g.group.iter().cloned());
+        values.extend(g.acc.finish(&self.spec.measures));
+        SinkWrite::Upsert {
+            table: table.clone(),
+            values,
+        }
+    }
+}
+
+/// The sink table of an aggregation: window bounds (typed like the event
+/// time), group columns, measures; key (window start, group columns).
+/// Types come from the source table's columns where the declaration names
+/// them, else from the projected values.
+pub fn output_table(
+    spec: &AggregationSpec,
+    source: &crate::model::TableDesc,
+    p: Option<&Projection>,
+) -> SinkTable {
+    use super::spec::AggregateFn;
+    use crate::model::{Column, ColumnType, DecimalParams};
+    const DAY: i64 = 86_400_000_000;
+    let source_column = |name: &str| source.columns.iter().find(|c| c.name == name);
+    let typed = |name: Option<&str>, v: Option<&Value>| -> (ColumnType, Option<DecimalParams>) {
+        match name.and_then(source_column) {
+            Some(c) => (c.ty, c.decimal),
+            None => (v.map_or(ColumnType::Unknown, Value::natural_type), None),
+        }
+    };
+    let col = |name: &str, ty: ColumnType, decimal: Option<DecimalParams>, nullable: bool| Column {
+        name: name.to_string(),
+        ty,
+        nullable,
+        decimal,
+    };
+    let mut columns = Vec::new();
+    let mut key = Vec::new();
+    if spec.window != WindowSpec::Global {
+        let ty = match &spec.event_time {
+            EventTimeSpec::CommitTime => ColumnType::Timestamp,
+            EventTimeSpec::Column(c) => {
+                let (ty, _) = typed(Some(c), p.and_then(|p| p.event_time.as_ref()));
+                let whole_days = match spec.window {
+                    WindowSpec::Tumbling { size, offset } => size % DAY == 0 && offset % DAY == 0,
+                    WindowSpec::Hopping {
+                        size,
+                        slide,
+                        offset,
+                    } => size % DAY == 0 && slide % DAY == 0 && offset % DAY == 0,
+                    _ => false,
+                };
+                match ty {
+                    ColumnType::Date if whole_days => ColumnType::Date,
+                    ColumnType::Date => ColumnType::LocalTimestamp,
+                    other => other,
+                }
+            }
+        };
+        key.push(0);
+        columns.push(col(&spec.window_columns.0, ty, None, false));
+        columns.push(col(&spec.window_columns.1, ty, None, false));
+    }
+    for (i, g) in spec.group_by.iter().enumerate() {
+        let (ty, decimal) = typed(Some(g), p.and_then(|p| p.group.get(i)));
+        key.push(columns.len() as u32);
+        columns.push(col(g, ty, decimal, false));
+    }
+    for (i, m) in spec.measures.iter().enumerate() {
+        let (arg_ty, arg_dec) = typed(m.column.as_deref(), p.and_then(|p| p.args.get(i)));
+        let unbounded = |d: Option<DecimalParams>, extra: u32| {
+            Some(DecimalParams {
+                precision: None,
+                scale: d.and_then(|d| d.scale).map(|s| s + extra),
+            })
+        };
+        let (ty, decimal, nullable) = match m.function {
+            AggregateFn::CountRows | AggregateFn::Count => (ColumnType::Int, None, false),
+            AggregateFn::Sum => match arg_ty {
+                ColumnType::Decimal => (ColumnType::Decimal, unbounded(arg_dec, 0), true),
+                other => (other, None, true),
+            },
+            AggregateFn::Avg => match arg_ty {
+                ColumnType::Decimal => (ColumnType::Decimal, unbounded(arg_dec, 6), true),
+                _ => (ColumnType::Float, None, true),
+            },
+            AggregateFn::Min | AggregateFn::Max => (arg_ty, arg_dec, true),
+            AggregateFn::Custom => (m.output_type.unwrap_or(ColumnType::Unknown), None, true),
+        };
+        columns.push(col(&m.name, ty, decimal, nullable));
+    }
+    SinkTable {
+        name: spec.output.clone(),
+        columns,
+        key,
+    }
+}
