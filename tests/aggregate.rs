@@ -136,30 +136,79 @@ fn weekly_rows(orders: &[Json]) -> Vec<Json> {
         .collect()
 }
 
+/// Sessions per customer: orders less than two days apart share one.
+fn session_rows(orders: &[Json]) -> Vec<Json> {
+    let mut by_customer: BTreeMap<i64, Vec<(NaiveDateTime, Option<i128>)>> = BTreeMap::new();
+    for o in orders {
+        by_customer
+            .entry(o["customer_id"].as_i64().unwrap())
+            .or_default()
+            .push((
+                local(o["placed_at"].as_str().unwrap()),
+                micros(&o["amount"]),
+            ));
+    }
+    let gap = Duration::days(2);
+    let mut out = Vec::new();
+    for (customer, mut placed) in by_customer {
+        placed.sort();
+        let mut i = 0;
+        while i < placed.len() {
+            let mut j = i;
+            while j + 1 < placed.len() && placed[j + 1].0 - placed[j].0 < gap {
+                j += 1;
+            }
+            let run = &placed[i..=j];
+            let sum: Option<i128> = run.iter().filter_map(|r| r.1).reduce(|a, b| a + b);
+            out.push(
+                json!({"customer_id": customer, "session_start": text(run[0].0),
+                "session_end": text(run[run.len() - 1].0 + gap), "orders": run.len(),
+                "amount_sum": sum.map(decimal)}),
+            );
+            i = j + 1;
+        }
+    }
+    out
+}
+
 /// Run `orders_by_customer` alone over `stream` and compare its tables with
-/// the GROUP BYs of `orders`.
+/// the GROUP BYs of `orders`: once in batches as large as the stream, once
+/// in batches of 3 records (so groups, windows and sessions change across
+/// commits, through the state in the sink). Returns the summaries.
 fn assert_orders_by_customer(stream: &Path, orders: &[Json]) -> String {
-    let s = Scratch::new(&[("orders_by_customer", "orders_by_customer")]);
-    let out = s.run(stream, &[]);
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    let dlq = query(&s.db(), "SELECT stage, reason FROM sluice_dlq");
-    let summary = format!("{summary}\ndead letters: {dlq:?}");
-    let daily = diff_table(
-        &s.db(),
-        "orders_by_customer_daily",
-        &daily_rows(orders),
-        &["window_start", "customer_id"],
-    );
-    assert!(daily.is_empty(), "{daily:#?}\n{summary}");
-    let weekly = diff_table(
-        &s.db(),
-        "orders_by_customer_7d",
-        &weekly_rows(orders),
-        &["window_start", "customer_id"],
-    );
-    assert!(weekly.is_empty(), "{weekly:#?}\n{summary}");
-    assert!(dlq.is_empty(), "{dlq:?}");
-    summary
+    let mut summaries = String::new();
+    for batch in ["10000", "3"] {
+        let s = Scratch::new(&[("orders_by_customer", "orders_by_customer")]);
+        let out = s.run(stream, &["--max-batch", batch]);
+        let dlq = query(&s.db(), "SELECT stage, reason FROM sluice_dlq");
+        let summary = format!(
+            "batches of {batch}:\n{}\ndead letters: {dlq:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for (table, rows, key) in [
+            (
+                "orders_by_customer_daily",
+                daily_rows(orders),
+                &["window_start", "customer_id"],
+            ),
+            (
+                "orders_by_customer_7d",
+                weekly_rows(orders),
+                &["window_start", "customer_id"],
+            ),
+            (
+                "orders_sessions",
+                session_rows(orders),
+                &["customer_id", "session_start"],
+            ),
+        ] {
+            let d = diff_table(&s.db(), table, &rows, key);
+            assert!(d.is_empty(), "{d:#?}\n{summary}");
+        }
+        assert!(dlq.is_empty(), "{summary}");
+        summaries.push_str(&summary);
+    }
+    summaries
 }
 
 #[test]
@@ -248,56 +297,84 @@ fn a_re_delivered_stretch_of_events_changes_nothing() {
     );
 }
 
+/// Appends orders events to the fixture, as Debezium would send them.
+struct Orders {
+    stream: Vec<Json>,
+    template: Json,
+    next_offset: i64,
+}
+
+impl Orders {
+    fn from_fixture() -> Orders {
+        let stream = lines(&fixture("pg_events.schemas.jsonl"));
+        // The last orders event is a template with its schema.
+        let template = stream
+            .iter()
+            .rev()
+            .find(|l| is_orders(l) && !l["payload"].is_null())
+            .cloned()
+            .unwrap();
+        let next_offset = stream.iter().filter(|l| is_orders(l)).count() as i64;
+        Orders {
+            stream,
+            template,
+            next_offset,
+        }
+    }
+
+    /// The image of an order as `pg_expected.json` writes it.
+    fn image(o: &Json) -> Json {
+        use base64::Engine as _;
+        let cents = micros(&o["amount"]).map(|m| (m / 10_000) as i64);
+        let amount = cents.map(|c| base64::engine::general_purpose::STANDARD.encode(num_bytes(c)));
+        let placed = local(o["placed_at"].as_str().unwrap());
+        json!({"order_id": o["order_id"], "customer_id": o["customer_id"], "amount": amount,
+               "status": o["status"], "placed_at": placed.and_utc().timestamp_micros(), "note": o["note"]})
+    }
+
+    fn line(&mut self, key: i64) -> Json {
+        let mut line = self.template.clone();
+        line["offset"] = json!(self.next_offset);
+        self.next_offset += 1;
+        let mut k: Json = serde_json::from_str(self.template["key"].as_str().unwrap()).unwrap();
+        k["payload"]["order_id"] = json!(key);
+        line["key"] = Json::String(k.to_string());
+        line
+    }
+
+    /// A change of `op` at `lsn` (before/after as `pg_expected.json` rows).
+    fn change(&mut self, op: &str, lsn: i64, before: Option<&Json>, after: Option<&Json>) {
+        let key = after.or(before).unwrap()["order_id"].as_i64().unwrap();
+        let mut line = self.line(key);
+        let mut env = envelope(&self.template).unwrap();
+        env["payload"]["op"] = json!(op);
+        env["payload"]["before"] = before.map_or(Json::Null, Self::image);
+        env["payload"]["after"] = after.map_or(Json::Null, Self::image);
+        env["payload"]["source"]["lsn"] = json!(lsn);
+        env["payload"]["source"]["snapshot"] = json!("false");
+        set_envelope(&mut line, &env);
+        self.stream.push(line);
+    }
+
+    fn tombstone(&mut self, key: i64) {
+        let mut line = self.line(key);
+        line["payload"] = Json::Null;
+        self.stream.push(line);
+    }
+
+    fn write(&self, dir: &Path) -> PathBuf {
+        write_lines(dir, "stream.jsonl", &self.stream)
+    }
+}
+
 /// Rows move: an order changes customer and day, another changes its key
 /// (Debezium: delete of the old key, tombstone, create of the new one at
 /// the same position), another is deleted. Appended after the fixture.
 #[test]
 fn orders_moving_between_groups_windows_and_keys_are_retracted_and_re_added() {
     let dir = tempfile::tempdir().unwrap();
-    let mut stream = lines(&fixture("pg_events.schemas.jsonl"));
+    let mut s = Orders::from_fixture();
     let mut orders = source_orders();
-    // The last orders event is a template with its schema.
-    let template = stream
-        .iter()
-        .rev()
-        .find(|l| is_orders(l) && !l["payload"].is_null())
-        .cloned()
-        .unwrap();
-    let mut next_offset = stream.iter().filter(|l| is_orders(l)).count() as i64;
-    let mut emit =
-        |stream: &mut Vec<Json>, op: &str, key: i64, lsn: i64, before: Json, after: Json| {
-            let mut line = template.clone();
-            line["offset"] = json!(next_offset);
-            next_offset += 1;
-            let mut k: Json = serde_json::from_str(template["key"].as_str().unwrap()).unwrap();
-            k["payload"]["order_id"] = json!(key);
-            line["key"] = Json::String(k.to_string());
-            if op == "tombstone" {
-                line["payload"] = Json::Null;
-                stream.push(line);
-                return;
-            }
-            let mut env = envelope(&template).unwrap();
-            env["payload"]["op"] = json!(op);
-            env["payload"]["before"] = before;
-            env["payload"]["after"] = after;
-            env["payload"]["source"]["lsn"] = json!(lsn);
-            env["payload"]["source"]["snapshot"] = json!("false");
-            set_envelope(&mut line, &env);
-            stream.push(line);
-        };
-    // The image Debezium would send for an order of `orders`.
-    let image = |o: &Json| -> Json {
-        use base64::Engine as _;
-        let cents = micros(&o["amount"]).map(|m| (m / 10_000) as i64);
-        let amount = cents.map(|c| {
-            let bytes = num_bytes(c);
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        });
-        let placed = local(o["placed_at"].as_str().unwrap());
-        json!({"order_id": o["order_id"], "customer_id": o["customer_id"], "amount": amount,
-               "status": o["status"], "placed_at": placed.and_utc().timestamp_micros(), "note": o["note"]})
-    };
     let lsn = 900_000_000_i64;
     // 1. moves to another customer and three days later
     let before = orders[0].clone();
@@ -306,39 +383,71 @@ fn orders_moving_between_groups_windows_and_keys_are_retracted_and_re_added() {
     moved["placed_at"] = json!(text(
         local(before["placed_at"].as_str().unwrap()) + Duration::days(3)
     ));
-    let id = before["order_id"].as_i64().unwrap();
-    emit(&mut stream, "u", id, lsn, image(&before), image(&moved));
+    s.change("u", lsn, Some(&before), Some(&moved));
     orders[0] = moved;
     // 2. the primary key changes: delete and create share the update's position
     let old = orders[1].clone();
     let mut renamed = old.clone();
     renamed["order_id"] = json!(old["order_id"].as_i64().unwrap() + 100_000);
-    let old_id = old["order_id"].as_i64().unwrap();
-    emit(&mut stream, "d", old_id, lsn + 8, image(&old), Json::Null);
-    emit(&mut stream, "tombstone", old_id, 0, Json::Null, Json::Null);
-    let new_id = renamed["order_id"].as_i64().unwrap();
-    emit(
-        &mut stream,
-        "c",
-        new_id,
-        lsn + 8,
-        Json::Null,
-        image(&renamed),
-    );
+    s.change("d", lsn + 8, Some(&old), None);
+    s.tombstone(old["order_id"].as_i64().unwrap());
+    s.change("c", lsn + 8, None, Some(&renamed));
     orders[1] = renamed;
     // 3. deleted
     let gone = orders.remove(2);
-    let gone_id = gone["order_id"].as_i64().unwrap();
-    emit(
-        &mut stream,
-        "d",
-        gone_id,
-        lsn + 16,
-        image(&gone),
-        Json::Null,
+    s.change("d", lsn + 16, Some(&gone), None);
+    assert_orders_by_customer(&s.write(dir.path()), &orders);
+}
+
+/// A session is split when the order that bridged it goes away, and merged
+/// again when one arrives in the gap.
+#[test]
+fn a_session_is_split_by_a_delete_and_merged_by_an_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Orders::from_fixture();
+    let mut orders = source_orders();
+    let at = |days: f64| {
+        let t = local("2030-01-01T00:00:00") + Duration::minutes((days * 1440.0) as i64);
+        text(t)
+    };
+    let order = |id: i64, days: f64| {
+        json!({"order_id": id, "customer_id": 777, "amount": 10.5, "status": "NEW",
+               "placed_at": at(days), "note": null})
+    };
+    let mut lsn = 910_000_000_i64;
+    let mut next = || {
+        lsn += 8;
+        lsn
+    };
+    // 0, 1.5, 3 days: one session [0, 5)
+    for (id, day) in [(70_001, 0.0), (70_002, 1.5), (70_003, 3.0)] {
+        s.change("c", next(), None, Some(&order(id, day)));
+    }
+    // the bridge goes: [0, 2) and [3, 5)
+    s.change("d", next(), Some(&order(70_002, 1.5)), None);
+    s.tombstone(70_002);
+    // an order at 4.5 extends the second; one at 10 starts a third
+    s.change("c", next(), None, Some(&order(70_004, 4.5)));
+    s.change("c", next(), None, Some(&order(70_005, 10.0)));
+    // the one at 10 moves to 1: merges into the first
+    s.change(
+        "u",
+        next(),
+        Some(&order(70_005, 10.0)),
+        Some(&order(70_005, 1.0)),
     );
-    let path = write_lines(dir.path(), "moves.jsonl", &stream);
-    assert_orders_by_customer(&path, &orders);
+    orders.extend([
+        order(70_001, 0.0),
+        order(70_003, 3.0),
+        order(70_004, 4.5),
+        order(70_005, 1.0),
+    ]);
+    let want: Vec<Json> = session_rows(&orders)
+        .into_iter()
+        .filter(|r| r["customer_id"] == 777)
+        .collect();
+    assert_eq!(want.len(), 2, "the check itself: {want:?}");
+    assert_orders_by_customer(&s.write(dir.path()), &orders);
 }
 
 /// Big-endian two's complement bytes of an unscaled decimal (Connect's Decimal).

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::accumulate::GroupAcc;
 use super::codec::{self, CorruptState, Reader, Writer};
+use super::session::{Session, SessionState};
 use super::spec::{AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, Semantics, WindowSpec};
 use super::window::{windows_of, Window};
 use super::Projection;
@@ -242,6 +243,8 @@ pub struct AggregateState {
     spec: AggregationSpec,
     rows: HashMap<Vec<u8>, Option<RowState>>,
     groups: HashMap<Vec<u8>, Option<GroupState>>,
+    /// Session windows: per group, its rows by event time.
+    sessions: HashMap<Vec<u8>, Option<SessionState>>,
 }
 
 impl AggregateState {
@@ -250,31 +253,35 @@ impl AggregateState {
             spec,
             rows: HashMap::new(),
             groups: HashMap::new(),
+            sessions: HashMap::new(),
         }
+    }
+
+    fn gap(&self) -> Option<i64> {
+        match self.spec.window {
+            WindowSpec::Session { gap } => Some(gap),
+            _ => None,
+        }
+    }
+
+    fn session_key(c: &Contribution) -> Vec<u8> {
+        codec::key(&c.group)
     }
 
     /// Forget everything loaded (another host may have changed the state).
     pub fn clear(&mut self) {
         self.rows.clear();
         self.groups.clear();
+        self.sessions.clear();
     }
 
     /// (state rows, encoded bytes) held in memory, for the summary.
     pub fn size(&self) -> (usize, usize) {
-        let rows = self.rows.values().flatten().count() + self.groups.values().flatten().count();
-        let bytes = self
-            .rows
-            .values()
-            .flatten()
-            .map(|r| r.encode().len())
-            .sum::<usize>()
-            + self
-                .groups
-                .values()
-                .flatten()
-                .map(|g| g.encode().len())
-                .sum::<usize>();
-        (rows, bytes)
+        let rows = self.rows.values().flatten().map(|r| r.encode().len());
+        let groups = self.groups.values().flatten().map(|g| g.encode().len());
+        let sessions = self.sessions.values().flatten().map(|g| g.encode().len());
+        let sizes: Vec<usize> = rows.chain(groups).chain(sessions).collect();
+        (sizes.len(), sizes.iter().sum())
     }
 
     /// Row keys the inputs need that are not loaded.
@@ -372,6 +379,13 @@ impl AggregateState {
     ) -> Vec<Vec<u8>> {
         let mut out: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut want = |c: &Contribution| {
+            if self.gap().is_some() {
+                let k = Self::session_key(c);
+                if !self.sessions.contains_key(&k) {
+                    out.insert(k);
+                }
+                return;
+            }
             for w in self.windows(c).unwrap_or_default() {
                 let k = Self::group_key(c, w);
                 if !self.groups.contains_key(&k) {
@@ -400,8 +414,13 @@ impl AggregateState {
         groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), CorruptState> {
         for (k, v) in groups {
-            let state = v.map(|b| GroupState::decode(&b)).transpose()?;
-            self.groups.insert(k, state);
+            if self.gap().is_some() {
+                let state = v.map(|b| SessionState::decode(&b)).transpose()?;
+                self.sessions.insert(k, state);
+            } else {
+                let state = v.map(|b| GroupState::decode(&b)).transpose()?;
+                self.groups.insert(k, state);
+            }
         }
         Ok(())
     }
@@ -411,6 +430,8 @@ impl AggregateState {
         let mut applied = Applied::default();
         let mut dirty_rows: Vec<Vec<u8>> = Vec::new();
         let mut dirty_groups: Vec<Vec<u8>> = Vec::new();
+        // Sessions of each touched session group before this batch.
+        let mut sessions_before: HashMap<Vec<u8>, Vec<Session>> = HashMap::new();
         let mut output_table: Option<Arc<SinkTable>> = None;
         for (idx, input) in inputs.iter().enumerate() {
             output_table = Some(input.output.clone());
@@ -439,7 +460,13 @@ impl AggregateState {
                 // Append: every event counts once; nothing is retracted.
                 Semantics::Append => None,
             };
-            match self.move_contribution(old.as_ref(), new.as_ref()) {
+            let moved = match self.gap() {
+                Some(gap) => {
+                    self.move_in_sessions(old.as_ref(), new.as_ref(), gap, &mut sessions_before)
+                }
+                None => self.move_contribution(old.as_ref(), new.as_ref()),
+            };
+            match moved {
                 Ok(touched) => dirty_groups.extend(touched),
                 Err(reason) => {
                     applied.rejected.push((idx, reason));
@@ -471,6 +498,16 @@ impl AggregateState {
                 expires: None,
             });
         }
+        if let Some(gap) = self.gap() {
+            self.session_writes(
+                dirty_groups,
+                sessions_before,
+                gap,
+                output_table,
+                &mut applied,
+            );
+            return applied;
+        }
         let mut seen = BTreeSet::new();
         for k in dirty_groups {
             if !seen.insert(k.clone()) {
@@ -498,6 +535,106 @@ impl AggregateState {
         }
         let _ = LatePolicy::Apply;
         applied
+    }
+
+    /// `move_contribution` for session windows: the row's time moves in its
+    /// group's (or groups') time map. Records each group's sessions before
+    /// its first change in the batch.
+    fn move_in_sessions(
+        &mut self,
+        old: Option<&Contribution>,
+        new: Option<&Contribution>,
+        gap: i64,
+        before: &mut HashMap<Vec<u8>, Vec<Session>>,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut steps: Vec<(Vec<u8>, &Contribution, i64, i64)> = Vec::new();
+        for (c, weight) in [(old, -1), (new, 1)] {
+            if let Some(c) = c {
+                let t = micros(c.time.as_ref().ok_or("a session row without event time")?)?;
+                steps.push((Self::session_key(c), c, t, weight));
+            }
+        }
+        let mut scratch: HashMap<&[u8], SessionState> = HashMap::new();
+        for (k, c, t, weight) in &steps {
+            let s = scratch.entry(k.as_slice()).or_insert_with(|| {
+                self.sessions.get(k).cloned().flatten().unwrap_or_else(|| {
+                    SessionState::new(c.group.clone(), c.time.clone().unwrap_or(Value::Null))
+                })
+            });
+            s.check(&self.spec.measures, *t, &c.args, *weight)?;
+            s.apply(&self.spec.measures, *t, &c.args, *weight);
+        }
+        let mut touched = Vec::new();
+        for (k, c, t, weight) in steps {
+            let measures = &self.spec.measures;
+            let entry = self.sessions.entry(k.clone()).or_insert(None);
+            before.entry(k.clone()).or_insert_with(|| {
+                entry
+                    .as_ref()
+                    .map(|s| s.sessions(measures, gap))
+                    .unwrap_or_default()
+            });
+            let s = entry.get_or_insert_with(|| {
+                SessionState::new(c.group.clone(), c.time.clone().unwrap_or(Value::Null))
+            });
+            s.apply(measures, t, &c.args, weight);
+            touched.push(k);
+        }
+        Ok(touched)
+    }
+
+    /// State and output writes of the touched session groups: sessions that
+    /// no longer exist are deleted, changed and new ones upserted.
+    fn session_writes(
+        &mut self,
+        dirty: Vec<Vec<u8>>,
+        mut before: HashMap<Vec<u8>, Vec<Session>>,
+        gap: i64,
+        table: Option<Arc<SinkTable>>,
+        applied: &mut Applied,
+    ) {
+        let mut seen = BTreeSet::new();
+        for k in dirty {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let state = self.sessions.get(&k).cloned().flatten();
+            let value = state.as_ref().filter(|s| !s.is_empty()).map(|s| s.encode());
+            if value.is_none() {
+                self.sessions.insert(k.clone(), None);
+            }
+            applied.state.push(StateWrite {
+                kind: kind::GROUP,
+                key: k.clone(),
+                value,
+                expires: None,
+            });
+            let (Some(table), Some(state)) = (&table, state) else {
+                continue;
+            };
+            if self.spec.emit != EmitMode::Update {
+                continue;
+            }
+            let after = state.sessions(&self.spec.measures, gap);
+            let old = before.remove(&k).unwrap_or_default();
+            let row = |s: &Session| GroupState {
+                group: state.group.clone(),
+                window: (s.start, s.end),
+                bounds: Some((bound(&state.like, s.start), bound(&state.like, s.end))),
+                acc: s.acc.clone(),
+            };
+            for gone in old
+                .iter()
+                .filter(|o| !after.iter().any(|a| a.start == o.start))
+            {
+                let mut g = row(gone);
+                g.acc.rows = 0;
+                applied.outputs.push(self.output_row(table, &g));
+            }
+            for s in after.iter().filter(|a| !old.contains(a)) {
+                applied.outputs.push(self.output_row(table, &row(s)));
+            }
+        }
     }
 
     /// Retract `old` and add `new`, checking first so that a refused change
@@ -549,6 +686,26 @@ impl AggregateState {
 
     /// The sink write for a group: its row, or a delete when it is empty.
     fn output_row(&self, table: &Arc<SinkTable>, g: &GroupState) -> SinkWrite {
+        if self.gap().is_some() {
+            // Sessions: group columns, then the bounds; key (group, start).
+            let (start, end) = g.bounds.clone().unwrap_or((Value::Null, Value::Null));
+            let mut key = g.group.clone();
+            key.push(start.clone());
+            if g.acc.rows <= 0 {
+                return SinkWrite::Delete {
+                    table: table.clone(),
+                    key,
+                };
+            }
+            let mut values = g.group.clone();
+            values.push(start);
+            values.push(end);
+            values.extend(g.acc.finish(&self.spec.measures));
+            return SinkWrite::Upsert {
+                table: table.clone(),
+                values,
+            };
+        }
         let windowed = self.spec.window != WindowSpec::Global;
         let mut key = Vec::new();
         if windowed {
@@ -606,6 +763,14 @@ pub fn output_table(
     };
     let mut columns = Vec::new();
     let mut key = Vec::new();
+    let session = matches!(spec.window, WindowSpec::Session { .. });
+    if session {
+        for (i, g) in spec.group_by.iter().enumerate() {
+            let (ty, decimal) = typed(Some(g), p.and_then(|p| p.group.get(i)));
+            key.push(columns.len() as u32);
+            columns.push(col(g, ty, decimal, false));
+        }
+    }
     if spec.window != WindowSpec::Global {
         let ty = match &spec.event_time {
             EventTimeSpec::CommitTime => ColumnType::Timestamp,
@@ -627,11 +792,11 @@ pub fn output_table(
                 }
             }
         };
-        key.push(0);
+        key.push(columns.len() as u32);
         columns.push(col(&spec.window_columns.0, ty, None, false));
         columns.push(col(&spec.window_columns.1, ty, None, false));
     }
-    for (i, g) in spec.group_by.iter().enumerate() {
+    for (i, g) in spec.group_by.iter().enumerate().filter(|_| !session) {
         let (ty, decimal) = typed(Some(g), p.and_then(|p| p.group.get(i)));
         key.push(columns.len() as u32);
         columns.push(col(g, ty, decimal, false));
