@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod session;
 pub mod spec;
+pub mod watermark;
 pub mod window;
 
 use crate::model::Value;

@@ -19,6 +19,14 @@ use super::window::{windows_of, Window};
 use super::Projection;
 use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
 
+mod output;
+mod stored;
+
+use output::output_row;
+pub use output::output_table;
+pub use stored::kind;
+use stored::{bound, micros, Contribution, GroupState, RowState};
+
 /// An aggregation as the pipeline runs it.
 #[derive(Debug)]
 pub struct AggregationOp {
@@ -52,145 +60,6 @@ pub struct OperatorInput {
     pub commit_time_ms: Option<i64>,
 }
 
-/// State kinds in `sluice_state`.
-pub mod kind {
-    /// A source row's last position and contribution.
-    pub const ROW: &str = "r";
-    /// A window's group state.
-    pub const GROUP: &str = "g";
-}
-
-/// What a row currently contributes: its group, event time and arguments.
-#[derive(Clone, Debug, PartialEq)]
-struct Contribution {
-    group: Vec<Value>,
-    /// Typed event time (window bounds take its type); `None` without windows.
-    time: Option<Value>,
-    args: Vec<Value>,
-}
-
-/// A source row as the aggregation last saw it.
-#[derive(Clone, Debug, PartialEq)]
-struct RowState {
-    order: Option<SourceOrder>,
-    contribution: Option<Contribution>,
-}
-
-impl RowState {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
-        w.u8(codec::VERSION);
-        match self.order {
-            Some(SourceOrder([a, b, c])) => {
-                w.u8(1);
-                w.i64(a as i64);
-                w.i64(b as i64);
-                w.i64(c as i64);
-            }
-            None => w.u8(0),
-        }
-        match &self.contribution {
-            Some(c) => {
-                w.u8(1);
-                w.values(&c.group);
-                match &c.time {
-                    Some(t) => {
-                        w.u8(1);
-                        w.value(t)
-                    }
-                    None => w.u8(0),
-                }
-                w.values(&c.args);
-            }
-            None => w.u8(0),
-        }
-        w.buf
-    }
-
-    fn decode(bytes: &[u8]) -> Result<RowState, CorruptState> {
-        let mut r = Reader::new(bytes);
-        if r.u8()? != codec::VERSION {
-            return Err(CorruptState("row state version"));
-        }
-        let order = match r.u8()? {
-            0 => None,
-            _ => Some(SourceOrder([
-                r.i64()? as u64,
-                r.i64()? as u64,
-                r.i64()? as u64,
-            ])),
-        };
-        let contribution = match r.u8()? {
-            0 => None,
-            _ => {
-                let group = r.values()?;
-                let time = match r.u8()? {
-                    0 => None,
-                    _ => Some(r.value()?),
-                };
-                Some(Contribution {
-                    group,
-                    time,
-                    args: r.values()?,
-                })
-            }
-        };
-        Ok(RowState {
-            order,
-            contribution,
-        })
-    }
-}
-
-/// A window of a group: its bounds (typed for the output) and accumulators.
-#[derive(Clone, Debug, PartialEq)]
-struct GroupState {
-    group: Vec<Value>,
-    window: Window,
-    bounds: Option<(Value, Value)>,
-    acc: GroupAcc,
-}
-
-impl GroupState {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
-        w.u8(codec::VERSION);
-        w.values(&self.group);
-        w.i64(self.window.0);
-        w.i64(self.window.1);
-        match &self.bounds {
-            Some((s, e)) => {
-                w.u8(1);
-                w.value(s);
-                w.value(e);
-            }
-            None => w.u8(0),
-        }
-        self.acc.write(&mut w);
-        w.buf
-    }
-
-    fn decode(bytes: &[u8]) -> Result<GroupState, CorruptState> {
-        let mut r = Reader::new(bytes);
-        if r.u8()? != codec::VERSION {
-            return Err(CorruptState("group state version"));
-        }
-        let group = r.values()?;
-        let window = (r.i64()?, r.i64()?);
-        let bounds = match r.u8()? {
-            0 => None,
-            _ => Some((r.value()?, r.value()?)),
-        };
-        let acc = GroupAcc::read(&mut r)?;
-        Ok(GroupState {
-            group,
-            window,
-            bounds,
-            acc,
-        })
-    }
-}
-
 /// A state row to write: `value` `None` deletes it. `expires` is the time
 /// after which the watermark may close it (windowed groups).
 #[derive(Clone, Debug, PartialEq)]
@@ -211,30 +80,6 @@ pub struct Applied {
     pub rejected: Vec<(usize, String)>,
     /// Re-deliveries: not newer than what the state holds for their row.
     pub duplicates: u64,
-}
-
-/// µs of an event time value, or why it cannot be one.
-fn micros(v: &Value) -> Result<i64, String> {
-    match v {
-        Value::Timestamp(t) | Value::LocalTimestamp(t) => Ok(*t),
-        Value::Date(d) => Ok(*d as i64 * 86_400_000_000),
-        Value::Null => Err("the event time is null".into()),
-        other => Err(format!(
-            "the event time must be a timestamp, local-timestamp or date, not {}",
-            other.natural_type().as_str()
-        )),
-    }
-}
-
-/// Window bounds typed like the event time: dates stay dates when the
-/// bounds fall on midnight, else become zone-less timestamps.
-fn bound(like: &Value, t: i64) -> Value {
-    const DAY: i64 = 86_400_000_000;
-    match like {
-        Value::Timestamp(_) => Value::Timestamp(t),
-        Value::Date(_) if t % DAY == 0 => Value::Date((t / DAY) as i32),
-        _ => Value::LocalTimestamp(t),
-    }
 }
 
 /// One aggregation's state as the sink holds it between commits: what was
@@ -529,7 +374,7 @@ impl AggregateState {
             });
             if let (Some(table), Some(g)) = (&output_table, group) {
                 if self.spec.emit == EmitMode::Update {
-                    applied.outputs.push(self.output_row(table, &g));
+                    applied.outputs.push(output_row(&self.spec, table, &g));
                 }
             }
         }
@@ -629,10 +474,10 @@ impl AggregateState {
             {
                 let mut g = row(gone);
                 g.acc.rows = 0;
-                applied.outputs.push(self.output_row(table, &g));
+                applied.outputs.push(output_row(&self.spec, table, &g));
             }
             for s in after.iter().filter(|a| !old.contains(a)) {
-                applied.outputs.push(self.output_row(table, &row(s)));
+                applied.outputs.push(output_row(&self.spec, table, &row(s)));
             }
         }
     }
@@ -682,151 +527,5 @@ impl AggregateState {
             touched.push(k);
         }
         Ok(touched)
-    }
-
-    /// The sink write for a group: its row, or a delete when it is empty.
-    fn output_row(&self, table: &Arc<SinkTable>, g: &GroupState) -> SinkWrite {
-        if self.gap().is_some() {
-            // Sessions: group columns, then the bounds; key (group, start).
-            let (start, end) = g.bounds.clone().unwrap_or((Value::Null, Value::Null));
-            let mut key = g.group.clone();
-            key.push(start.clone());
-            if g.acc.rows <= 0 {
-                return SinkWrite::Delete {
-                    table: table.clone(),
-                    key,
-                };
-            }
-            let mut values = g.group.clone();
-            values.push(start);
-            values.push(end);
-            values.extend(g.acc.finish(&self.spec.measures));
-            return SinkWrite::Upsert {
-                table: table.clone(),
-                values,
-            };
-        }
-        let windowed = self.spec.window != WindowSpec::Global;
-        let mut key = Vec::new();
-        if windowed {
-            if let Some((s, _)) = &g.bounds {
-                key.push(s.clone());
-            }
-        }
-        key.extend(g.group.iter().cloned());
-        if g.acc.rows <= 0 {
-            return SinkWrite::Delete {
-                table: table.clone(),
-                key,
-            };
-        }
-        let mut values = Vec::with_capacity(table.columns.len());
-        if windowed {
-            if let Some((s, e)) = &g.bounds {
-                values.push(s.clone());
-                values.push(e.clone());
-            }
-        }
-        values.extend(g.group.iter().cloned());
-        values.extend(g.acc.finish(&self.spec.measures));
-        SinkWrite::Upsert {
-            table: table.clone(),
-            values,
-        }
-    }
-}
-
-/// The sink table of an aggregation: window bounds (typed like the event
-/// time), group columns, measures; key (window start, group columns).
-/// Types come from the source table's columns where the declaration names
-/// them, else from the projected values.
-pub fn output_table(
-    spec: &AggregationSpec,
-    source: &crate::model::TableDesc,
-    p: Option<&Projection>,
-) -> SinkTable {
-    use super::spec::AggregateFn;
-    use crate::model::{Column, ColumnType, DecimalParams};
-    const DAY: i64 = 86_400_000_000;
-    let source_column = |name: &str| source.columns.iter().find(|c| c.name == name);
-    let typed = |name: Option<&str>, v: Option<&Value>| -> (ColumnType, Option<DecimalParams>) {
-        match name.and_then(source_column) {
-            Some(c) => (c.ty, c.decimal),
-            None => (v.map_or(ColumnType::Unknown, Value::natural_type), None),
-        }
-    };
-    let col = |name: &str, ty: ColumnType, decimal: Option<DecimalParams>, nullable: bool| Column {
-        name: name.to_string(),
-        ty,
-        nullable,
-        decimal,
-    };
-    let mut columns = Vec::new();
-    let mut key = Vec::new();
-    let session = matches!(spec.window, WindowSpec::Session { .. });
-    if session {
-        for (i, g) in spec.group_by.iter().enumerate() {
-            let (ty, decimal) = typed(Some(g), p.and_then(|p| p.group.get(i)));
-            key.push(columns.len() as u32);
-            columns.push(col(g, ty, decimal, false));
-        }
-    }
-    if spec.window != WindowSpec::Global {
-        let ty = match &spec.event_time {
-            EventTimeSpec::CommitTime => ColumnType::Timestamp,
-            EventTimeSpec::Column(c) => {
-                let (ty, _) = typed(Some(c), p.and_then(|p| p.event_time.as_ref()));
-                let whole_days = match spec.window {
-                    WindowSpec::Tumbling { size, offset } => size % DAY == 0 && offset % DAY == 0,
-                    WindowSpec::Hopping {
-                        size,
-                        slide,
-                        offset,
-                    } => size % DAY == 0 && slide % DAY == 0 && offset % DAY == 0,
-                    _ => false,
-                };
-                match ty {
-                    ColumnType::Date if whole_days => ColumnType::Date,
-                    ColumnType::Date => ColumnType::LocalTimestamp,
-                    other => other,
-                }
-            }
-        };
-        key.push(columns.len() as u32);
-        columns.push(col(&spec.window_columns.0, ty, None, false));
-        columns.push(col(&spec.window_columns.1, ty, None, false));
-    }
-    for (i, g) in spec.group_by.iter().enumerate().filter(|_| !session) {
-        let (ty, decimal) = typed(Some(g), p.and_then(|p| p.group.get(i)));
-        key.push(columns.len() as u32);
-        columns.push(col(g, ty, decimal, false));
-    }
-    for (i, m) in spec.measures.iter().enumerate() {
-        let (arg_ty, arg_dec) = typed(m.column.as_deref(), p.and_then(|p| p.args.get(i)));
-        let unbounded = |d: Option<DecimalParams>, extra: u32| {
-            Some(DecimalParams {
-                precision: None,
-                scale: d.and_then(|d| d.scale).map(|s| s + extra),
-            })
-        };
-        let (ty, decimal, nullable) = match m.function {
-            AggregateFn::CountRows | AggregateFn::Count => (ColumnType::Int, None, false),
-            AggregateFn::Sum => match arg_ty {
-                ColumnType::Decimal => (ColumnType::Decimal, unbounded(arg_dec, 0), true),
-                other => (other, None, true),
-            },
-            AggregateFn::Avg => match arg_ty {
-                ColumnType::Decimal => (ColumnType::Decimal, unbounded(arg_dec, 6), true),
-                _ => (ColumnType::Float, None, true),
-            },
-            AggregateFn::Min | AggregateFn::Max => (arg_ty, arg_dec, true),
-            AggregateFn::Custom => (m.output_type.unwrap_or(ColumnType::Unknown), None, true),
-        };
-        columns.push(col(&m.name, ty, decimal, nullable));
-    }
-    SinkTable {
-        name: spec.output.clone(),
-        columns,
-        key,
     }
 }

@@ -1,0 +1,167 @@
+//! What an aggregation keeps per source row and per group, and how it is
+//! encoded in `sluice_state` rows.
+
+use super::*;
+
+/// State kinds in `sluice_state`.
+pub mod kind {
+    /// A source row's last position and contribution.
+    pub const ROW: &str = "r";
+    /// A window's group state.
+    pub const GROUP: &str = "g";
+}
+
+/// What a row currently contributes: its group, event time and arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Contribution {
+    pub(super) group: Vec<Value>,
+    /// Typed event time (window bounds take its type); `None` without windows.
+    pub(super) time: Option<Value>,
+    pub(super) args: Vec<Value>,
+}
+
+/// A source row as the aggregation last saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct RowState {
+    pub(super) order: Option<SourceOrder>,
+    pub(super) contribution: Option<Contribution>,
+}
+
+impl RowState {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(codec::VERSION);
+        match self.order {
+            Some(SourceOrder([a, b, c])) => {
+                w.u8(1);
+                w.i64(a as i64);
+                w.i64(b as i64);
+                w.i64(c as i64);
+            }
+            None => w.u8(0),
+        }
+        match &self.contribution {
+            Some(c) => {
+                w.u8(1);
+                w.values(&c.group);
+                match &c.time {
+                    Some(t) => {
+                        w.u8(1);
+                        w.value(t)
+                    }
+                    None => w.u8(0),
+                }
+                w.values(&c.args);
+            }
+            None => w.u8(0),
+        }
+        w.buf
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<RowState, CorruptState> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != codec::VERSION {
+            return Err(CorruptState("row state version"));
+        }
+        let order = match r.u8()? {
+            0 => None,
+            _ => Some(SourceOrder([
+                r.i64()? as u64,
+                r.i64()? as u64,
+                r.i64()? as u64,
+            ])),
+        };
+        let contribution = match r.u8()? {
+            0 => None,
+            _ => {
+                let group = r.values()?;
+                let time = match r.u8()? {
+                    0 => None,
+                    _ => Some(r.value()?),
+                };
+                Some(Contribution {
+                    group,
+                    time,
+                    args: r.values()?,
+                })
+            }
+        };
+        Ok(RowState {
+            order,
+            contribution,
+        })
+    }
+}
+
+/// A window of a group: its bounds (typed for the output) and accumulators.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct GroupState {
+    pub(super) group: Vec<Value>,
+    pub(super) window: Window,
+    pub(super) bounds: Option<(Value, Value)>,
+    pub(super) acc: GroupAcc,
+}
+
+impl GroupState {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(codec::VERSION);
+        w.values(&self.group);
+        w.i64(self.window.0);
+        w.i64(self.window.1);
+        match &self.bounds {
+            Some((s, e)) => {
+                w.u8(1);
+                w.value(s);
+                w.value(e);
+            }
+            None => w.u8(0),
+        }
+        self.acc.write(&mut w);
+        w.buf
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<GroupState, CorruptState> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != codec::VERSION {
+            return Err(CorruptState("group state version"));
+        }
+        let group = r.values()?;
+        let window = (r.i64()?, r.i64()?);
+        let bounds = match r.u8()? {
+            0 => None,
+            _ => Some((r.value()?, r.value()?)),
+        };
+        let acc = GroupAcc::read(&mut r)?;
+        Ok(GroupState {
+            group,
+            window,
+            bounds,
+            acc,
+        })
+    }
+}
+
+/// µs of an event time value, or why it cannot be one.
+pub(super) fn micros(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Timestamp(t) | Value::LocalTimestamp(t) => Ok(*t),
+        Value::Date(d) => Ok(*d as i64 * 86_400_000_000),
+        Value::Null => Err("the event time is null".into()),
+        other => Err(format!(
+            "the event time must be a timestamp, local-timestamp or date, not {}",
+            other.natural_type().as_str()
+        )),
+    }
+}
+
+/// Window bounds typed like the event time: dates stay dates when the
+/// bounds fall on midnight, else become zone-less timestamps.
+pub(super) fn bound(like: &Value, t: i64) -> Value {
+    const DAY: i64 = 86_400_000_000;
+    match like {
+        Value::Timestamp(_) => Value::Timestamp(t),
+        Value::Date(_) if t % DAY == 0 => Value::Date((t / DAY) as i32),
+        _ => Value::LocalTimestamp(t),
+    }
+}
