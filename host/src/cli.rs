@@ -239,6 +239,14 @@ fn summary_text(s: &RunSummary) -> String {
             g(&st.duplicates)
         );
     }
+    if g(&st.late_applied) + g(&st.late_dead_lettered) > 0 {
+        let _ = writeln!(
+            t,
+            "late events (for windows the watermark had closed): {} applied as corrections, {} dead-lettered",
+            g(&st.late_applied),
+            g(&st.late_dead_lettered)
+        );
+    }
     if !s.state.is_empty() {
         t.push_str("aggregation state (cached by this host):\n");
         for (op, rows, bytes) in &s.state {

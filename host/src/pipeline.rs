@@ -202,6 +202,8 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 stats.add(&stats.dlq_sink, report.dlq_sink);
                 stats.add(&stats.dlq_aggregate, report.dlq_aggregate);
                 stats.add(&stats.duplicates, report.duplicates);
+                stats.add(&stats.late_applied, report.late_applied);
+                stats.add(&stats.late_dead_lettered, report.late_dead_lettered);
                 stats.add(&stats.skipped, report.stale);
                 stats.add(&stats.committed, records.saturating_sub(report.stale));
                 stats.add(&stats.batches, 1);

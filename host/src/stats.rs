@@ -25,6 +25,11 @@ pub struct Stats {
     /// Events aggregations skipped as re-deliveries (not newer than their
     /// row's stored position): Debezium is at-least-once.
     pub duplicates: AtomicU64,
+    /// Events for windows the watermark had closed, applied as corrections.
+    pub late_applied: AtomicU64,
+    /// Events for closed windows dead-lettered (reason `late`; also counted
+    /// in `dlq_aggregate`).
+    pub late_dead_lettered: AtomicU64,
     pub batches: AtomicU64,
     /// Dead letters copied to the DLQ topic.
     pub dlq_published: AtomicU64,

@@ -148,7 +148,14 @@ impl AggregationSpec {
                     ));
                 }
             }
-            WindowSpec::Session { gap } => positive("the session gap", gap)?,
+            WindowSpec::Session { gap } => {
+                positive("the session gap", gap)?;
+                if self.emit == EmitMode::Final {
+                    return Err(format!(
+                        "aggregation `{output}`: session windows are emitted in `update` mode (a session can still merge with a later one)"
+                    ));
+                }
+            }
         }
         if self.out_of_orderness < 0 || self.allowed_lateness < 0 {
             return Err(format!(
@@ -187,6 +194,12 @@ impl AggregationSpec {
             return Err(format!("aggregation `{output}` declares no measures"));
         }
         for m in &self.measures {
+            if m.function == AggregateFn::Custom {
+                return Err(format!(
+                    "aggregation `{output}`: custom measure `{}`: custom aggregates are not supported by this host yet",
+                    m.name
+                ));
+            }
             let needs_arg = m.function != AggregateFn::CountRows;
             if m.function == AggregateFn::Custom && m.output_type.is_none() {
                 return Err(format!(
@@ -285,7 +298,7 @@ mod tests {
         refused(&|s| s.measures.clear(), "no measures");
         refused(
             &|s| s.measures[0].function = AggregateFn::Custom,
-            "needs an output type",
+            "not supported by this host yet",
         );
     }
 }

@@ -11,6 +11,7 @@ use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, V
 use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
 use crate::operators::codec::Writer;
 use crate::operators::spec::Semantics;
+use crate::operators::watermark;
 use crate::operators::Projection;
 
 /// A plugin ready to swap in: compiled, instantiated and described.
@@ -290,6 +291,7 @@ fn project_all(
                 order: ev.source_order,
                 change,
                 commit_time_ms: ev.commit_time_ms,
+                partition: watermark::partition_key(&ev.table.topic, events[i].1.partition),
             });
         }
         for (table, rows) in &layouts {

@@ -48,6 +48,10 @@ pub struct SinkReport {
     pub stale: u64,
     /// Events aggregations refused (dead-lettered with stage `aggregate`).
     pub dlq_aggregate: u64,
+    /// Events for windows the watermark had closed, applied as corrections.
+    pub late_applied: u64,
+    /// Events for closed windows dead-lettered (reason `late`).
+    pub late_dead_lettered: u64,
     /// Events aggregations skipped as re-deliveries (not newer than the
     /// state holds for their row).
     pub duplicates: u64,

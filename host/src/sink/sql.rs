@@ -297,6 +297,7 @@ impl SqlSink {
             mut dead,
             offsets,
             learned,
+            signals,
             ..
         } = batch;
         let mut report = SinkReport::default();
@@ -308,6 +309,7 @@ impl SqlSink {
                     &mut dead,
                     &offsets,
                     &learned,
+                    &signals,
                     &broken,
                     &mut report,
                 )
@@ -358,6 +360,7 @@ impl SqlSink {
         dead: &mut Vec<DeadLetter>,
         offsets: &[(Arc<str>, i32, i64)],
         learned: &[Learned],
+        signals: &[crate::source::SourceSignal],
         broken: &HashMap<TableId, String>,
         report: &mut SinkReport,
     ) -> anyhow::Result<()> {
@@ -412,10 +415,15 @@ impl SqlSink {
 
         // Aggregations last: they see exactly the events that commit.
         let mut op_dead = Vec::new();
-        if events.iter().any(|ev| !ev.ops.is_empty()) {
+        let idle = signals
+            .iter()
+            .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
+        if events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any()) {
             let ops = states
-                .apply(&mut tx, d, pipeline, events, &mut op_dead)
+                .apply(&mut tx, d, pipeline, events, signals, &mut op_dead)
                 .await?;
+            report.late_applied = ops.late_applied;
+            report.late_dead_lettered = ops.late_dead_lettered;
             report.writes += write_grouped(&mut tx, d, sql, ops.outputs.iter())
                 .await
                 .context("writing aggregation results")?;

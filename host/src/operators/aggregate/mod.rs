@@ -15,6 +15,7 @@ use super::accumulate::GroupAcc;
 use super::codec::{self, CorruptState, Reader, Writer};
 use super::session::{Session, SessionState};
 use super::spec::{AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, Semantics, WindowSpec};
+use super::watermark::{PartitionTime, Watermarks};
 use super::window::{windows_of, Window};
 use super::Projection;
 use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
@@ -58,6 +59,9 @@ pub struct OperatorInput {
     pub order: Option<SourceOrder>,
     pub change: InputChange,
     pub commit_time_ms: Option<i64>,
+    /// The source partition (`watermark::partition_key`): watermarks are
+    /// kept per partition.
+    pub partition: Vec<u8>,
 }
 
 /// A state row to write: `value` `None` deletes it. `expires` is the time
@@ -80,6 +84,10 @@ pub struct Applied {
     pub rejected: Vec<(usize, String)>,
     /// Re-deliveries: not newer than what the state holds for their row.
     pub duplicates: u64,
+    /// Events for windows the watermark had closed, applied as corrections.
+    pub late_applied: u64,
+    /// Events for closed windows sent to the DLQ (reason `late`).
+    pub late_dead_lettered: u64,
 }
 
 /// One aggregation's state as the sink holds it between commits: what was
@@ -90,6 +98,8 @@ pub struct AggregateState {
     groups: HashMap<Vec<u8>, Option<GroupState>>,
     /// Session windows: per group, its rows by event time.
     sessions: HashMap<Vec<u8>, Option<SessionState>>,
+    /// Per-partition event times and the watermark; `None` until loaded.
+    watermarks: Option<Watermarks>,
 }
 
 impl AggregateState {
@@ -99,6 +109,76 @@ impl AggregateState {
             rows: HashMap::new(),
             groups: HashMap::new(),
             sessions: HashMap::new(),
+            watermarks: None,
+        }
+    }
+
+    /// Whether the watermark state must be read before `apply`.
+    pub fn needs_watermarks(&self) -> bool {
+        self.watermarks.is_none()
+    }
+
+    /// Store the loaded watermark rows: partitions (kind `w`) and the
+    /// watermark reached (kind `m`, key empty).
+    pub fn load_watermarks(
+        &mut self,
+        partitions: Vec<(Vec<u8>, Vec<u8>)>,
+        reached: Option<Vec<u8>>,
+    ) -> Result<(), CorruptState> {
+        let mut w = Watermarks::default();
+        for (k, v) in partitions {
+            w.partitions.insert(k, PartitionTime::decode(&v)?);
+        }
+        if let Some(b) = reached {
+            w.emitted = Some(Reader::new(&b).i64()?);
+        }
+        self.watermarks = Some(w);
+        Ok(())
+    }
+
+    /// The watermark reached (µs), if any event was seen.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.as_ref().and_then(|w| w.emitted)
+    }
+
+    /// Windows ending at or before this may be closed now: those whose end
+    /// plus the allowed lateness the watermark has passed. `None` when this
+    /// aggregation never closes windows (update mode applying late rows).
+    pub fn closing_before(&self) -> Option<i64> {
+        let closes = self.spec.emit == EmitMode::Final || self.spec.late == LatePolicy::DeadLetter;
+        if !closes || self.gap().is_some() || self.spec.window == WindowSpec::Global {
+            return None;
+        }
+        self.watermark()
+            .map(|w| w.saturating_sub(self.spec.allowed_lateness))
+    }
+
+    /// When a window ending at `end` closes (is written for good in final
+    /// mode, or dropped), as the `expires` of its state row.
+    fn expiry(&self, end: i64) -> Option<i64> {
+        let closes = self.spec.emit == EmitMode::Final || self.spec.late == LatePolicy::DeadLetter;
+        (closes && self.gap().is_none() && self.spec.window != WindowSpec::Global).then_some(end)
+    }
+
+    /// Whether a window ending at `end` had closed when the batch began.
+    fn closed(&self, end: i64, watermark: Option<i64>) -> bool {
+        watermark.is_some_and(|w| end.saturating_add(self.spec.allowed_lateness) <= w)
+    }
+
+    /// The end of every window a contribution counts in.
+    fn window_ends(&self, c: &Contribution) -> Vec<i64> {
+        match (self.gap(), &c.time) {
+            (_, None) => Vec::new(),
+            (Some(gap), Some(t)) => micros(t)
+                .map(|t| vec![t.saturating_add(gap)])
+                .unwrap_or_default(),
+            (None, Some(_)) => self
+                .windows(c)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|w| *w != (i64::MIN, i64::MAX))
+                .map(|w| w.1)
+                .collect(),
         }
     }
 
@@ -118,6 +198,7 @@ impl AggregateState {
         self.rows.clear();
         self.groups.clear();
         self.sessions.clear();
+        self.watermarks = None;
     }
 
     /// (state rows, encoded bytes) held in memory, for the summary.
@@ -271,8 +352,17 @@ impl AggregateState {
     }
 
     /// Apply the inputs in order. Rows and groups they need must be loaded.
-    pub fn apply(&mut self, inputs: &[&OperatorInput]) -> Applied {
+    ///
+    /// `idle`: partitions signalled idle during the batch. Call
+    /// `load_watermarks` first.
+    pub fn apply(&mut self, inputs: &[&OperatorInput], idle: &[Vec<u8>]) -> Applied {
         let mut applied = Applied::default();
+        let watermark = self.watermark();
+        let mut times = self.watermarks.take().unwrap_or_default();
+        let times_before = times.clone();
+        // Groups of closed windows corrected by late rows (final mode
+        // writes them again at once).
+        let mut corrected: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut dirty_rows: Vec<Vec<u8>> = Vec::new();
         let mut dirty_groups: Vec<Vec<u8>> = Vec::new();
         // Sessions of each touched session group before this batch.
@@ -305,6 +395,32 @@ impl AggregateState {
                 // Append: every event counts once; nothing is retracted.
                 Semantics::Append => None,
             };
+            let late_end = [old.as_ref(), new.as_ref()]
+                .into_iter()
+                .flatten()
+                .flat_map(|c| self.window_ends(c))
+                .filter(|&end| self.closed(end, watermark))
+                .min();
+            if let Some(end) = late_end {
+                if self.spec.late == LatePolicy::DeadLetter {
+                    applied.late_dead_lettered += 1;
+                    applied.rejected.push((
+                        idx,
+                        format!(
+                            "late: the change touches a window ending at {} µs, closed by the watermark at {} µs (allowed lateness {} µs)",
+                            end,
+                            watermark.unwrap_or_default(),
+                            self.spec.allowed_lateness
+                        ),
+                    ));
+                    continue;
+                }
+                applied.late_applied += 1;
+            }
+            match new.as_ref().and_then(|c| c.time.as_ref()) {
+                Some(t) => times.saw(input.partition.clone(), micros(t).unwrap_or(i64::MIN)),
+                None => times.heard(&input.partition),
+            }
             let moved = match self.gap() {
                 Some(gap) => {
                     self.move_in_sessions(old.as_ref(), new.as_ref(), gap, &mut sessions_before)
@@ -312,7 +428,12 @@ impl AggregateState {
                 None => self.move_contribution(old.as_ref(), new.as_ref()),
             };
             match moved {
-                Ok(touched) => dirty_groups.extend(touched),
+                Ok(touched) => {
+                    if late_end.is_some() {
+                        corrected.extend(touched.iter().cloned());
+                    }
+                    dirty_groups.extend(touched)
+                }
                 Err(reason) => {
                     applied.rejected.push((idx, reason));
                     continue;
@@ -343,6 +464,31 @@ impl AggregateState {
                 expires: None,
             });
         }
+        for p in idle {
+            times.idle(p);
+        }
+        times.advance(self.spec.out_of_orderness);
+        for (k, p) in &times.partitions {
+            if times_before.partitions.get(k) != Some(p) {
+                applied.state.push(StateWrite {
+                    kind: kind::PARTITION,
+                    key: k.clone(),
+                    value: Some(p.encode()),
+                    expires: None,
+                });
+            }
+        }
+        if times.emitted != times_before.emitted {
+            let mut w = Writer::default();
+            w.i64(times.emitted.unwrap_or(i64::MIN));
+            applied.state.push(StateWrite {
+                kind: kind::WATERMARK,
+                key: Vec::new(),
+                value: Some(w.buf),
+                expires: None,
+            });
+        }
+        self.watermarks = Some(times);
         if let Some(gap) = self.gap() {
             self.session_writes(
                 dirty_groups,
@@ -360,7 +506,12 @@ impl AggregateState {
             }
             let group = self.groups.get(&k).cloned().flatten();
             let (value, expires) = match &group {
-                Some(g) if g.acc.rows > 0 => (Some(g.encode()), None),
+                // A closed window's state that stays (late rows applied) no
+                // longer expires.
+                Some(g) if g.acc.rows > 0 && self.closed(g.window.1, watermark) => {
+                    (Some(g.encode()), None)
+                }
+                Some(g) if g.acc.rows > 0 => (Some(g.encode()), self.expiry(g.window.1)),
                 _ => (None, None),
             };
             if value.is_none() {
@@ -368,18 +519,47 @@ impl AggregateState {
             }
             applied.state.push(StateWrite {
                 kind: kind::GROUP,
-                key: k,
+                key: k.clone(),
                 value,
                 expires,
             });
             if let (Some(table), Some(g)) = (&output_table, group) {
-                if self.spec.emit == EmitMode::Update {
+                if self.spec.emit == EmitMode::Update || corrected.contains(&k) {
                     applied.outputs.push(output_row(&self.spec, table, &g));
                 }
             }
         }
         let _ = LatePolicy::Apply;
         applied
+    }
+
+    /// Close the windows the watermark passed (`groups`: their state rows,
+    /// read by `closing_before`): final mode writes their rows now; state
+    /// that can no longer change (late rows dead-lettered) is dropped,
+    /// state that late rows may still correct stays without expiry.
+    pub fn close(
+        &mut self,
+        groups: Vec<(Vec<u8>, Vec<u8>)>,
+        table: Option<&Arc<SinkTable>>,
+    ) -> Result<Applied, CorruptState> {
+        let mut applied = Applied::default();
+        for (k, v) in groups {
+            let g = GroupState::decode(&v)?;
+            if self.spec.emit == EmitMode::Final {
+                if let Some(table) = table {
+                    applied.outputs.push(output_row(&self.spec, table, &g));
+                }
+            }
+            let keep = self.spec.late == LatePolicy::Apply;
+            applied.state.push(StateWrite {
+                kind: kind::GROUP,
+                key: k.clone(),
+                value: keep.then(|| g.encode()),
+                expires: None,
+            });
+            self.groups.insert(k, keep.then_some(g));
+        }
+        Ok(applied)
     }
 
     /// `move_contribution` for session windows: the row's time moves in its

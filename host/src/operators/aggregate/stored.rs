@@ -9,6 +9,10 @@ pub mod kind {
     pub const ROW: &str = "r";
     /// A window's group state.
     pub const GROUP: &str = "g";
+    /// A source partition's newest event time (watermarks).
+    pub const PARTITION: &str = "w";
+    /// The watermark reached (one row, empty key).
+    pub const WATERMARK: &str = "m";
 }
 
 /// What a row currently contributes: its group, event time and arguments.

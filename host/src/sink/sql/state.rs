@@ -10,7 +10,9 @@
 use sha2::Digest as _;
 
 use super::*;
-use crate::operators::aggregate::{AggregateState, OperatorInput, StateWrite};
+use crate::operators::aggregate::{kind, AggregateState, OperatorInput, StateWrite};
+use crate::operators::watermark::partition_key;
+use crate::source::SourceSignal;
 
 /// Keys longer than this are stored as their SHA-256 (MySQL indexes at most
 /// 1024 bytes of this key).
@@ -32,6 +34,9 @@ const CHUNK: usize = 200;
 #[derive(Default)]
 pub(super) struct OperatorStates {
     ops: HashMap<String, AggregateState>,
+    /// The output table each aggregation last wrote (windows closed by the
+    /// watermark alone are written there).
+    tables: HashMap<String, Arc<SinkTable>>,
     /// `sluice_state_seq` after this host's last stateful commit.
     last_seq: Option<i64>,
     /// The sequence this attempt took (committed with it or not).
@@ -43,6 +48,8 @@ pub(super) struct OperatorStates {
 pub(super) struct OperatorReport {
     pub(super) outputs: Vec<SinkWrite>,
     pub(super) duplicates: u64,
+    pub(super) late_applied: u64,
+    pub(super) late_dead_lettered: u64,
 }
 
 impl OperatorStates {
@@ -54,6 +61,12 @@ impl OperatorStates {
         }
         self.last_seq = None;
         self.pending_seq = None;
+    }
+
+    /// Whether any aggregation ran in this sink (an idle partition may
+    /// move its watermark).
+    pub(super) fn any(&self) -> bool {
+        !self.ops.is_empty()
     }
 
     /// After COMMIT.
@@ -87,12 +100,26 @@ impl OperatorStates {
         d: Dialect,
         pipeline: &str,
         events: &[EventWrites],
+        signals: &[SourceSignal],
         dead: &mut Vec<DeadLetter>,
     ) -> anyhow::Result<OperatorReport> {
         let mut report = OperatorReport::default();
         self.take_turn(conn, d, pipeline).await?;
-        // Inputs per aggregation, in batch order.
+        let idle: Vec<Vec<u8>> = signals
+            .iter()
+            .filter_map(|s| match s {
+                SourceSignal::Idle { topic, partition } => Some(partition_key(topic, *partition)),
+                _ => None,
+            })
+            .collect();
+        // Inputs per aggregation, in batch order; with idle partitions,
+        // every aggregation this sink knows (its watermark may move).
         let mut per_op: Vec<(String, Vec<(usize, &OperatorInput)>)> = Vec::new();
+        if !idle.is_empty() {
+            let mut known: Vec<&String> = self.ops.keys().collect();
+            known.sort();
+            per_op.extend(known.into_iter().map(|id| (id.clone(), Vec::new())));
+        }
         for (e, ev) in events.iter().enumerate() {
             for input in &ev.ops {
                 match per_op.iter_mut().find(|(id, _)| *id == input.op.id) {
@@ -102,23 +129,36 @@ impl OperatorStates {
             }
         }
         for (id, inputs) in per_op {
-            let spec = inputs[0].1.op.spec.clone();
-            let state = self
-                .ops
-                .entry(id.clone())
-                .or_insert_with(|| AggregateState::new(spec));
+            if let Some((_, first)) = inputs.first() {
+                let spec = first.op.spec.clone();
+                self.ops
+                    .entry(id.clone())
+                    .or_insert_with(|| AggregateState::new(spec));
+                self.tables.insert(id.clone(), first.output.clone());
+            }
+            let Some(state) = self.ops.get_mut(&id) else {
+                continue;
+            };
+            let context = || format!("reading the state of aggregation {id}");
+            if state.needs_watermarks() {
+                let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
+                let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| v);
+                state
+                    .load_watermarks(partitions, reached)
+                    .with_context(context)?;
+            }
             let missing = state.missing_rows(inputs.iter().map(|(_, i)| *i));
-            let loaded = read_state(conn, d, pipeline, &id, "r", &missing).await?;
-            state
-                .load_rows(loaded)
-                .with_context(|| format!("reading the state of aggregation {id}"))?;
+            let loaded = read_state(conn, d, pipeline, &id, kind::ROW, &missing).await?;
+            state.load_rows(loaded).with_context(context)?;
             let missing = state.missing_groups(inputs.iter().map(|(_, i)| *i));
-            let loaded = read_state(conn, d, pipeline, &id, "g", &missing).await?;
-            state
-                .load_groups(loaded)
-                .with_context(|| format!("reading the state of aggregation {id}"))?;
+            let loaded = read_state(conn, d, pipeline, &id, kind::GROUP, &missing).await?;
+            state.load_groups(loaded).with_context(context)?;
             let refs: Vec<&OperatorInput> = inputs.iter().map(|(_, i)| *i).collect();
-            let applied = state.apply(&refs);
+            let applied = state.apply(&refs, &idle);
             for (i, reason) in applied.rejected {
                 let ev = &events[inputs[i].0];
                 tracing::warn!(
@@ -136,6 +176,20 @@ impl OperatorStates {
             write_state(conn, d, pipeline, &id, &applied.state).await?;
             report.outputs.extend(applied.outputs);
             report.duplicates += applied.duplicates;
+            report.late_applied += applied.late_applied;
+            report.late_dead_lettered += applied.late_dead_lettered;
+            // Windows the watermark passed: written (final mode), dropped
+            // (nothing may change them any more).
+            if let Some(before) = state.closing_before() {
+                let closing = read_expired(conn, d, pipeline, &id, before).await?;
+                if !closing.is_empty() {
+                    let closed = state
+                        .close(closing, self.tables.get(&id))
+                        .with_context(context)?;
+                    write_state(conn, d, pipeline, &id, &closed.state).await?;
+                    report.outputs.extend(closed.outputs);
+                }
+            }
         }
         Ok(report)
     }
@@ -180,6 +234,53 @@ impl OperatorStates {
         self.pending_seq = Some(seq);
         Ok(())
     }
+}
+
+/// Every state row of one kind (the partitions of a watermark).
+async fn read_kind(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    operator: &str,
+    kind: &str,
+) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let sql =
+        d.sql("SELECT k, v FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ?");
+    let rows = sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(operator)
+        .bind(kind)
+        .fetch_all(&mut *conn)
+        .await
+        .with_context(|| format!("reading the watermarks of aggregation {operator}"))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Groups whose window ends at or before `before` and are not yet closed.
+async fn read_expired(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    operator: &str,
+    before: i64,
+) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let sql = d.sql(
+        "SELECT k, v FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? \
+         AND expires IS NOT NULL AND expires <= ? ORDER BY expires",
+    );
+    let rows = sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(operator)
+        .bind(kind::GROUP)
+        .bind(before)
+        .fetch_all(&mut *conn)
+        .await
+        .with_context(|| format!("reading the closing windows of aggregation {operator}"))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 /// Read state rows by key; every key comes back, `None` when absent.
