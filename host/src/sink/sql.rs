@@ -307,9 +307,11 @@ impl SqlSink {
                 .try_commit(
                     &mut events,
                     &mut dead,
-                    &offsets,
-                    &learned,
-                    &signals,
+                    BatchFacts {
+                        offsets: &offsets,
+                        learned: &learned,
+                        signals: &signals,
+                    },
                     &broken,
                     &mut report,
                 )
@@ -358,12 +360,15 @@ impl SqlSink {
         &mut self,
         events: &mut Vec<EventWrites>,
         dead: &mut Vec<DeadLetter>,
-        offsets: &[(Arc<str>, i32, i64)],
-        learned: &[Learned],
-        signals: &[crate::source::SourceSignal],
+        facts: BatchFacts<'_>,
         broken: &HashMap<TableId, String>,
         report: &mut SinkReport,
     ) -> anyhow::Result<()> {
+        let BatchFacts {
+            offsets,
+            learned,
+            signals,
+        } = facts;
         let d = self.dialect;
         report.writes = 0;
         report.offsets.clear();
@@ -486,6 +491,14 @@ impl SqlSink {
         tx.commit().await.context("COMMIT")?;
         Ok(())
     }
+}
+
+/// What a batch commits besides its events, unchanged across attempts.
+#[derive(Clone, Copy)]
+struct BatchFacts<'a> {
+    offsets: &'a [(Arc<str>, i32, i64)],
+    learned: &'a [Learned],
+    signals: &'a [crate::source::SourceSignal],
 }
 
 /// A text column. MySQL reports TEXT columns as BLOBs and sqlx's `Any`
