@@ -302,6 +302,9 @@ struct Orders {
     stream: Vec<Json>,
     template: Json,
     next_offset: i64,
+    /// Partition of the next lines (its own offsets beyond partition 0).
+    partition: i64,
+    other_offsets: BTreeMap<i64, i64>,
 }
 
 impl Orders {
@@ -319,7 +322,17 @@ impl Orders {
             stream,
             template,
             next_offset,
+            partition: 0,
+            other_offsets: BTreeMap::new(),
         }
+    }
+
+    /// No events yet; the fixture's orders events serve as the template.
+    fn empty() -> Orders {
+        let mut o = Orders::from_fixture();
+        o.stream.clear();
+        o.next_offset = 0;
+        o
     }
 
     /// The image of an order as `pg_expected.json` writes it.
@@ -334,8 +347,13 @@ impl Orders {
 
     fn line(&mut self, key: i64) -> Json {
         let mut line = self.template.clone();
-        line["offset"] = json!(self.next_offset);
-        self.next_offset += 1;
+        let offset = match self.partition {
+            0 => &mut self.next_offset,
+            p => self.other_offsets.entry(p).or_insert(0),
+        };
+        line["offset"] = json!(*offset);
+        *offset += 1;
+        line["partition"] = json!(self.partition);
         let mut k: Json = serde_json::from_str(self.template["key"].as_str().unwrap()).unwrap();
         k["payload"]["order_id"] = json!(key);
         line["key"] = Json::String(k.to_string());
@@ -364,6 +382,14 @@ impl Orders {
 
     fn write(&self, dir: &Path) -> PathBuf {
         write_lines(dir, "stream.jsonl", &self.stream)
+    }
+
+    /// A new order of customer `customer` placed `hours` after 2030-01-01.
+    fn place(&mut self, id: i64, customer: i64, hours: i64) {
+        let placed = local("2030-01-01T00:00:00") + Duration::hours(hours);
+        let o = json!({"order_id": id, "customer_id": customer, "amount": 10, "status": "NEW",
+                       "placed_at": text(placed), "note": null});
+        self.change("c", 920_000_000 + id * 8, None, Some(&o));
     }
 }
 
@@ -569,4 +595,190 @@ fn orders_events_5m_counts_a_re_delivered_event_once() {
     let summary = assert_events_5m(&write_lines(dir.path(), "again.jsonl", &stream));
     let skipped = format!("{with_after} re-delivered changes skipped");
     assert!(summary.contains(&skipped), "{summary}");
+}
+
+/// Audit every insert and update of a SQLite sink table.
+fn audit_writes(db: &Path, table: &str) {
+    execute(
+        db,
+        &[
+            "CREATE TABLE IF NOT EXISTS audit (tbl TEXT, window_start TEXT, customer_id INTEGER)",
+            &format!(
+                "CREATE TRIGGER {table}_ins AFTER INSERT ON {table} BEGIN \
+                 INSERT INTO audit VALUES ('{table}', new.window_start, new.customer_id); END"
+            ),
+            &format!(
+                "CREATE TRIGGER {table}_upd AFTER UPDATE ON {table} BEGIN \
+                 INSERT INTO audit VALUES ('{table}', new.window_start, new.customer_id); END"
+            ),
+        ],
+    );
+}
+
+/// (day, orders, amount_sum) rows of a `windows` table, oldest first.
+fn days_of(db: &Path, table: &str) -> Vec<(String, i64, String)> {
+    query(
+        db,
+        &format!("SELECT window_start, orders, amount_sum FROM {table} ORDER BY window_start"),
+    )
+    .iter()
+    .map(|r| {
+        (
+            r["window_start"].as_str().unwrap()[..10].to_string(),
+            r["orders"].as_i64().unwrap(),
+            r["amount_sum"].as_str().unwrap().to_string(),
+        )
+    })
+    .collect()
+}
+
+/// Final mode writes a window once, when the watermark passes its end; a
+/// late order is dead-lettered (reason `late`) or applied as a correction,
+/// per policy; and the watermark a run reached holds in the next run.
+#[test]
+fn final_windows_are_written_once_late_rows_follow_the_policy_and_the_watermark_survives_a_restart()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scratch::new(&[("windows", "windows")]);
+    let mut o = Orders::empty();
+    o.place(1, 1, 10); // day 1, 10:00
+    o.place(2, 1, 12);
+    o.place(3, 1, 24 + 9); // day 2: the watermark passes day 1's end
+    let first = o.write(dir.path());
+    let out = s.run(&first, &["--max-batch", "1"]);
+    let day1 = ("2030-01-01".to_string(), 2, "20.00".to_string());
+    for table in ["orders_final_strict", "orders_final_corrected"] {
+        assert_eq!(
+            days_of(&s.db(), table),
+            vec![day1.clone()],
+            "{}",
+            stderr(&out)
+        );
+        audit_writes(&s.db(), table);
+    }
+    // The next run resumes: a late order for day 1, then day 3 closes day 2.
+    o.place(4, 1, 15);
+    o.place(5, 1, 48 + 10);
+    let out = s.run(&o.write(dir.path()), &["--max-batch", "1"]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let day2 = ("2030-01-02".to_string(), 1, "10.00".to_string());
+    assert_eq!(
+        days_of(&s.db(), "orders_final_strict"),
+        vec![day1.clone(), day2.clone()],
+        "{summary}"
+    );
+    assert_eq!(
+        days_of(&s.db(), "orders_final_corrected"),
+        vec![("2030-01-01".to_string(), 3, "30.00".to_string()), day2],
+        "{summary}"
+    );
+    let dlq = query(&s.db(), "SELECT stage, plugin, reason FROM sluice_dlq");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["stage"], "aggregate");
+    let reason = dlq[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("aggregation `orders_final_strict`: late"),
+        "{reason}"
+    );
+    assert!(
+        summary.contains("1 applied as corrections, 1 dead-lettered"),
+        "{summary}"
+    );
+    // Written once: the strict table only got day 2 in this run; the
+    // corrected one day 1 again (the correction) and day 2.
+    let writes = query(
+        &s.db(),
+        "SELECT tbl, substr(window_start, 1, 10) AS day, count(*) AS n FROM audit GROUP BY tbl, day ORDER BY tbl, day",
+    );
+    let writes: Vec<(String, String, i64)> = writes
+        .iter()
+        .map(|r| {
+            (
+                r["tbl"].as_str().unwrap().into(),
+                r["day"].as_str().unwrap().into(),
+                r["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            ("orders_final_corrected".into(), "2030-01-01".into(), 1),
+            ("orders_final_corrected".into(), "2030-01-02".into(), 1),
+            ("orders_final_strict".into(), "2030-01-02".into(), 1),
+        ]
+    );
+}
+
+/// A partition that goes quiet stops holding the watermark back once it
+/// is idle for `streaming.idle_timeout`; without that, day 1 would wait
+/// for partition 1 forever.
+#[test]
+fn an_idle_partition_does_not_stall_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scratch::new(&[("windows", "windows")]);
+    let cfg = s.path("p.toml");
+    std::fs::write(&cfg, "[streaming]\nidle_timeout = \"1s\"\n").unwrap();
+    let mut o = Orders::empty();
+    o.partition = 1;
+    o.place(1, 2, 8); // partition 1: day 1, 08:00, then nothing more
+    o.partition = 0;
+    o.place(2, 1, 10);
+    o.place(3, 1, 24 + 9);
+    let path = o.write(dir.path());
+    let mut child = s
+        .command(&format!("file:{}", path.display()))
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnPanic(child.id());
+    // Both partitions go idle (all idle: the watermark stays); then
+    // partition 0 gets an order while partition 1 stays quiet.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        !table_exists(&s.db(), "orders_final_strict")
+            || days_of(&s.db(), "orders_final_strict").is_empty(),
+        "nothing may close while partition 1 holds the watermark at day 1, 08:00"
+    );
+    o.partition = 0;
+    o.place(4, 1, 48 + 10);
+    o.write(dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut got = Vec::new();
+    while std::time::Instant::now() < deadline {
+        if table_exists(&s.db(), "orders_final_strict") {
+            got = query(
+                &s.db(),
+                "SELECT substr(window_start, 1, 10) AS day, customer_id, orders FROM orders_final_strict ORDER BY day, customer_id",
+            );
+            if got.len() >= 3 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let got: Vec<(String, i64, i64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["day"].as_str().unwrap().into(),
+                r["customer_id"].as_i64().unwrap(),
+                r["orders"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2030-01-01".into(), 1, 1),
+            ("2030-01-01".into(), 2, 1),
+            ("2030-01-02".into(), 1, 1),
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
