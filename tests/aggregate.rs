@@ -9,7 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chrono::{Duration, NaiveDateTime};
+use chrono::Duration;
+use common::reference::*;
 use common::*;
 use serde_json::{json, Value as Json};
 
@@ -44,131 +45,12 @@ fn is_orders(line: &Json) -> bool {
     line["topic"].as_str().unwrap().ends_with(".orders")
 }
 
-/// A decimal as micro-units (exact for the fixture's scales).
-fn micros(v: &Json) -> Option<i128> {
-    let s = match v {
-        Json::Null => return None,
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let (neg, body) = s
-        .strip_prefix('-')
-        .map_or((false, s.as_str()), |b| (true, b));
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let frac = format!("{frac:0<6}");
-    let n: i128 = format!("{int}{}", &frac[..6]).parse().unwrap();
-    Some(if neg { -n } else { n })
-}
-
-fn decimal(m: i128) -> String {
-    let sign = if m < 0 { "-" } else { "" };
-    let m = m.abs();
-    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-fn local(s: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").unwrap()
-}
-
-fn text(t: NaiveDateTime) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
-}
-
 /// The source's final orders.
 fn source_orders() -> Vec<Json> {
     expected(&fixture("pg_expected.json"))["orders"]
         .as_array()
         .unwrap()
         .clone()
-}
-
-#[derive(Default)]
-struct Group {
-    orders: i64,
-    sum: Option<i128>,
-    min: Option<i128>,
-    max: Option<i128>,
-}
-
-/// `GROUP BY window, customer_id` over orders, for windows of `size` days
-/// sliding by one day (`size` 1: tumbling days).
-fn group_by_days(orders: &[Json], size: i64) -> BTreeMap<(String, i64), Group> {
-    let mut out: BTreeMap<(String, i64), Group> = BTreeMap::new();
-    for o in orders {
-        let placed = local(o["placed_at"].as_str().unwrap());
-        let day = placed.date().and_hms_opt(0, 0, 0).unwrap();
-        for back in 0..size {
-            let start = day - Duration::days(back);
-            let g = out
-                .entry((text(start), o["customer_id"].as_i64().unwrap()))
-                .or_default();
-            g.orders += 1;
-            if let Some(a) = micros(&o["amount"]) {
-                g.sum = Some(g.sum.unwrap_or(0) + a);
-                g.min = Some(g.min.map_or(a, |m| m.min(a)));
-                g.max = Some(g.max.map_or(a, |m| m.max(a)));
-            }
-        }
-    }
-    out
-}
-
-fn daily_rows(orders: &[Json]) -> Vec<Json> {
-    group_by_days(orders, 1)
-        .into_iter()
-        .map(|((start, customer), g)| {
-            let end = text(local(&start) + Duration::days(1));
-            json!({"window_start": start, "window_end": end, "customer_id": customer,
-                   "orders": g.orders, "amount_sum": g.sum.map(decimal),
-                   "amount_min": g.min.map(decimal), "amount_max": g.max.map(decimal)})
-        })
-        .collect()
-}
-
-fn weekly_rows(orders: &[Json]) -> Vec<Json> {
-    group_by_days(orders, 7)
-        .into_iter()
-        .map(|((start, customer), g)| {
-            let end = text(local(&start) + Duration::days(7));
-            json!({"window_start": start, "window_end": end, "customer_id": customer,
-                   "orders": g.orders, "amount_sum": g.sum.map(decimal)})
-        })
-        .collect()
-}
-
-/// Sessions per customer: orders less than two days apart share one.
-fn session_rows(orders: &[Json]) -> Vec<Json> {
-    let mut by_customer: BTreeMap<i64, Vec<(NaiveDateTime, Option<i128>)>> = BTreeMap::new();
-    for o in orders {
-        by_customer
-            .entry(o["customer_id"].as_i64().unwrap())
-            .or_default()
-            .push((
-                local(o["placed_at"].as_str().unwrap()),
-                micros(&o["amount"]),
-            ));
-    }
-    let gap = Duration::days(2);
-    let mut out = Vec::new();
-    for (customer, mut placed) in by_customer {
-        placed.sort();
-        let mut i = 0;
-        while i < placed.len() {
-            let mut j = i;
-            while j + 1 < placed.len() && placed[j + 1].0 - placed[j].0 < gap {
-                j += 1;
-            }
-            let run = &placed[i..=j];
-            let sum: Option<i128> = run.iter().filter_map(|r| r.1).reduce(|a, b| a + b);
-            out.push(
-                json!({"customer_id": customer, "session_start": text(run[0].0),
-                "session_end": text(run[run.len() - 1].0 + gap), "orders": run.len(),
-                "amount_sum": sum.map(decimal)}),
-            );
-            i = j + 1;
-        }
-    }
-    out
 }
 
 /// Run `orders_by_customer` alone over `stream` and compare its tables with
@@ -781,4 +663,79 @@ fn an_idle_partition_does_not_stall_the_watermark() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Orders events spread over `n` partitions by key (every event of a key in
+/// the same partition, as Debezium's keyed records are), offsets renumbered.
+fn spread(stream: &[Json], n: i64) -> Vec<Json> {
+    let mut next: BTreeMap<i64, i64> = BTreeMap::new();
+    stream
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            if is_orders(&l) {
+                let key: Json = serde_json::from_str(l["key"].as_str().unwrap()).unwrap();
+                let id = key["payload"]["order_id"].as_i64().unwrap();
+                let p = id.rem_euclid(n);
+                let o = next.entry(p).or_insert(0);
+                l["partition"] = json!(p);
+                l["offset"] = json!(*o);
+                *o += 1;
+            }
+            l
+        })
+        .collect()
+}
+
+/// Orders per day and distinct customers per day, from the orders.
+fn distinct_rows(orders: &[Json]) -> Vec<Json> {
+    let mut days: BTreeMap<String, (i64, std::collections::BTreeSet<i64>)> = BTreeMap::new();
+    for o in orders {
+        let placed = local(o["placed_at"].as_str().unwrap());
+        let day = text(placed.date().and_hms_opt(0, 0, 0).unwrap());
+        let e = days.entry(day).or_default();
+        e.0 += 1;
+        e.1.insert(o["customer_id"].as_i64().unwrap());
+    }
+    days.into_iter()
+        .map(|(day, (n, customers))| {
+            let end = text(local(&day) + Duration::days(1));
+            json!({"window_start": day, "window_end": end, "orders": n, "customers": customers.len()})
+        })
+        .collect()
+}
+
+/// The SDK docs' custom aggregate (a distinct count, `tests/guests/distinct`)
+/// equals `count(DISTINCT customer_id)` per day, with orders moving between
+/// customers, spread over three partitions (per-partition states merged),
+/// in large batches and in batches of 3.
+#[test]
+fn a_custom_aggregate_equals_a_distinct_count_of_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Orders::from_fixture();
+    let mut orders = source_orders();
+    // an order moves to another customer, another one's customer goes away
+    for (i, lsn) in [(0usize, 930_000_000_i64), (3, 930_000_008)] {
+        let before = orders[i].clone();
+        let mut after = before.clone();
+        after["customer_id"] = json!(before["customer_id"].as_i64().unwrap() + 1);
+        s.change("u", lsn, Some(&before), Some(&after));
+        orders[i] = after;
+    }
+    let stream = spread(&s.stream, 3);
+    let path = write_lines(dir.path(), "spread.jsonl", &stream);
+    let want = distinct_rows(&orders);
+    for batch in ["10000", "3"] {
+        let scratch = Scratch::new(&[("distinct", "distinct")]);
+        let out = scratch.run(&path, &["--max-batch", batch]);
+        let d = diff_table(
+            &scratch.db(),
+            "orders_distinct_daily",
+            &want,
+            &["window_start"],
+        );
+        assert!(d.is_empty(), "batches of {batch}: {d:#?}\n{}", stderr(&out));
+        let dlq = query(&scratch.db(), "SELECT reason FROM sluice_dlq");
+        assert!(dlq.is_empty(), "{dlq:?}");
+    }
 }

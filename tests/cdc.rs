@@ -298,6 +298,99 @@ fn mirror() -> Scratch {
     Scratch::new(&[("mirror", "mirror")])
 }
 
+/// `mirror` and `orders_by_customer` in one pipeline: the mirrored tables
+/// are audited write by write, the aggregates compared with the source's
+/// GROUP BYs.
+fn mirror_and_aggregates() -> Scratch {
+    Scratch::new(&[
+        ("mirror", "mirror"),
+        ("orders_by_customer", "orders_by_customer"),
+    ])
+}
+
+const AGGREGATES: [(&str, &[&str]); 3] = [
+    ("orders_by_customer_daily", &["window_start", "customer_id"]),
+    ("orders_by_customer_7d", &["window_start", "customer_id"]),
+    ("orders_sessions", &["customer_id", "session_start"]),
+];
+
+/// `orders_by_customer`'s tables in the sink equal the GROUP BYs of the
+/// source's `orders` (computed by `common::reference`, not by Sluice).
+async fn assert_aggregates_equal_source(sink: &SinkDb) {
+    let mut src = connect(Db::Pg, "inventory").await;
+    let orders: Vec<serde_json::Value> = sqlx::query(
+        "SELECT customer_id, to_char(placed_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') AS placed_at, amount::text AS amount FROM orders",
+    )
+    .fetch_all(&mut src)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        serde_json::json!({"customer_id": r.try_get::<i64, _>(0).unwrap(),
+            "placed_at": r.try_get::<String, _>(1).unwrap(),
+            "amount": r.try_get::<Option<String>, _>(2).unwrap()})
+    })
+    .collect();
+    let mut c = connect(sink.db, &sink.name).await;
+    let time = |col: &str| match sink.db {
+        Db::Pg => format!("to_char({col}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"),
+        Db::My => format!("DATE_FORMAT({col}, '%Y-%m-%dT%H:%i:%s.%f')"),
+    };
+    let dec = |col: &str| match sink.db {
+        Db::Pg => format!("{col}::text"),
+        Db::My => format!("CAST({col} AS CHAR)"),
+    };
+    for (table, key) in AGGREGATES {
+        let want = match table {
+            "orders_by_customer_daily" => common::reference::daily_rows(&orders),
+            "orders_by_customer_7d" => common::reference::weekly_rows(&orders),
+            _ => common::reference::session_rows(&orders),
+        };
+        let (bounds, measures) = match table {
+            "orders_by_customer_daily" => (
+                ["window_start", "window_end"],
+                vec!["amount_sum", "amount_min", "amount_max"],
+            ),
+            "orders_by_customer_7d" => (["window_start", "window_end"], vec!["amount_sum"]),
+            _ => (["session_start", "session_end"], vec!["amount_sum"]),
+        };
+        let count = "orders";
+        let mut cols = vec![
+            format!("{} AS {}", time(bounds[0]), bounds[0]),
+            format!("{} AS {}", time(bounds[1]), bounds[1]),
+            "customer_id".to_string(),
+            count.to_string(),
+        ];
+        cols.extend(measures.iter().map(|m| format!("{} AS {m}", dec(m))));
+        let rows = sqlx::query(&format!("SELECT {} FROM {table}", cols.join(", ")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("reading {table}: {e}"));
+        let got: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .iter()
+            .map(|r| {
+                let mut m = serde_json::Map::new();
+                m.insert(bounds[0].into(), text(r, 0).into());
+                m.insert(bounds[1].into(), text(r, 1).into());
+                m.insert("customer_id".into(), r.try_get::<i64, _>(2).unwrap().into());
+                m.insert(count.into(), r.try_get::<i64, _>(3).unwrap().into());
+                for (i, name) in measures.iter().enumerate() {
+                    m.insert((*name).into(), text(r, 4 + i).into());
+                }
+                m
+            })
+            .collect();
+        let d = diff_rows(table, &got, &want, key);
+        assert!(
+            d.is_empty(),
+            "{table}: {} rows in the sink, {} from the source's GROUP BY; differences: {:#?}",
+            got.len(),
+            want.len(),
+            &d[..d.len().min(20)]
+        );
+    }
+}
+
 /// `sluice run` from Kafka into `sink_url`, under pipeline `name`.
 fn sluice_kafka(s: &Scratch, topics: &str, name: &str, sink_url: &str) -> Command {
     let mut c = sluice();
@@ -481,11 +574,7 @@ fn events_in_topic(topic: &str) -> i64 {
 }
 
 /// The PostgreSQL workload of the crash test: many small transactions.
-async fn long_workload(rounds: i64) {
-    long_workload_while(rounds, Arc::new(AtomicBool::new(false))).await
-}
-
-/// [`long_workload`] of at least `rounds` transactions, going on while
+/// A workload of at least `rounds` transactions, going on while
 /// `more` is set (up to four times as many), so a test that needs the host
 /// at work never runs out of changes.
 async fn long_workload_while(rounds: i64, more: Arc<AtomicBool>) {
@@ -512,6 +601,14 @@ async fn long_workload_while(rounds: i64, more: Arc<AtomicBool>) {
             format!("INSERT INTO orders (order_id, customer_id, amount, status, placed_at, note) VALUES ({oid}, {id}, {}.{:02}, 'NEW', '2025-02-01 00:00:00.{:06}', NULL), ({}, {id}, 1.00, 'NEW', '2025-02-01 00:00:01', 'x')", i % 9999, i % 100, i % 1_000_000, oid + 1),
             format!("UPDATE orders SET status = 'PAID', amount = amount + 1 WHERE order_id = {oid}"),
         ];
+        if i % 4 == 1 {
+            // moves between daily windows, sessions and customers
+            stmts.push(format!(
+                "UPDATE orders SET placed_at = placed_at + interval '{} days', customer_id = {} WHERE order_id = {oid}",
+                i % 9,
+                id - 1
+            ));
+        }
         if i % 3 == 0 {
             stmts.push(format!("DELETE FROM orders WHERE order_id = {}", oid + 1));
         }
@@ -593,6 +690,9 @@ async fn audited_sink(sink: &SinkDb, s: &Scratch) {
             let mut my = vec![
                 "DELETE FROM customers".to_string(),
                 "DELETE FROM orders".to_string(),
+                // aggregates of the setup pipeline (its state is its own)
+                "DROP TABLE IF EXISTS orders_by_customer_daily, orders_by_customer_7d, orders_sessions"
+                    .to_string(),
                 "CREATE TABLE audit (tbl VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (tbl, kind))".to_string(),
                 "CREATE TABLE audit_attempts (n BIGINT NOT NULL) ENGINE=MyISAM".to_string(),
                 "INSERT INTO audit_attempts VALUES (0)".to_string(),
@@ -792,7 +892,7 @@ async fn crash_test(sink_db: Db, rounds: i64) {
     }
     let _lock = SOURCE_LOCK.lock().await;
     let sink = SinkDb::create(sink_db, "crash").await;
-    let s = mirror();
+    let s = mirror_and_aggregates();
     audited_sink(&sink, &s).await;
     let name = unique("crash");
     let logs = s.path("logs");
@@ -877,6 +977,7 @@ async fn crash_test(sink_db: Db, rounds: i64) {
         ),
     )
     .await;
+    assert_aggregates_equal_source(&sink).await;
     let total: i64 = TABLES
         .iter()
         .map(|(t, _)| events_in_topic(&Db::Pg.topic(t)))
@@ -919,7 +1020,7 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     }
     let _lock = SOURCE_LOCK.lock().await;
     let sink = SinkDb::create(Db::Pg, "group").await;
-    let s = mirror();
+    let s = mirror_and_aggregates();
     audited_sink(&sink, &s).await;
 
     let name = unique("group");
@@ -945,19 +1046,27 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
             .spawn()
             .unwrap()
     };
-    let work = tokio::spawn(long_workload(4000));
+    // The workload goes on until a batch met the fence (or enough members
+    // came and went), so the test always has a moving group to prove it on.
+    let more = Arc::new(AtomicBool::new(true));
+    let work = tokio::spawn(long_workload_while(4000, more.clone()));
     let pause = || tokio::time::sleep(Duration::from_secs(3));
-    let mut a = member("a");
+    let fenced_so_far = || {
+        read_logs(&logs)
+            .matches("another consumer of this pipeline already committed")
+            .count()
+    };
+    let mut members = vec![member("a")];
     pause().await;
-    let mut b = member("b");
+    members.push(member("b"));
     pause().await;
-    let mut c = member("c");
+    members.push(member("c"));
     pause().await;
     // a static member restarted under its id takes its partitions back
-    kill(&mut b);
+    kill(&mut members[1]);
     // the fourth member started: a, b, c, then b again
     let restarted_log = logs.join("4-b.log");
-    let mut b = member("b");
+    members[1] = member("b");
     pause().await;
     assert!(
         wait_for_log(
@@ -971,13 +1080,18 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     );
     // More members join while the workload runs: every join moves
     // partitions, each a chance for an in-flight batch to meet the fence.
-    let mut d = member("d");
-    pause().await;
-    let mut e = member("e");
+    for id in ["d", "e", "f", "g", "h", "i"] {
+        if id > "e" && fenced_so_far() > 0 {
+            break;
+        }
+        members.push(member(id));
+        pause().await;
+    }
+    more.store(false, Ordering::Relaxed);
     work.await.unwrap();
     pause().await;
     let before_final = committed_offsets(&sink, &name).await;
-    for m in [&mut a, &mut b, &mut c, &mut d, &mut e] {
+    for m in &mut members {
         kill(m);
     }
     assert!(before_final > 0, "the members committed nothing");
@@ -993,6 +1107,7 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     .await;
     let log_text = read_logs(&logs);
     assert_each_change_applied_once(&sink, &format!("member logs:\n{log_text}")).await;
+    assert_aggregates_equal_source(&sink).await;
     let moved = log_text.matches("partition revoked").count();
     assert!(moved > 0, "no partition moved between members:\n{log_text}");
     // The point of the test: batches in flight when their partition moved

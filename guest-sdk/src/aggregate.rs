@@ -35,58 +35,9 @@
 //! keeps the state bytes, calls `apply` with weight +1 for a row that joins
 //! the group and -1 for one that leaves (so the state must be able to
 //! forget), keeps one state per source partition and `merge`s them for the
-//! output. A distinct count:
+//! output. A complete plugin (`tests/guests/distinct`, run by the tests):
 //!
-//! ```no_run
-//! use std::collections::BTreeMap;
-//! use sluice_guest::{Aggregate, Value};
-//!
-//! /// Distinct non-null values: a multiset of their encodings.
-//! struct DistinctCount;
-//!
-//! impl Aggregate for DistinctCount {
-//!     type State = BTreeMap<String, i64>;
-//!
-//!     fn create() -> Self::State {
-//!         BTreeMap::new()
-//!     }
-//!
-//!     fn apply(state: &mut Self::State, value: &Value, weight: i64) -> Result<(), String> {
-//!         if *value == Value::Null {
-//!             return Ok(());
-//!         }
-//!         let key = format!("{value:?}");
-//!         let n = state.entry(key.clone()).or_insert(0);
-//!         *n += weight;
-//!         if *n < 0 {
-//!             return Err(format!("{key} retracted more often than added"));
-//!         }
-//!         if *n == 0 {
-//!             state.remove(&key);
-//!         }
-//!         Ok(())
-//!     }
-//!
-//!     fn merge(mut a: Self::State, b: Self::State) -> Self::State {
-//!         for (k, n) in b {
-//!             *a.entry(k).or_insert(0) += n;
-//!         }
-//!         a
-//!     }
-//!
-//!     fn finish(state: &Self::State) -> Value {
-//!         Value::Int(state.len() as i64)
-//!     }
-//!
-//!     fn encode(state: &Self::State) -> Vec<u8> {
-//!         sluice_guest::encode_counts(state)
-//!     }
-//!
-//!     fn decode(bytes: &[u8]) -> Result<Self::State, String> {
-//!         sluice_guest::decode_counts(bytes)
-//!     }
-//! }
-//! ```
+#![doc = concat!("```no_run\n", include_str!("../../tests/guests/distinct/src/lib.rs"), "```")]
 
 use std::collections::BTreeMap;
 

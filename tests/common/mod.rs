@@ -2,6 +2,8 @@
 //! in), run the real `sluice` binary, and read a SQLite sink back as JSON.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
@@ -44,6 +46,8 @@ pub fn guest(name: &str) -> PathBuf {
                 "orders_events_5m",
                 "-p",
                 "windows",
+                "-p",
+                "distinct",
                 "-p",
                 "tagger_v1",
                 "-p",

@@ -13,6 +13,7 @@ use num_traits::{Signed, ToPrimitive};
 
 use super::codec::{CorruptState, Reader, Writer};
 use super::spec::{AggregateFn, MeasureSpec};
+use super::CustomCalls;
 use crate::decode::decimal;
 use crate::model::Value;
 
@@ -296,6 +297,10 @@ pub enum Acc {
     Sum(Sum, i64),
     /// The multiset of non-null values (min and max).
     Multiset(BTreeMap<Ordered, i64>),
+    /// A custom aggregate: the plugin's state bytes per source partition
+    /// (one writer each, whatever the order of partitions), merged by the
+    /// plugin when the value is read.
+    Custom(BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
 impl Acc {
@@ -305,14 +310,15 @@ impl Acc {
             AggregateFn::Count => Acc::Count(0),
             AggregateFn::Sum | AggregateFn::Avg => Acc::Sum(Sum::Empty, 0),
             AggregateFn::Min | AggregateFn::Max => Acc::Multiset(BTreeMap::new()),
-            AggregateFn::Custom => Acc::Rows, // refused at load (spec::check)
+            AggregateFn::Custom => Acc::Custom(BTreeMap::new()),
         }
     }
 
     /// Whether applying `v` `weight` times would be refused, and why.
     fn check(&self, v: &Value, weight: i64) -> Result<(), String> {
         match self {
-            Acc::Rows => Ok(()),
+            // The plugin checks its own (in `aggregate-apply`).
+            Acc::Rows | Acc::Custom(_) => Ok(()),
             Acc::Count(n) => {
                 if *v != Value::Null && n + weight < 0 {
                     Err("a retraction matches no counted value".into())
@@ -351,7 +357,8 @@ impl Acc {
             return;
         }
         match self {
-            Acc::Rows => {}
+            // Custom states change by `set_partial` (the plugin computes them).
+            Acc::Rows | Acc::Custom(_) => {}
             Acc::Count(n) => *n += weight,
             Acc::Sum(s, n) => {
                 *n += weight;
@@ -392,8 +399,23 @@ impl Acc {
         }
     }
 
-    fn finish(&self, f: AggregateFn, rows: i64) -> Value {
-        match (self, f) {
+    fn finish(
+        &self,
+        f: AggregateFn,
+        rows: i64,
+        measure: u32,
+        calls: &mut dyn CustomCalls,
+    ) -> Result<Value, String> {
+        Ok(match (self, f) {
+            (Acc::Custom(parts), _) => {
+                let parts: Vec<Vec<u8>> = parts.values().cloned().collect();
+                let state = match parts.len() {
+                    0 => return Ok(Value::Null),
+                    1 => parts.into_iter().next().unwrap_or_default(),
+                    _ => calls.merge(measure, &parts)?,
+                };
+                calls.finish(measure, &state)?
+            }
             (Acc::Rows, _) => Value::Int(rows),
             (Acc::Count(n), _) => Value::Int(*n),
             (Acc::Sum(s, _), AggregateFn::Sum) => s.value(),
@@ -402,7 +424,7 @@ impl Acc {
                 m.keys().next().map_or(Value::Null, |k| k.0.clone())
             }
             (Acc::Multiset(m), _) => m.keys().next_back().map_or(Value::Null, |k| k.0.clone()),
-        }
+        })
     }
 
     fn write(&self, w: &mut Writer) {
@@ -425,6 +447,14 @@ impl Acc {
                     w.i64(*n);
                 }
             }
+            Acc::Custom(parts) => {
+                w.u8(4);
+                w.u32(parts.len() as u32);
+                for (p, state) in parts {
+                    w.bytes(p);
+                    w.bytes(state);
+                }
+            }
         }
     }
 
@@ -444,6 +474,15 @@ impl Acc {
                     m.insert(Ordered(v), r.i64()?);
                 }
                 Acc::Multiset(m)
+            }
+            4 => {
+                let n = r.u32()?;
+                let mut parts = BTreeMap::new();
+                for _ in 0..n {
+                    let p = r.bytes()?.to_vec();
+                    parts.insert(p, r.bytes()?.to_vec());
+                }
+                Acc::Custom(parts)
             }
             _ => return Err(CorruptState("accumulator tag")),
         })
@@ -492,13 +531,34 @@ impl GroupAcc {
         }
     }
 
-    /// The measure values, in declaration order.
-    pub fn finish(&self, measures: &[MeasureSpec]) -> Vec<Value> {
+    /// The measure values, in declaration order; custom ones through the
+    /// plugin (`Err`: it failed to merge or finish).
+    pub fn finish(
+        &self,
+        measures: &[MeasureSpec],
+        calls: &mut dyn CustomCalls,
+    ) -> Result<Vec<Value>, String> {
         self.measures
             .iter()
             .zip(measures)
-            .map(|(a, m)| a.finish(m.function, self.rows))
+            .enumerate()
+            .map(|(i, (a, m))| a.finish(m.function, self.rows, i as u32, calls))
             .collect()
+    }
+
+    /// A custom measure's state for one source partition.
+    pub fn partial(&self, measure: usize, partition: &[u8]) -> Option<&[u8]> {
+        match self.measures.get(measure) {
+            Some(Acc::Custom(parts)) => parts.get(partition).map(Vec::as_slice),
+            _ => None,
+        }
+    }
+
+    /// Set a custom measure's state for one source partition.
+    pub fn set_partial(&mut self, measure: usize, partition: Vec<u8>, state: Vec<u8>) {
+        if let Some(Acc::Custom(parts)) = self.measures.get_mut(measure) {
+            parts.insert(partition, state);
+        }
     }
 
     pub fn write(&self, w: &mut Writer) {
@@ -541,7 +601,7 @@ mod tests {
             g.check(&[Value::Null, v.clone(), v.clone()], 1).unwrap();
             g.apply(&[Value::Null, v.clone(), v], 1);
         }
-        let out = g.finish(&ms);
+        let out = g.finish(&ms, &mut super::super::NoCustom).unwrap();
         assert_eq!(out[0], Value::Int(3));
         assert_eq!(
             out[1],
@@ -549,8 +609,14 @@ mod tests {
         );
         let big = Value::Decimal("1234567890123456789012345.5".into());
         g.apply(&[Value::Null, big.clone(), big], -1);
-        assert_eq!(g.finish(&ms)[1], Value::Decimal("0.30".into()));
-        assert_eq!(g.finish(&ms)[2], Value::Decimal("0.15000000".into()));
+        assert_eq!(
+            g.finish(&ms, &mut super::super::NoCustom).unwrap()[1],
+            Value::Decimal("0.30".into())
+        );
+        assert_eq!(
+            g.finish(&ms, &mut super::super::NoCustom).unwrap()[2],
+            Value::Decimal("0.15000000".into())
+        );
     }
 
     #[test]
@@ -564,7 +630,10 @@ mod tests {
             g.apply(&[Value::Float(1e16)], -1);
             g.apply(&[Value::Float(0.3)], -1);
         }
-        assert_eq!(g.finish(&ms)[0], Value::Float(0.1));
+        assert_eq!(
+            g.finish(&ms, &mut super::super::NoCustom).unwrap()[0],
+            Value::Float(0.1)
+        );
     }
 
     #[test]
@@ -580,7 +649,7 @@ mod tests {
         }
         g.apply(&[Value::Null, Value::Null, Value::Null], 1);
         assert_eq!(
-            g.finish(&ms),
+            g.finish(&ms, &mut super::super::NoCustom).unwrap(),
             vec![
                 Value::Decimal("-3".into()),
                 Value::Decimal("10.25".into()),
@@ -590,7 +659,7 @@ mod tests {
         g.apply(&row("-3"), -1);
         g.apply(&row("10.25"), -1);
         assert_eq!(
-            g.finish(&ms)[..2],
+            g.finish(&ms, &mut super::super::NoCustom).unwrap()[..2],
             [Value::Decimal("9.5".into()), Value::Decimal("9.5".into())]
         );
         assert!(
@@ -598,7 +667,10 @@ mod tests {
             "retracting a value never added"
         );
         g.apply(&row("9.5"), -1);
-        assert_eq!(g.finish(&ms), vec![Value::Null, Value::Null, Value::Int(0)]);
+        assert_eq!(
+            g.finish(&ms, &mut super::super::NoCustom).unwrap(),
+            vec![Value::Null, Value::Null, Value::Int(0)]
+        );
     }
 
     #[test]

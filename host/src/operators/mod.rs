@@ -29,3 +29,37 @@ pub struct StateUpdate {
     pub state: Option<Vec<u8>>,
     pub rows: Vec<(Value, i64)>,
 }
+
+/// The plugin's side of custom aggregates (`aggregate-apply/merge/finish`
+/// for one aggregation), as the operator calls it inside the commit. `Err`
+/// carries the plugin's refusal or a trap.
+pub trait CustomCalls: Send {
+    /// Fold `rows` (value, weight) into `state` (`None`: a fresh state).
+    fn apply(
+        &mut self,
+        measure: u32,
+        state: Option<&[u8]>,
+        rows: &[(Value, i64)],
+    ) -> Result<Vec<u8>, String>;
+    /// One state from several partitions' states.
+    fn merge(&mut self, measure: u32, parts: &[Vec<u8>]) -> Result<Vec<u8>, String>;
+    /// The output value of a state.
+    fn finish(&mut self, measure: u32, state: &[u8]) -> Result<Value, String>;
+}
+
+/// For aggregations without custom measures.
+pub struct NoCustom;
+
+impl CustomCalls for NoCustom {
+    fn apply(&mut self, _: u32, _: Option<&[u8]>, _: &[(Value, i64)]) -> Result<Vec<u8>, String> {
+        Err("this aggregation has no custom aggregate".into())
+    }
+
+    fn merge(&mut self, _: u32, _: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        Err("this aggregation has no custom aggregate".into())
+    }
+
+    fn finish(&mut self, _: u32, _: &[u8]) -> Result<Value, String> {
+        Err("this aggregation has no custom aggregate".into())
+    }
+}

@@ -151,6 +151,12 @@ pub struct Compiled {
     pre: PluginPre,
 }
 
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
 impl Compiled {
     /// A fresh instance with its own store, limits and log tag.
     pub fn instantiate(self: &Arc<Self>, tag: &str) -> anyhow::Result<Instance> {

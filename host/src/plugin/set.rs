@@ -52,6 +52,7 @@ impl LoadedPlugin {
                     plugin: info.name.clone(),
                     index: i as u32,
                     spec: spec.clone(),
+                    code: Some(compiled.clone()),
                 })
             })
             .collect();

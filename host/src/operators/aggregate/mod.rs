@@ -17,7 +17,7 @@ use super::session::{Session, SessionState};
 use super::spec::{AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, Semantics, WindowSpec};
 use super::watermark::{PartitionTime, Watermarks};
 use super::window::{windows_of, Window};
-use super::Projection;
+use super::{CustomCalls, Projection};
 use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
 
 mod output;
@@ -37,6 +37,9 @@ pub struct AggregationOp {
     /// Index in the plugin's declaration (for `project`).
     pub index: u32,
     pub spec: AggregationSpec,
+    /// The plugin version that declared it: custom aggregates run on an
+    /// instance of it inside the commit.
+    pub code: Option<Arc<crate::plugin::runtime::Compiled>>,
 }
 
 /// What a change means to an aggregation.
@@ -88,6 +91,9 @@ pub struct Applied {
     pub late_applied: u64,
     /// Events for closed windows sent to the DLQ (reason `late`).
     pub late_dead_lettered: u64,
+    /// Group rows that could not be computed (a custom aggregate failed
+    /// to merge or finish): the batch cannot commit.
+    pub failures: Vec<String>,
 }
 
 /// One aggregation's state as the sink holds it between commits: what was
@@ -290,10 +296,16 @@ impl AggregateState {
                 Some(t)
             }
         };
+        let custom = self
+            .spec
+            .measures
+            .iter()
+            .any(|m| m.function == super::spec::AggregateFn::Custom);
         Ok(Some(Contribution {
             group: p.group.clone(),
             time,
             args: p.args.clone(),
+            partition: custom.then(|| input.partition.clone()),
         }))
     }
 
@@ -355,7 +367,12 @@ impl AggregateState {
     ///
     /// `idle`: partitions signalled idle during the batch. Call
     /// `load_watermarks` first.
-    pub fn apply(&mut self, inputs: &[&OperatorInput], idle: &[Vec<u8>]) -> Applied {
+    pub fn apply(
+        &mut self,
+        inputs: &[&OperatorInput],
+        idle: &[Vec<u8>],
+        calls: &mut dyn CustomCalls,
+    ) -> Applied {
         let mut applied = Applied::default();
         let watermark = self.watermark();
         let mut times = self.watermarks.take().unwrap_or_default();
@@ -425,7 +442,7 @@ impl AggregateState {
                 Some(gap) => {
                     self.move_in_sessions(old.as_ref(), new.as_ref(), gap, &mut sessions_before)
                 }
-                None => self.move_contribution(old.as_ref(), new.as_ref()),
+                None => self.move_contribution(old.as_ref(), new.as_ref(), calls),
             };
             match moved {
                 Ok(touched) => {
@@ -496,6 +513,7 @@ impl AggregateState {
                 gap,
                 output_table,
                 &mut applied,
+                calls,
             );
             return applied;
         }
@@ -525,7 +543,10 @@ impl AggregateState {
             });
             if let (Some(table), Some(g)) = (&output_table, group) {
                 if self.spec.emit == EmitMode::Update || corrected.contains(&k) {
-                    applied.outputs.push(output_row(&self.spec, table, &g));
+                    match output_row(&self.spec, table, &g, calls) {
+                        Ok(w) => applied.outputs.push(w),
+                        Err(e) => applied.failures.push(e),
+                    }
                 }
             }
         }
@@ -541,13 +562,17 @@ impl AggregateState {
         &mut self,
         groups: Vec<(Vec<u8>, Vec<u8>)>,
         table: Option<&Arc<SinkTable>>,
+        calls: &mut dyn CustomCalls,
     ) -> Result<Applied, CorruptState> {
         let mut applied = Applied::default();
         for (k, v) in groups {
             let g = GroupState::decode(&v)?;
             if self.spec.emit == EmitMode::Final {
                 if let Some(table) = table {
-                    applied.outputs.push(output_row(&self.spec, table, &g));
+                    match output_row(&self.spec, table, &g, calls) {
+                        Ok(w) => applied.outputs.push(w),
+                        Err(e) => applied.failures.push(e),
+                    }
                 }
             }
             let keep = self.spec.late == LatePolicy::Apply;
@@ -617,6 +642,7 @@ impl AggregateState {
         gap: i64,
         table: Option<Arc<SinkTable>>,
         applied: &mut Applied,
+        calls: &mut dyn CustomCalls,
     ) {
         let mut seen = BTreeSet::new();
         for k in dirty {
@@ -654,10 +680,16 @@ impl AggregateState {
             {
                 let mut g = row(gone);
                 g.acc.rows = 0;
-                applied.outputs.push(output_row(&self.spec, table, &g));
+                match output_row(&self.spec, table, &g, calls) {
+                    Ok(w) => applied.outputs.push(w),
+                    Err(e) => applied.failures.push(e),
+                }
             }
             for s in after.iter().filter(|a| !old.contains(a)) {
-                applied.outputs.push(output_row(&self.spec, table, &row(s)));
+                match output_row(&self.spec, table, &row(s), calls) {
+                    Ok(w) => applied.outputs.push(w),
+                    Err(e) => applied.failures.push(e),
+                }
             }
         }
     }
@@ -668,6 +700,7 @@ impl AggregateState {
         &mut self,
         old: Option<&Contribution>,
         new: Option<&Contribution>,
+        calls: &mut dyn CustomCalls,
     ) -> Result<Vec<Vec<u8>>, String> {
         let mut steps: Vec<(Vec<u8>, &Contribution, Window, i64)> = Vec::new();
         if let Some(c) = old {
@@ -694,6 +727,36 @@ impl AggregateState {
             acc.check(&c.args, *weight)?;
             acc.apply(&c.args, *weight);
         }
+        // Custom measures: the plugin folds the row into the state of the
+        // partition the row came from (refusing aborts the whole change).
+        // (group key, measure, partition, new state)
+        type Partial = (Vec<u8>, usize, Vec<u8>, Vec<u8>);
+        let mut partials: Vec<Partial> = Vec::new();
+        for (m, spec) in self.spec.measures.iter().enumerate() {
+            if spec.function != super::spec::AggregateFn::Custom {
+                continue;
+            }
+            for (k, c, _, weight) in &steps {
+                let part = c.partition.clone().unwrap_or_default();
+                let current = partials
+                    .iter()
+                    .rev()
+                    .find(|(pk, pm, pp, _)| pk == k && *pm == m && *pp == part)
+                    .map(|(_, _, _, s)| s.clone())
+                    .or_else(|| {
+                        self.groups
+                            .get(k)
+                            .and_then(|g| g.as_ref())
+                            .and_then(|g| g.acc.partial(m, &part))
+                            .map(<[u8]>::to_vec)
+                    });
+                let arg = c.args.get(m).cloned().unwrap_or(Value::Null);
+                let state = calls
+                    .apply(m as u32, current.as_deref(), &[(arg, *weight)])
+                    .map_err(|e| format!("custom measure `{}`: {e}", spec.name))?;
+                partials.push((k.clone(), m, part, state));
+            }
+        }
         let mut touched = Vec::with_capacity(steps.len());
         for (k, c, w, weight) in steps {
             let entry = self.groups.entry(k.clone()).or_insert(None);
@@ -705,6 +768,11 @@ impl AggregateState {
             });
             g.acc.apply(&c.args, weight);
             touched.push(k);
+        }
+        for (k, m, part, state) in partials {
+            if let Some(Some(g)) = self.groups.get_mut(&k) {
+                g.acc.set_partial(m, part, state);
+            }
         }
         Ok(touched)
     }

@@ -4,30 +4,32 @@
 use super::*;
 
 /// The sink write for a group: its row, or a delete when it is empty.
+/// `Err`: a custom aggregate failed to merge or finish.
 pub(super) fn output_row(
     spec: &AggregationSpec,
     table: &Arc<SinkTable>,
     g: &GroupState,
-) -> SinkWrite {
+    calls: &mut dyn CustomCalls,
+) -> Result<SinkWrite, String> {
     if matches!(spec.window, WindowSpec::Session { .. }) {
         // Sessions: group columns, then the bounds; key (group, start).
         let (start, end) = g.bounds.clone().unwrap_or((Value::Null, Value::Null));
         let mut key = g.group.clone();
         key.push(start.clone());
         if g.acc.rows <= 0 {
-            return SinkWrite::Delete {
+            return Ok(SinkWrite::Delete {
                 table: table.clone(),
                 key,
-            };
+            });
         }
         let mut values = g.group.clone();
         values.push(start);
         values.push(end);
-        values.extend(g.acc.finish(&spec.measures));
-        return SinkWrite::Upsert {
+        values.extend(g.acc.finish(&spec.measures, calls)?);
+        return Ok(SinkWrite::Upsert {
             table: table.clone(),
             values,
-        };
+        });
     }
     let windowed = spec.window != WindowSpec::Global;
     let mut key = Vec::new();
@@ -38,10 +40,10 @@ pub(super) fn output_row(
     }
     key.extend(g.group.iter().cloned());
     if g.acc.rows <= 0 {
-        return SinkWrite::Delete {
+        return Ok(SinkWrite::Delete {
             table: table.clone(),
             key,
-        };
+        });
     }
     let mut values = Vec::with_capacity(table.columns.len());
     if windowed {
@@ -51,11 +53,11 @@ pub(super) fn output_row(
         }
     }
     values.extend(g.group.iter().cloned());
-    values.extend(g.acc.finish(&spec.measures));
-    SinkWrite::Upsert {
+    values.extend(g.acc.finish(&spec.measures, calls)?);
+    Ok(SinkWrite::Upsert {
         table: table.clone(),
         values,
-    }
+    })
 }
 
 /// The sink table of an aggregation: window bounds (typed like the event

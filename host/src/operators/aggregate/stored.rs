@@ -22,6 +22,9 @@ pub(super) struct Contribution {
     /// Typed event time (window bounds take its type); `None` without windows.
     pub(super) time: Option<Value>,
     pub(super) args: Vec<Value>,
+    /// The source partition it was added from, kept when custom measures
+    /// hold per-partition states (a retraction goes to the same one).
+    pub(super) partition: Option<Vec<u8>>,
 }
 
 /// A source row as the aggregation last saw it.
@@ -46,7 +49,7 @@ impl RowState {
         }
         match &self.contribution {
             Some(c) => {
-                w.u8(1);
+                w.u8(if c.partition.is_some() { 2 } else { 1 });
                 w.values(&c.group);
                 match &c.time {
                     Some(t) => {
@@ -56,6 +59,9 @@ impl RowState {
                     None => w.u8(0),
                 }
                 w.values(&c.args);
+                if let Some(p) = &c.partition {
+                    w.bytes(p);
+                }
             }
             None => w.u8(0),
         }
@@ -77,16 +83,22 @@ impl RowState {
         };
         let contribution = match r.u8()? {
             0 => None,
-            _ => {
+            tag => {
                 let group = r.values()?;
                 let time = match r.u8()? {
                     0 => None,
                     _ => Some(r.value()?),
                 };
+                let args = r.values()?;
+                let partition = match tag {
+                    2 => Some(r.bytes()?.to_vec()),
+                    _ => None,
+                };
                 Some(Contribution {
                     group,
                     time,
-                    args: r.values()?,
+                    args,
+                    partition,
                 })
             }
         };

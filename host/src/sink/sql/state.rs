@@ -10,8 +10,12 @@
 use sha2::Digest as _;
 
 use super::*;
-use crate::operators::aggregate::{kind, AggregateState, OperatorInput, StateWrite};
+use crate::model::Value;
+use crate::operators::aggregate::{kind, AggregateState, AggregationOp, OperatorInput, StateWrite};
+use crate::operators::spec::AggregateFn;
 use crate::operators::watermark::partition_key;
+use crate::operators::{CustomCalls, NoCustom, StateUpdate};
+use crate::plugin::runtime::{Compiled, Instance};
 use crate::source::SourceSignal;
 
 /// Keys longer than this are stored as their SHA-256 (MySQL indexes at most
@@ -37,6 +41,9 @@ pub(super) struct OperatorStates {
     /// The output table each aggregation last wrote (windows closed by the
     /// watermark alone are written there).
     tables: HashMap<String, Arc<SinkTable>>,
+    /// Custom aggregates: per aggregation, the plugin version that declared
+    /// it and an instance of it (made when first needed, dropped after a trap).
+    plugins: HashMap<String, PluginCalls>,
     /// `sluice_state_seq` after this host's last stateful commit.
     last_seq: Option<i64>,
     /// The sequence this attempt took (committed with it or not).
@@ -135,9 +142,23 @@ impl OperatorStates {
                     .entry(id.clone())
                     .or_insert_with(|| AggregateState::new(spec));
                 self.tables.insert(id.clone(), first.output.clone());
+                if let Some(calls) = PluginCalls::for_op(&first.op) {
+                    let stale = self
+                        .plugins
+                        .get(&id)
+                        .is_none_or(|p| !Arc::ptr_eq(&p.code, &calls.code));
+                    if stale {
+                        self.plugins.insert(id.clone(), calls);
+                    }
+                }
             }
             let Some(state) = self.ops.get_mut(&id) else {
                 continue;
+            };
+            let mut none = NoCustom;
+            let calls: &mut dyn CustomCalls = match self.plugins.get_mut(&id) {
+                Some(p) => p,
+                None => &mut none,
             };
             let context = || format!("reading the state of aggregation {id}");
             if state.needs_watermarks() {
@@ -158,7 +179,13 @@ impl OperatorStates {
             let loaded = read_state(conn, d, pipeline, &id, kind::GROUP, &missing).await?;
             state.load_groups(loaded).with_context(context)?;
             let refs: Vec<&OperatorInput> = inputs.iter().map(|(_, i)| *i).collect();
-            let applied = state.apply(&refs, &idle);
+            let applied = state.apply(&refs, &idle, calls);
+            if !applied.failures.is_empty() {
+                anyhow::bail!(
+                    "aggregation {id}: {}; the batch is rolled back and the run stops (a custom aggregate that cannot merge or finish its states is a plugin bug)",
+                    applied.failures.join("; ")
+                );
+            }
             for (i, reason) in applied.rejected {
                 let ev = &events[inputs[i].0];
                 tracing::warn!(
@@ -184,8 +211,14 @@ impl OperatorStates {
                 let closing = read_expired(conn, d, pipeline, &id, before).await?;
                 if !closing.is_empty() {
                     let closed = state
-                        .close(closing, self.tables.get(&id))
+                        .close(closing, self.tables.get(&id), calls)
                         .with_context(context)?;
+                    if !closed.failures.is_empty() {
+                        anyhow::bail!(
+                            "aggregation {id}: {}; the batch is rolled back and the run stops",
+                            closed.failures.join("; ")
+                        );
+                    }
                     write_state(conn, d, pipeline, &id, &closed.state).await?;
                     report.outputs.extend(closed.outputs);
                 }
@@ -236,6 +269,34 @@ impl OperatorStates {
     }
 }
 
+/// The key and value columns as read back: MySQL's VARBINARY reaches
+/// sqlx's `Any` driver typed as TEXT, which then refuses bytes (and binary
+/// is no UTF-8), so MySQL sends them as hex.
+fn key_value(d: Dialect) -> &'static str {
+    match d {
+        Dialect::MySql { .. } => "HEX(k), HEX(v)",
+        _ => "k, v",
+    }
+}
+
+/// A key or value column of a `key_value` select.
+fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Result<Vec<u8>> {
+    match d {
+        Dialect::MySql { .. } => {
+            let hex = text(row, i)?;
+            (0..hex.len())
+                .step_by(2)
+                .map(|j| {
+                    hex.get(j..j + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| anyhow::anyhow!("state bytes are not hex: {hex:.40}"))
+                })
+                .collect()
+        }
+        _ => Ok(row.try_get(i)?),
+    }
+}
+
 /// Every state row of one kind (the partitions of a watermark).
 async fn read_kind(
     conn: &mut AnyConnection,
@@ -244,8 +305,12 @@ async fn read_kind(
     operator: &str,
     kind: &str,
 ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let sql =
-        d.sql("SELECT k, v FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ?");
+    let sql = d
+        .sql(&format!(
+            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ?",
+            key_value(d)
+        ))
+        .into_owned();
     let rows = sqlx::query(&sql)
         .bind(pipeline)
         .bind(operator)
@@ -254,7 +319,7 @@ async fn read_kind(
         .await
         .with_context(|| format!("reading the watermarks of aggregation {operator}"))?;
     rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((blob(d, r, 0)?, blob(d, r, 1)?)))
         .collect()
 }
 
@@ -266,10 +331,13 @@ async fn read_expired(
     operator: &str,
     before: i64,
 ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let sql = d.sql(
-        "SELECT k, v FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? \
-         AND expires IS NOT NULL AND expires <= ? ORDER BY expires",
-    );
+    let sql = d
+        .sql(&format!(
+            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? \
+             AND expires IS NOT NULL AND expires <= ? ORDER BY expires",
+            key_value(d)
+        ))
+        .into_owned();
     let rows = sqlx::query(&sql)
         .bind(pipeline)
         .bind(operator)
@@ -279,7 +347,7 @@ async fn read_expired(
         .await
         .with_context(|| format!("reading the closing windows of aggregation {operator}"))?;
     rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((blob(d, r, 0)?, blob(d, r, 1)?)))
         .collect()
 }
 
@@ -295,7 +363,8 @@ async fn read_state(
     let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
         let sql = d.sql(&format!(
-            "SELECT k, v FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
+            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
+            key_value(d),
             vec!["?"; chunk.len()].join(", ")
         ))
         .into_owned();
@@ -308,8 +377,8 @@ async fn read_state(
             .await
             .with_context(|| format!("reading the state of aggregation {operator}"))?
         {
-            let k: Vec<u8> = row.try_get(0)?;
-            let v: Vec<u8> = row.try_get(1)?;
+            let k = blob(d, &row, 0)?;
+            let v = blob(d, &row, 1)?;
             found.insert(k, v);
         }
     }
@@ -388,4 +457,92 @@ async fn write_state(
         }
     }
     Ok(())
+}
+
+/// The plugin side of one aggregation's custom measures, on an instance of
+/// the plugin version that declared it.
+pub(super) struct PluginCalls {
+    code: Arc<Compiled>,
+    tag: String,
+    aggregation: u32,
+    instance: Option<Instance>,
+}
+
+impl PluginCalls {
+    /// For aggregations with custom measures.
+    fn for_op(op: &AggregationOp) -> Option<PluginCalls> {
+        let custom = op
+            .spec
+            .measures
+            .iter()
+            .any(|m| m.function == AggregateFn::Custom);
+        Some(PluginCalls {
+            code: op.code.clone().filter(|_| custom)?,
+            tag: op.plugin.clone(),
+            aggregation: op.index,
+            instance: None,
+        })
+    }
+
+    /// Run `f` on the instance (made on first use); a trap drops it, so the
+    /// next call gets a fresh one.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Instance, u32) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if self.instance.is_none() {
+            let instance = self
+                .code
+                .instantiate(&self.tag)
+                .map_err(|e| format!("instantiating the plugin: {e:#}"))?;
+            self.instance = Some(instance);
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Err("no plugin instance".into());
+        };
+        let aggregation = self.aggregation;
+        let out = f(instance, aggregation);
+        if out.is_err() {
+            self.instance = None;
+        }
+        out
+    }
+}
+
+impl CustomCalls for PluginCalls {
+    fn apply(
+        &mut self,
+        measure: u32,
+        state: Option<&[u8]>,
+        rows: &[(Value, i64)],
+    ) -> Result<Vec<u8>, String> {
+        let update = StateUpdate {
+            state: state.map(<[u8]>::to_vec),
+            rows: rows.to_vec(),
+        };
+        let answer =
+            self.call(|i, a| i.aggregate_apply(a, measure, std::slice::from_ref(&update)))?;
+        answer
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err("the plugin returned no state".into()))
+    }
+
+    fn merge(&mut self, measure: u32, parts: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        let groups = [parts.to_vec()];
+        let answer = self.call(|i, a| i.aggregate_merge(a, measure, &groups))?;
+        answer
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the plugin returned no merged state".into())
+    }
+
+    fn finish(&mut self, measure: u32, state: &[u8]) -> Result<Value, String> {
+        let states = [state.to_vec()];
+        let answer = self.call(|i, a| i.aggregate_finish(a, measure, &states))?;
+        answer
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the plugin returned no value".into())
+    }
 }
