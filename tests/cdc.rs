@@ -291,6 +291,24 @@ async fn workload(db: Db, customers: i64) -> i64 {
     ] {
         c.execute(stmt.as_str()).await.unwrap();
     }
+    // One row changed twice in one transaction (two changes, one commit),
+    // and moved to another day and customer: aggregates must see both.
+    // (an order the statements above left in place)
+    let twice = (base + 3..).find(|i| i % 5 != 0).unwrap_or(base + 3);
+    let mut tx = c.begin().await.unwrap();
+    tx.execute(
+        format!(
+            "UPDATE orders SET amount = amount + 1, customer_id = {} WHERE order_id = {twice}",
+            base + 3
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    tx.execute(format!("UPDATE orders SET amount = amount + 2, placed_at = '2025-02-11 09:30:00' WHERE order_id = {twice}").as_str())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     base
 }
 
@@ -298,13 +316,15 @@ fn mirror() -> Scratch {
     Scratch::new(&[("mirror", "mirror")])
 }
 
-/// `mirror` and `orders_by_customer` in one pipeline: the mirrored tables
-/// are audited write by write, the aggregates compared with the source's
-/// GROUP BYs.
+/// `mirror`, `orders_by_customer` and `order_history` in one pipeline: the
+/// mirrored tables are audited write by write, the aggregates compared
+/// with the source's GROUP BYs, the keyed history with the orders topic's
+/// events.
 fn mirror_and_aggregates() -> Scratch {
     Scratch::new(&[
         ("mirror", "mirror"),
         ("orders_by_customer", "orders_by_customer"),
+        ("order_history", "order_history"),
     ])
 }
 
@@ -316,21 +336,22 @@ const AGGREGATES: [(&str, &[&str]); 3] = [
 
 /// `orders_by_customer`'s tables in the sink equal the GROUP BYs of the
 /// source's `orders` (computed by `common::reference`, not by Sluice).
-async fn assert_aggregates_equal_source(sink: &SinkDb) {
-    let mut src = connect(Db::Pg, "inventory").await;
-    let orders: Vec<serde_json::Value> = sqlx::query(
-        "SELECT customer_id, to_char(placed_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') AS placed_at, amount::text AS amount FROM orders",
-    )
-    .fetch_all(&mut src)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| {
-        serde_json::json!({"customer_id": r.try_get::<i64, _>(0).unwrap(),
-            "placed_at": r.try_get::<String, _>(1).unwrap(),
-            "amount": r.try_get::<Option<String>, _>(2).unwrap()})
-    })
-    .collect();
+async fn assert_aggregates_equal_source(source: Db, sink: &SinkDb) {
+    let mut src = connect(source, source_db(source)).await;
+    let sql = match source {
+        Db::Pg => "SELECT customer_id, to_char(placed_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), amount::text FROM orders",
+        Db::My => "SELECT customer_id, DATE_FORMAT(placed_at, '%Y-%m-%dT%H:%i:%s.%f'), CAST(amount AS CHAR) FROM orders",
+    };
+    let orders: Vec<serde_json::Value> = sqlx::query(sql)
+        .fetch_all(&mut src)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::json!({"customer_id": r.try_get::<i64, _>(0).unwrap(),
+                "placed_at": text(r, 1), "amount": text(r, 2)})
+        })
+        .collect();
     let mut c = connect(sink.db, &sink.name).await;
     let time = |col: &str| match sink.db {
         Db::Pg => format!("to_char({col}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"),
@@ -389,6 +410,48 @@ async fn assert_aggregates_equal_source(sink: &SinkDb) {
             &d[..d.len().min(20)]
         );
     }
+}
+
+/// `order_history` (keyed state) in the sink equals the history computed
+/// from every event of the source's orders topic (but the poison records
+/// tests put there, which are dead-lettered).
+async fn assert_history_equals_topic(source: Db, sink: &SinkDb) {
+    let stream: Vec<serde_json::Value> = kcat_consume(&source.topic("orders"), None, None)
+        .iter()
+        .filter(|l| !l.contains(POISON_MARK))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = common::reference::order_history_rows(&stream);
+    let mut c = connect(sink.db, &sink.name).await;
+    let rows = sqlx::query(
+        "SELECT order_id, first_status, status, status_changes, versions FROM order_history",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap_or_else(|e| panic!("reading order_history: {e}"));
+    let got: Vec<serde_json::Map<String, serde_json::Value>> = rows
+        .iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            m.insert("order_id".into(), r.try_get::<i64, _>(0).unwrap().into());
+            m.insert("first_status".into(), text(r, 1).into());
+            m.insert("status".into(), text(r, 2).into());
+            m.insert(
+                "status_changes".into(),
+                r.try_get::<i64, _>(3).unwrap().into(),
+            );
+            m.insert("versions".into(), r.try_get::<i64, _>(4).unwrap().into());
+            m
+        })
+        .collect();
+    let d = diff_rows("order_history", &got, &want, &["order_id"]);
+    assert!(
+        d.is_empty(),
+        "order_history: {} rows in the sink, {} from the topic's events; differences: {:#?}",
+        got.len(),
+        want.len(),
+        &d[..d.len().min(20)]
+    );
 }
 
 /// `sluice run` from Kafka into `sink_url`, under pipeline `name`.
@@ -509,14 +572,18 @@ async fn pair(source: Db, sink_db: Db, label: &str) {
     let _lock = SOURCE_LOCK.lock().await;
     let sink = SinkDb::create(sink_db, label).await;
     workload(source, 40).await;
-    let s = mirror();
+    let s = mirror_and_aggregates();
     let name = unique(label);
     let rows = catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
     assert!(rows["customers"].len() >= 40 && rows["orders"].len() >= 60);
     assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
+    assert_aggregates_equal_source(source, &sink).await;
+    assert_history_equals_topic(source, &sink).await;
     // a second workload on top: the same pipeline resumes from its checkpoint
     workload(source, 10).await;
     catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
+    assert_aggregates_equal_source(source, &sink).await;
+    assert_history_equals_topic(source, &sink).await;
     sink.drop_it().await;
 }
 
@@ -962,8 +1029,9 @@ async fn crash_test(sink_db: Db, rounds: i64) {
         + usize::from(progress.first().is_some_and(|&p| p > 0));
     assert!(
         advanced >= 3,
-        "the sink advanced in only {advanced} of {} runs (committed offsets after each kill: {progress:?})",
-        kills.len()
+        "the sink advanced in only {advanced} of {} runs (committed offsets after each kill: {progress:?})\nlogs:\n{}",
+        kills.len(),
+        read_logs(&logs)
     );
     eprintln!("committed offsets after each kill: {progress:?}");
     let started = Instant::now();
@@ -977,7 +1045,8 @@ async fn crash_test(sink_db: Db, rounds: i64) {
         ),
     )
     .await;
-    assert_aggregates_equal_source(&sink).await;
+    assert_aggregates_equal_source(Db::Pg, &sink).await;
+    assert_history_equals_topic(Db::Pg, &sink).await;
     let total: i64 = TABLES
         .iter()
         .map(|(t, _)| events_in_topic(&Db::Pg.topic(t)))
@@ -1107,7 +1176,8 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     .await;
     let log_text = read_logs(&logs);
     assert_each_change_applied_once(&sink, &format!("member logs:\n{log_text}")).await;
-    assert_aggregates_equal_source(&sink).await;
+    assert_aggregates_equal_source(Db::Pg, &sink).await;
+    assert_history_equals_topic(Db::Pg, &sink).await;
     let moved = log_text.matches("partition revoked").count();
     assert!(moved > 0, "no partition moved between members:\n{log_text}");
     // The point of the test: batches in flight when their partition moved
@@ -1158,6 +1228,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
                 },
                 plugins: None,
                 ops: Vec::new(),
+                keyed: Vec::new(),
                 writes: vec![SinkWrite::Upsert {
                     table: table.clone(),
                     values: vec![Value::Int(i), Value::Text(v.into())],

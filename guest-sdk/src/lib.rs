@@ -77,6 +77,8 @@ pub mod bindings {
 mod aggregate;
 mod decimal;
 mod emitter;
+#[cfg(not(feature = "wit-0-1"))]
+mod keyed;
 mod view;
 
 #[cfg(not(feature = "wit-0-1"))]
@@ -88,6 +90,11 @@ pub use aggregate::{
 #[doc(hidden)]
 #[cfg(not(feature = "wit-0-1"))]
 pub use aggregate::{run_apply, run_finish, run_merge, run_project};
+#[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
+pub use keyed::run_keyed;
+#[cfg(not(feature = "wit-0-1"))]
+pub use keyed::KeyedState;
 
 use bindings::sluice::transform::types as wit;
 
@@ -129,6 +136,21 @@ pub trait Plugin {
         project_by_columns(aggregation, row)
     }
 
+    /// [`on_change`](Plugin::on_change) with the state the host keeps for
+    /// the change's source row, for plugins that declare
+    /// [`PluginInfo::keyed_state`] (see the `keyed` docs on [`KeyedState`]).
+    /// An `Err` dead-letters the change and leaves the state as it was. The
+    /// default ignores the state.
+    #[cfg(not(feature = "wit-0-1"))]
+    fn on_keyed_change(
+        change: &Change<'_>,
+        state: &mut KeyedState,
+        out: &mut Emitter,
+    ) -> Result<(), String> {
+        let _ = state;
+        Self::on_change(change, out)
+    }
+
     /// The implementation of a custom measure, by its name (see [`Aggregate`]).
     #[cfg(not(feature = "wit-0-1"))]
     fn custom_aggregate(measure: &str) -> Option<CustomAggregate> {
@@ -147,6 +169,8 @@ pub fn info(name: &str, version: &str, tables: &[&str], outputs: &[&str]) -> Plu
         state_version: 0,
         #[cfg(not(feature = "wit-0-1"))]
         aggregations: Vec::new(),
+        #[cfg(not(feature = "wit-0-1"))]
+        keyed_state: false,
     }
 }
 
@@ -198,6 +222,13 @@ macro_rules! export_plugin {
                 input: $crate::bindings::sluice::transform::types::Batch,
             ) -> $crate::bindings::sluice::transform::types::BatchResult {
                 $crate::run_batch::<$plugin>(input)
+            }
+
+            fn process_keyed(
+                input: $crate::bindings::sluice::transform::types::Batch,
+                states: ::std::vec::Vec<$crate::bindings::sluice::transform::types::RowState>,
+            ) -> $crate::bindings::sluice::transform::types::KeyedResult {
+                $crate::run_keyed::<$plugin>(input, states)
             }
 
             fn project(

@@ -201,6 +201,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
                 stats.add(&stats.dlq_aggregate, report.dlq_aggregate);
+                stats.add(&stats.dlq_plugin, report.dlq_plugin);
                 stats.add(&stats.duplicates, report.duplicates);
                 stats.add(&stats.late_applied, report.late_applied);
                 stats.add(&stats.late_dead_lettered, report.late_dead_lettered);
@@ -496,12 +497,13 @@ fn process_batch(
                 .dead
                 .push(dead(record.clone(), Stage::Plugin, Some(plugin), reason));
         }
-        if !outcome.writes.is_empty() || !outcome.ops.is_empty() {
+        if !outcome.writes.is_empty() || !outcome.ops.is_empty() || !outcome.keyed.is_empty() {
             batch.events.push(EventWrites {
                 record,
                 plugins: Some(outcome.producers.join(",")),
                 writes: outcome.writes,
                 ops: outcome.ops,
+                keyed: outcome.keyed,
             });
         }
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -48,6 +49,8 @@ pub fn guest(name: &str) -> PathBuf {
                 "windows",
                 "-p",
                 "distinct",
+                "-p",
+                "order_history",
                 "-p",
                 "tagger_v1",
                 "-p",

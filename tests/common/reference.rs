@@ -1,7 +1,8 @@
-//! Reference computations for the aggregation examples, done here without
+//! Reference computations for the stateful examples, done here without
 //! any of Sluice's code: the `GROUP BY`s `orders_by_customer` must equal,
 //! from orders given as JSON rows (`customer_id`, `placed_at` as zone-less
-//! ISO text, `amount` as a decimal number or text).
+//! ISO text, `amount` as a decimal number or text), and the per-order
+//! history `order_history` (keyed state) must equal, from the events.
 
 use std::collections::BTreeMap;
 
@@ -125,4 +126,65 @@ pub fn session_rows(orders: &[Json]) -> Vec<Json> {
         }
     }
     out
+}
+
+/// The history of each order that exists at the end of `stream` (kcat
+/// `-J` lines of any topics), from its orders events in order: created (or
+/// read) with a status, each update one more version and, if the status
+/// differs, one more status change; a delete forgets the order. An event
+/// seen before (same key and source position: a Debezium re-delivery)
+/// counts once; records that are no Debezium change are skipped.
+pub fn order_history_rows(stream: &[Json]) -> Vec<Json> {
+    let mut orders: BTreeMap<i64, (Json, Json, i64, i64)> = BTreeMap::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for line in stream {
+        if !line["topic"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".orders"))
+        {
+            continue;
+        }
+        let parse = |field: &str| -> Option<Json> {
+            let v: Json = serde_json::from_str(line[field].as_str()?).ok()?;
+            Some(v.get("payload").cloned().unwrap_or(v))
+        };
+        let (Some(key), Some(p)) = (parse("key"), parse("payload")) else {
+            continue;
+        };
+        let (Some(id), Some(op)) = (key["order_id"].as_i64(), p["op"].as_str()) else {
+            continue;
+        };
+        let src = &p["source"];
+        if !seen.insert(format!(
+            "{id} {} {} {} {}",
+            src["lsn"], src["file"], src["pos"], src["row"]
+        )) {
+            continue;
+        }
+        let status = p["after"]["status"].clone();
+        match op {
+            "d" => {
+                orders.remove(&id);
+            }
+            _ => match orders.get_mut(&id) {
+                Some((_, last, changes, versions)) => {
+                    *versions += 1;
+                    if *last != status {
+                        *changes += 1;
+                    }
+                    *last = status;
+                }
+                None => {
+                    orders.insert(id, (status.clone(), status, 0, 1));
+                }
+            },
+        }
+    }
+    orders
+        .into_iter()
+        .map(|(id, (first, status, changes, versions))| {
+            json!({"order_id": id, "first_status": first, "status": status,
+                   "status_changes": changes, "versions": versions})
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! so encoded values serve as keys; versioned by a leading byte so a later
 //! layout can still read what an earlier one wrote.
 
-use crate::model::Value;
+use crate::model::{SourceOrder, Value};
 
 /// Layout version of every encoded state value.
 pub const VERSION: u8 = 1;
@@ -39,6 +39,19 @@ impl Writer {
 
     pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
+    }
+
+    /// A source position, if known (re-deliveries are recognised by it).
+    pub fn order(&mut self, order: Option<SourceOrder>) {
+        match order {
+            Some(SourceOrder([a, b, c])) => {
+                self.u8(1);
+                self.i64(a as i64);
+                self.i64(b as i64);
+                self.i64(c as i64);
+            }
+            None => self.u8(0),
+        }
     }
 
     pub fn value(&mut self, v: &Value) {
@@ -143,6 +156,17 @@ impl<'a> Reader<'a> {
 
     pub fn string(&mut self) -> Result<String, CorruptState> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| CorruptState("utf-8"))
+    }
+
+    pub fn order(&mut self) -> Result<Option<SourceOrder>, CorruptState> {
+        Ok(match self.u8()? {
+            0 => None,
+            _ => Some(SourceOrder([
+                self.i64()? as u64,
+                self.i64()? as u64,
+                self.i64()? as u64,
+            ])),
+        })
     }
 
     pub fn value(&mut self) -> Result<Value, CorruptState> {

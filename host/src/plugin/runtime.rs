@@ -41,6 +41,24 @@ fn cache_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice"))
 }
 
+/// Run plugin calls from async code. WASI's synchronous bindings (a guest
+/// writing to stderr, say) block on the ambient tokio runtime, which panics
+/// on a runtime worker thread; on the multi-threaded runtime the closure
+/// leaves the runtime for the call (`block_in_place`), elsewhere it runs on
+/// a thread of its own.
+pub fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+    }
+}
+
 /// How often the epoch ticks; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -219,6 +237,15 @@ impl Instance {
         events: &[(&model::ChangeEvent, &model::RecordId)],
     ) -> Result<Vec<ChangeOutcome>, String> {
         self.call(|b, store| b.process(store, events))
+    }
+
+    /// Call `process-keyed` (0.2 plugins with keyed state).
+    pub fn process_keyed(
+        &mut self,
+        events: &[(&model::ChangeEvent, &model::RecordId)],
+        states: &[(u32, Vec<u8>)],
+    ) -> Result<bindings::KeyedAnswer, String> {
+        self.call(|b, store| b.process_keyed(store, events, states))
     }
 
     /// Call `project` for aggregation `aggregation` (0.2 plugins).

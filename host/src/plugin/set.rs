@@ -10,6 +10,7 @@ use super::runtime::{Compiled, Instance};
 use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, Value};
 use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
 use crate::operators::codec::Writer;
+use crate::operators::keyed::{KeyedInput, KeyedPlugin};
 use crate::operators::spec::Semantics;
 use crate::operators::watermark;
 use crate::operators::Projection;
@@ -27,6 +28,8 @@ pub struct LoadedPlugin {
     /// Output tables per (aggregation, source table layout), typed from the
     /// first projection of that layout.
     outputs: HashMap<(usize, usize), (Arc<TableDesc>, Arc<SinkTable>)>,
+    /// Plugins with keyed state run in the sink's commit, not here.
+    keyed: Option<Arc<KeyedPlugin>>,
 }
 
 impl LoadedPlugin {
@@ -56,6 +59,13 @@ impl LoadedPlugin {
                 })
             })
             .collect();
+        let keyed = info.keyed_state.then(|| {
+            Arc::new(KeyedPlugin {
+                name: info.name.clone(),
+                state_version: info.state_version,
+                code: Some(compiled.clone()),
+            })
+        });
         Ok(LoadedPlugin {
             id: id.to_string(),
             info,
@@ -63,6 +73,7 @@ impl LoadedPlugin {
             instance,
             ops,
             outputs: HashMap::new(),
+            keyed,
         })
     }
 
@@ -92,6 +103,8 @@ pub struct EventOutcome {
     pub unrouted: bool,
     /// What the event means to each aggregation that reads its table.
     pub ops: Vec<OperatorInput>,
+    /// The event for each keyed plugin that handles it (run in the commit).
+    pub keyed: Vec<KeyedInput>,
 }
 
 /// Plugins by id; processing order is the id order, so results are stable.
@@ -165,10 +178,21 @@ impl PluginSet {
                 continue;
             }
             let sub: Vec<(&ChangeEvent, &RecordId)> = mine.iter().map(|&i| events[i]).collect();
-            let results = run_isolated(plugin, &sub);
             if !plugin.ops.is_empty() {
                 project_all(plugin, &sub, &mine, &mut outcomes);
             }
+            if let Some(keyed) = &plugin.keyed {
+                for &i in &mine {
+                    routed[i] = true;
+                    outcomes[i].keyed.push(KeyedInput {
+                        plugin: keyed.clone(),
+                        event: events[i].0.clone(),
+                        row_key: row_key(events[i].0),
+                    });
+                }
+                continue;
+            }
+            let results = run_isolated(plugin, &sub);
             for (&i, result) in mine.iter().zip(results) {
                 routed[i] = true;
                 match result {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
 use crate::operators::aggregate::OperatorInput;
+use crate::operators::keyed::KeyedInput;
 use crate::source::SourceSignal;
 
 /// The writes one source record produced.
@@ -20,6 +21,8 @@ pub struct EventWrites {
     pub writes: Vec<SinkWrite>,
     /// What the record means to aggregations (applied in the commit).
     pub ops: Vec<OperatorInput>,
+    /// The record for plugins with keyed state (run in the commit).
+    pub keyed: Vec<KeyedInput>,
 }
 
 /// Everything one batch commits, in one transaction.
@@ -46,14 +49,16 @@ pub struct SinkReport {
     /// Records dropped because another consumer of the pipeline had
     /// committed them (a partition moved while the batch was in flight).
     pub stale: u64,
+    /// Changes keyed plugins refused or trapped on (stage `plugin`).
+    pub dlq_plugin: u64,
     /// Events aggregations refused (dead-lettered with stage `aggregate`).
     pub dlq_aggregate: u64,
     /// Events for windows the watermark had closed, applied as corrections.
     pub late_applied: u64,
     /// Events for closed windows dead-lettered (reason `late`).
     pub late_dead_lettered: u64,
-    /// Events aggregations skipped as re-deliveries (not newer than the
-    /// state holds for their row).
+    /// Events aggregations and keyed plugins skipped as re-deliveries (not
+    /// newer than the state holds for their row).
     pub duplicates: u64,
     /// The next offsets now committed (never lower than before).
     pub offsets: Vec<(Arc<str>, i32, i64)>,

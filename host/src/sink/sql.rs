@@ -20,9 +20,11 @@
 //! This file holds the sink and its commit; its parts live beside it:
 //! `offsets` (claiming partitions, the fence), `ddl` (sink tables),
 //! `rows` (grouped and event-by-event writes), `outbox` (`sluice_dlq` for
-//! the DLQ topic).
+//! the DLQ topic), `state` (aggregations' state), `keyed` (plugins with
+//! keyed state, run in the transaction).
 
 mod ddl;
+mod keyed;
 mod offsets;
 mod outbox;
 mod rows;
@@ -73,7 +75,18 @@ pub struct SqlSink {
     meta: MetaSql,
     /// Aggregations' state, cached between commits.
     states: state::OperatorStates,
+    /// Instances of plugins with keyed state.
+    keyed: keyed::KeyedPlugins,
+    /// Tables keyed plugins declared that the sink refused, and why.
+    refused: HashMap<SinkTable, String>,
 }
+
+/// Keyed plugins wrote tables the sink has not prepared: the attempt is
+/// rolled back, the tables made (DDL runs outside transactions) and the
+/// batch tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("keyed plugins write {} table(s) not prepared yet", .0.len())]
+struct NeedTables(Vec<SinkTable>);
 
 /// Bookkeeping statements in this dialect.
 struct MetaSql {
@@ -205,6 +218,8 @@ impl SqlSink {
             sql: HashMap::new(),
             meta: MetaSql::new(dialect),
             states: state::OperatorStates::default(),
+            keyed: keyed::KeyedPlugins::default(),
+            refused: HashMap::new(),
         })
     }
 
@@ -302,6 +317,7 @@ impl SqlSink {
         } = batch;
         let mut report = SinkReport::default();
         let mut attempt = 0;
+        let mut table_rounds = 0;
         loop {
             let result = self
                 .try_commit(
@@ -316,7 +332,28 @@ impl SqlSink {
                     &mut report,
                 )
                 .await;
+            let need_tables = result
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<NeedTables>())
+                .map(|n| n.0.clone());
             match result {
+                Err(_) if table_rounds < 3 && need_tables.is_some() => {
+                    table_rounds += 1;
+                    for table in need_tables.unwrap_or_default() {
+                        match self.ensure_table(&table).await {
+                            Ok(()) => {}
+                            Err(SinkError::Rejected(why)) => {
+                                tracing::warn!(table = %table.name, "sink table refused: {why}");
+                                self.refused.insert(table, why);
+                            }
+                            Err(SinkError::Database(e)) => {
+                                return Err(anyhow::Error::new(e)
+                                    .context(format!("preparing sink table `{}`", table.name)))
+                            }
+                        }
+                    }
+                }
                 // A deadlock with another host of the pipeline (two hosts
                 // writing the same rows in different orders) or a lock wait
                 // that timed out: the database rolled the transaction back.
@@ -371,6 +408,7 @@ impl SqlSink {
         } = facts;
         let d = self.dialect;
         report.writes = 0;
+        report.duplicates = 0;
         report.offsets.clear();
         let SqlSink {
             conn,
@@ -378,6 +416,9 @@ impl SqlSink {
             meta,
             pipeline,
             states,
+            keyed,
+            refused,
+            tables,
             ..
         } = self;
         let mut tx = conn.begin().await.context("BEGIN")?;
@@ -418,6 +459,73 @@ impl SqlSink {
             Err(e) => return Err(anyhow::Error::new(e).context("writing to the sink")),
         }
 
+        // Keyed plugins: over the events that commit, before aggregations.
+        let mut keyed_dead = Vec::new();
+        let mut keyed_sink_rejects = 0;
+        if events.iter().any(|ev| !ev.keyed.is_empty()) {
+            let run = keyed.apply(&mut tx, d, pipeline, events).await?;
+            let mut missing: Vec<SinkTable> = Vec::new();
+            for w in run.outputs.iter().flat_map(|o| &o.writes) {
+                let t = &**w.table();
+                if !refused.contains_key(t)
+                    && !keyed::table_ready(tables, t)
+                    && !missing.contains(t)
+                {
+                    missing.push(t.clone());
+                }
+            }
+            if !missing.is_empty() {
+                tx.rollback().await.context("ROLLBACK")?;
+                return Err(NeedTables(missing).into());
+            }
+            keyed_dead = run.dead;
+            report.dlq_plugin = keyed_dead.len() as u64;
+            report.duplicates += run.duplicates;
+            let no_broken = HashMap::new();
+            let mut outputs = Vec::with_capacity(run.outputs.len());
+            for out in run.outputs {
+                let why = out
+                    .writes
+                    .iter()
+                    .find_map(|w| refused.get(&**w.table()).cloned())
+                    .or_else(|| precheck(d, &out, &no_broken));
+                match why {
+                    None => outputs.push(out),
+                    Some(reason) => {
+                        keyed_sink_rejects += 1;
+                        keyed_dead.push(sink_dead_letter(out, reason));
+                    }
+                }
+            }
+            sqlx::query(KEYED_SAVEPOINT[0]).execute(&mut *tx).await?;
+            match write_grouped(&mut tx, d, sql, outputs.iter().flat_map(|o| &o.writes)).await {
+                Ok(n) => {
+                    report.writes += n;
+                    sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
+                }
+                Err(e) if d.retry_event_by_event(&e) => {
+                    sqlx::query(KEYED_SAVEPOINT[1]).execute(&mut *tx).await?;
+                    sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
+                    for out in outputs {
+                        match write_event(&mut tx, d, sql, &out).await {
+                            Ok(n) => report.writes += n,
+                            Err(SinkError::Rejected(reason)) => {
+                                keyed_sink_rejects += 1;
+                                keyed_dead.push(sink_dead_letter(out, reason));
+                            }
+                            Err(SinkError::Database(e)) => {
+                                return Err(anyhow::Error::new(e)
+                                    .context("writing the keyed plugins' rows"))
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context("writing the keyed plugins' rows"))
+                }
+            }
+        }
+
         // Aggregations last: they see exactly the events that commit.
         let mut op_dead = Vec::new();
         let idle = signals
@@ -432,10 +540,10 @@ impl SqlSink {
             report.writes += write_grouped(&mut tx, d, sql, ops.outputs.iter())
                 .await
                 .context("writing aggregation results")?;
-            report.duplicates = ops.duplicates;
+            report.duplicates += ops.duplicates;
             report.dlq_aggregate = op_dead.len() as u64;
         }
-        for dl in dead.iter().chain(&op_dead) {
+        for dl in dead.iter().chain(&op_dead).chain(&keyed_dead) {
             sqlx::query(&meta.dlq)
                 .bind(pipeline.as_str())
                 .bind(&*dl.record.id.topic)
@@ -489,7 +597,27 @@ impl SqlSink {
                 .context("writing sluice_decoder_state")?;
         }
         tx.commit().await.context("COMMIT")?;
+        report.dlq_sink += keyed_sink_rejects;
         Ok(())
+    }
+}
+
+/// Savepoint, rollback and release of the keyed plugins' grouped writes
+/// (a row error there falls back to writing them event by event).
+const KEYED_SAVEPOINT: [&str; 3] = [
+    "SAVEPOINT sluice_keyed",
+    "ROLLBACK TO SAVEPOINT sluice_keyed",
+    "RELEASE SAVEPOINT sluice_keyed",
+];
+
+/// A dead letter for writes the sink cannot take.
+fn sink_dead_letter(ev: EventWrites, reason: String) -> DeadLetter {
+    tracing::warn!(topic = %ev.record.id.topic, partition = ev.record.id.partition, offset = ev.record.id.offset, "sink rejected event: {reason}");
+    DeadLetter {
+        record: ev.record,
+        stage: Stage::Sink,
+        plugin: ev.plugins,
+        reason,
     }
 }
 
@@ -554,14 +682,8 @@ fn precheck(d: Dialect, ev: &EventWrites, broken: &HashMap<TableId, String>) -> 
 }
 
 fn reject(dead: &mut Vec<DeadLetter>, report: &mut SinkReport, ev: EventWrites, reason: String) {
-    tracing::warn!(topic = %ev.record.id.topic, partition = ev.record.id.partition, offset = ev.record.id.offset, "sink rejected event: {reason}");
     report.dlq_sink += 1;
-    dead.push(DeadLetter {
-        record: ev.record,
-        stage: Stage::Sink,
-        plugin: ev.plugins,
-        reason,
-    });
+    dead.push(sink_dead_letter(ev, reason));
 }
 
 #[cfg(test)]
@@ -610,6 +732,7 @@ mod tests {
             },
             plugins: None,
             ops: Vec::new(),
+            keyed: Vec::new(),
             writes: vec![SinkWrite::Upsert {
                 table: t.clone(),
                 values: std::iter::once(id)

@@ -38,15 +38,7 @@ impl RowState {
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(codec::VERSION);
-        match self.order {
-            Some(SourceOrder([a, b, c])) => {
-                w.u8(1);
-                w.i64(a as i64);
-                w.i64(b as i64);
-                w.i64(c as i64);
-            }
-            None => w.u8(0),
-        }
+        w.order(self.order);
         match &self.contribution {
             Some(c) => {
                 w.u8(if c.partition.is_some() { 2 } else { 1 });
@@ -73,14 +65,7 @@ impl RowState {
         if r.u8()? != codec::VERSION {
             return Err(CorruptState("row state version"));
         }
-        let order = match r.u8()? {
-            0 => None,
-            _ => Some(SourceOrder([
-                r.i64()? as u64,
-                r.i64()? as u64,
-                r.i64()? as u64,
-            ])),
-        };
+        let order = r.order()?;
         let contribution = match r.u8()? {
             0 => None,
             tag => {

@@ -37,7 +37,14 @@ pub struct PluginInfo {
     pub state_version: u32,
     /// Checked declarations (empty before 0.2).
     pub aggregations: Vec<AggregationSpec>,
+    /// Runs as `process-keyed` in the sink's transaction (0.2).
+    pub keyed_state: bool,
 }
+
+/// A `process-keyed` answer: one outcome per change, and the new state of
+/// each row whose state changed (by the index of one of its changes;
+/// `None` deletes it).
+pub type KeyedAnswer = (Vec<ChangeOutcome>, Vec<(u32, Option<Vec<u8>>)>);
 
 /// Add every version's host imports to the linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -114,6 +121,23 @@ impl PluginBindings {
                 v02::from_result(r, events.len())
             }
         })
+    }
+
+    /// `process-keyed` over changes with the stored states of their rows
+    /// (by the index of each row's first change).
+    pub fn process_keyed(
+        &self,
+        store: &mut Store<HostState>,
+        events: &[(&model::ChangeEvent, &model::RecordId)],
+        states: &[(u32, Vec<u8>)],
+    ) -> Call<KeyedAnswer> {
+        let b = self.v02("process-keyed")?;
+        let batch = v02::to_batch(events);
+        let states = v02::row_states(states);
+        let r = b
+            .sluice_transform_plugin()
+            .call_process_keyed(store, &batch, &states)?;
+        Ok(v02::from_keyed(r, events.len()))
     }
 
     /// Where each row image counts for aggregation `aggregation`.

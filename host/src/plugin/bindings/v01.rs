@@ -46,6 +46,7 @@ pub(super) fn info(i: wit::PluginInfo) -> super::PluginInfo {
         tables: i.tables,
         outputs: i.outputs,
         state_version: i.state_version,
+        keyed_state: false,
         aggregations: Vec::new(),
     }
 }

@@ -59,6 +59,7 @@ pub(super) fn info(i: wit::PluginInfo) -> Result<super::PluginInfo, String> {
         outputs: i.outputs,
         state_version: i.state_version,
         aggregations,
+        keyed_state: i.keyed_state,
     })
 }
 
@@ -165,6 +166,40 @@ pub(super) fn state_updates(updates: &[crate::operators::StateUpdate]) -> Vec<wi
             rows: u.rows.iter().map(|(v, w)| (value(v), *w)).collect(),
         })
         .collect()
+}
+
+/// The `states` argument of `process-keyed`.
+pub(super) fn row_states(states: &[(u32, Vec<u8>)]) -> Vec<wit::RowState> {
+    states
+        .iter()
+        .map(|(change, state)| wit::RowState {
+            change: *change,
+            state: state.clone(),
+        })
+        .collect()
+}
+
+/// A `process-keyed` answer; the outer error is a broken answer.
+pub(super) fn from_keyed(
+    r: wit::KeyedResult,
+    expected: usize,
+) -> Result<super::KeyedAnswer, String> {
+    let outcomes = from_result(r.outputs, expected)?;
+    let states = r
+        .states
+        .into_iter()
+        .map(|w| {
+            if (w.change as usize) < expected {
+                Ok((w.change, w.state))
+            } else {
+                Err(format!(
+                    "plugin wrote the state of change #{} of {expected}",
+                    w.change
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((outcomes, states))
 }
 
 pub(super) fn finished(values: Vec<wit::Value>) -> Vec<model::Value> {

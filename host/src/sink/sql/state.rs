@@ -15,7 +15,7 @@ use crate::operators::aggregate::{kind, AggregateState, AggregationOp, OperatorI
 use crate::operators::spec::AggregateFn;
 use crate::operators::watermark::partition_key;
 use crate::operators::{CustomCalls, NoCustom, StateUpdate};
-use crate::plugin::runtime::{Compiled, Instance};
+use crate::plugin::runtime::{off_runtime, Compiled, Instance};
 use crate::source::SourceSignal;
 
 /// Keys longer than this are stored as their SHA-256 (MySQL indexes at most
@@ -179,7 +179,7 @@ impl OperatorStates {
             let loaded = read_state(conn, d, pipeline, &id, kind::GROUP, &missing).await?;
             state.load_groups(loaded).with_context(context)?;
             let refs: Vec<&OperatorInput> = inputs.iter().map(|(_, i)| *i).collect();
-            let applied = state.apply(&refs, &idle, calls);
+            let applied = off_runtime(|| state.apply(&refs, &idle, calls));
             if !applied.failures.is_empty() {
                 anyhow::bail!(
                     "aggregation {id}: {}; the batch is rolled back and the run stops (a custom aggregate that cannot merge or finish its states is a plugin bug)",
@@ -210,9 +210,9 @@ impl OperatorStates {
             if let Some(before) = state.closing_before() {
                 let closing = read_expired(conn, d, pipeline, &id, before).await?;
                 if !closing.is_empty() {
-                    let closed = state
-                        .close(closing, self.tables.get(&id), calls)
-                        .with_context(context)?;
+                    let table = self.tables.get(&id);
+                    let closed =
+                        off_runtime(|| state.close(closing, table, calls)).with_context(context)?;
                     if !closed.failures.is_empty() {
                         anyhow::bail!(
                             "aggregation {id}: {}; the batch is rolled back and the run stops",
@@ -352,7 +352,7 @@ async fn read_expired(
 }
 
 /// Read state rows by key; every key comes back, `None` when absent.
-async fn read_state(
+pub(super) async fn read_state(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
@@ -392,7 +392,7 @@ async fn read_state(
 }
 
 /// Write (or delete) state rows.
-async fn write_state(
+pub(super) async fn write_state(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
