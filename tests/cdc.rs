@@ -975,8 +975,8 @@ async fn crash_test(sink_db: Db, rounds: i64) {
         .unwrap()
         .subsec_nanos() as u64
         | 1;
-    // Each kill: after a random time at work, at the next moment the sink
-    // shows a batch's transaction open. It provably landed inside that
+    // Each kill: after a random time, once the run has committed a batch,
+    // at the next moment the sink shows a batch's transaction open. It provably landed inside that
     // transaction when the audit's side channel saw row writes that never
     // committed (attempted minus committed since the previous kill).
     let mut kills: Vec<(u128, bool, i64)> = Vec::new();
@@ -998,6 +998,13 @@ async fn crash_test(sink_db: Db, rounds: i64) {
             .spawn()
             .unwrap();
         tokio::time::sleep(after).await;
+        // At work: this run committed a batch of its own (stateful batches
+        // from the topic's start can take longer than the random wait).
+        let before = progress.last().copied().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while committed_offsets(&sink, &name).await <= before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let open = wait_for_open_transaction(&sink, Duration::from_secs(10)).await;
         kill(&mut child);
         running += started.elapsed();
