@@ -12,7 +12,7 @@
 //! whose state the plugin deleted keeps that position (a few bytes) so the
 //! re-delivery of its older changes is recognised too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::codec::{self, CorruptState, Reader, Writer};
@@ -27,16 +27,20 @@ pub const KIND: &str = "k";
 #[derive(Debug)]
 pub struct KeyedPlugin {
     pub name: String,
-    /// The plugin's `state-version`: a new layout starts from empty state.
-    pub state_version: u32,
+    /// The `sluice_state.operator` its rows are stored under: the name and
+    /// the `state-version` (a new layout starts from empty state).
+    pub operator: String,
     /// `None` only in tests that call no plugin.
     pub code: Option<Arc<Compiled>>,
 }
 
 impl KeyedPlugin {
-    /// The `sluice_state.operator` its rows are stored under.
-    pub fn operator(&self) -> String {
-        format!("{}#keyed.v{}", self.name, self.state_version)
+    pub fn new(name: &str, state_version: u32, code: Option<Arc<Compiled>>) -> KeyedPlugin {
+        KeyedPlugin {
+            name: name.to_string(),
+            operator: format!("{name}#keyed.v{state_version}"),
+            code,
+        }
     }
 }
 
@@ -162,13 +166,13 @@ pub fn run(
             .iter()
             .map(|&i| (&inputs[i].0.event, inputs[i].1))
             .collect();
-        let mut first_seen: HashMap<&[u8], ()> = HashMap::new();
+        let mut first_seen: HashSet<&[u8]> = HashSet::new();
         let states: Vec<(u32, Vec<u8>)> = accepted
             .iter()
             .enumerate()
             .filter_map(|(j, &i)| {
                 let key = inputs[i].0.row_key.as_slice();
-                first_seen.insert(key, ()).is_none().then_some(())?;
+                first_seen.insert(key).then_some(())?;
                 let state = current.get(key)?.state.clone()?;
                 Some((j as u32, state))
             })
@@ -337,11 +341,7 @@ mod tests {
 
     #[test]
     fn re_deliveries_are_skipped_and_a_trap_rejects_only_its_change() {
-        let p = Arc::new(KeyedPlugin {
-            name: "counter".into(),
-            state_version: 0,
-            code: None,
-        });
+        let p = Arc::new(KeyedPlugin::new("counter", 0, None));
         let id = RecordId {
             topic: "s.public.orders".into(),
             partition: 0,

@@ -60,11 +60,11 @@ impl LoadedPlugin {
             })
             .collect();
         let keyed = info.keyed_state.then(|| {
-            Arc::new(KeyedPlugin {
-                name: info.name.clone(),
-                state_version: info.state_version,
-                code: Some(compiled.clone()),
-            })
+            Arc::new(KeyedPlugin::new(
+                &info.name,
+                info.state_version,
+                Some(compiled.clone()),
+            ))
         });
         Ok(LoadedPlugin {
             id: id.to_string(),

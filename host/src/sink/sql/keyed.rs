@@ -5,7 +5,7 @@
 //! same transaction as the offsets. What the operator does lives in
 //! `operators::keyed`; this is the database and instance side.
 
-use super::state::{read_state, write_state};
+use super::state::{push_per_operator, read_state, write_state};
 use super::*;
 use crate::model::{ChangeEvent, DeadLetter, RecordId, Stage};
 use crate::operators::aggregate::StateWrite;
@@ -46,11 +46,7 @@ impl KeyedPlugins {
         let mut per_op: Vec<(String, Vec<(usize, &KeyedInput)>)> = Vec::new();
         for (e, ev) in events.iter().enumerate() {
             for input in &ev.keyed {
-                let op = input.plugin.operator();
-                match per_op.iter_mut().find(|(id, _)| *id == op) {
-                    Some((_, v)) => v.push((e, input)),
-                    None => per_op.push((op, vec![(e, input)])),
-                }
+                push_per_operator(&mut per_op, &input.plugin.operator, e, input);
             }
         }
         for (op, inputs) in per_op {

@@ -129,10 +129,7 @@ impl OperatorStates {
         }
         for (e, ev) in events.iter().enumerate() {
             for input in &ev.ops {
-                match per_op.iter_mut().find(|(id, _)| *id == input.op.id) {
-                    Some((_, v)) => v.push((e, input)),
-                    None => per_op.push((input.op.id.clone(), vec![(e, input)])),
-                }
+                push_per_operator(&mut per_op, &input.op.id, e, input);
             }
         }
         for (id, inputs) in per_op {
@@ -266,6 +263,20 @@ impl OperatorStates {
         }
         self.pending_seq = Some(seq);
         Ok(())
+    }
+}
+
+/// Add an operator's input (of event `e`) to its operator's list, keeping
+/// operators in the order the batch first names them.
+pub(super) fn push_per_operator<'a, T>(
+    per_op: &mut Vec<(String, Vec<(usize, &'a T)>)>,
+    operator: &str,
+    e: usize,
+    input: &'a T,
+) {
+    match per_op.iter_mut().find(|(id, _)| id == operator) {
+        Some((_, v)) => v.push((e, input)),
+        None => per_op.push((operator.to_string(), vec![(e, input)])),
     }
 }
 
