@@ -25,7 +25,7 @@ run() { # plugin round -> "seconds peak_kib", summary in $work/$1.txt
   cp "target/wasm32-wasip2/release/$1.wasm" "$dir/plugins/"
   RUST_LOG=warn /usr/bin/time -f "%e %M" -o "$dir/time" target/release/sluice run \
     --source "file:$stream" --sink "sqlite:$dir/out.db" --plugins "$dir/plugins" \
-    --until-caught-up --max-batch 1000 > "$work/$1.txt"
+    --until-caught-up > "$work/$1.txt"
   cat "$dir/time"
 }
 declare -A times rss
@@ -55,6 +55,27 @@ for p in plugins[1:]:
         state = text.split("aggregation state (cached by this host):")[-1].split("sink tables:")[0]
         print(f"state held by {p}:" + state.rstrip())
 import sqlite3
+# Windowed groups' keys start with the window's bounds (two little-endian
+# i64 µs): state per window is the group rows sharing them (session state is
+# kept per group instead: no fixed windows); open windows still expire.
+import struct
+for p in plugins[1:]:
+    db = sqlite3.connect(f"{work}/run-{p}/out.db")
+    per = {}
+    for op, k, size, expires in db.execute(
+            "SELECT operator, k, length(k) + length(v), expires FROM sluice_state WHERE kind = 'g'"):
+        start, end = struct.unpack("<qq", k[:16]) if len(k) >= 16 else (0, 0)
+        if not (10**15 < start < end):
+            continue
+        w = per.setdefault(op, {}).setdefault((start, end), [0, 0, False])
+        w[0] += 1
+        w[1] += size
+        w[2] |= expires is not None
+    for op, windows in sorted(per.items()):
+        n = len(windows)
+        print(f"  {op}: {n} windows ({sum(w[2] for w in windows.values())} open), "
+              f"{sum(w[0] for w in windows.values()) / n:,.0f} group rows and "
+              f"{sum(w[1] for w in windows.values()) / n:,.0f} bytes per window")
 db = sqlite3.connect(f"{work}/run-order_history/out.db")
 rows, size = db.execute("SELECT count(*), coalesce(sum(length(k) + length(v)), 0) FROM sluice_state WHERE kind = 'k'").fetchone()
 print(f"keyed state held by order_history: {rows} rows, {size} bytes")

@@ -101,7 +101,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "TOPIC")]
     pub dlq_topic: Option<String>,
 
-    /// Most records per batch [default: 500].
+    /// Most records per batch (and per sink transaction) [default: 5000].
+    /// Batches fill up only while catching up; live, `max_wait` cuts them.
     #[arg(long, value_name = "N")]
     pub max_batch: Option<usize>,
 }

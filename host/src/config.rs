@@ -11,6 +11,12 @@ use serde::Deserialize;
 use crate::decode::temporal::TimeUnit;
 use crate::model::ColumnType;
 
+/// Records per batch unless configured: large enough that a catching-up
+/// pipeline writes its operator state once per few thousand changes (the
+/// state rows a batch touches are written once, however often it touched
+/// them); a live pipeline's batches are cut by `max_wait` long before.
+pub const DEFAULT_MAX_BATCH: usize = 5000;
+
 /// A pipeline as written in `PIPELINE.toml`. Every field may also come from the CLI.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,7 +385,10 @@ impl Pipeline {
                 "no plugin folder: give --plugins DIR or `plugins = \"DIR\"` in the pipeline file"
             ),
         };
-        let max_batch_records = ov.max_batch_records.or(pf.batch.max_records).unwrap_or(500);
+        let max_batch_records = ov
+            .max_batch_records
+            .or(pf.batch.max_records)
+            .unwrap_or(DEFAULT_MAX_BATCH);
         if max_batch_records == 0 {
             bail!("key `batch.max_records` must be at least 1");
         }

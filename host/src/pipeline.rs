@@ -31,8 +31,16 @@ use crate::source::kafka::{Checkpoint, KafkaSource};
 use crate::source::SourceItem;
 use crate::stats::Stats;
 
-/// Bounded channel depth between stages, in batches.
-const CHANNEL_BATCHES: usize = 4;
+/// Records that may wait in each channel between stages: big batches
+/// (catching up) get shallower channels, so memory stays bounded whatever
+/// the batch size.
+const CHANNEL_RECORDS: usize = 4000;
+
+/// Bounded channel depth between stages, in batches: one at least, so the
+/// next batch is decoded while the previous one commits; four at most.
+fn channel_batches(max_batch: usize) -> usize {
+    (CHANNEL_RECORDS / max_batch.max(1)).clamp(1, 4)
+}
 
 /// What a finished run reports.
 #[derive(Debug)]
@@ -109,8 +117,9 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     }
     tracing::info!(plugins = ?set.summary(), "plugins ready");
 
-    let (raw_tx, raw_rx) = mpsc::channel::<Vec<SourceItem>>(CHANNEL_BATCHES);
-    let (sink_tx, mut sink_rx) = mpsc::channel::<SinkBatch>(CHANNEL_BATCHES);
+    let depth = channel_batches(p.max_batch_records);
+    let (raw_tx, raw_rx) = mpsc::channel::<Vec<SourceItem>>(depth);
+    let (sink_tx, mut sink_rx) = mpsc::channel::<SinkBatch>(depth);
     // The sink's checkpoint, updated after every commit; the Kafka source
     // resumes assigned partitions from it.
     let checkpoint: Checkpoint = Arc::new(std::sync::Mutex::new(resume.clone()));

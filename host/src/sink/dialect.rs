@@ -423,8 +423,11 @@ const SQLITE_META: &[&str] = &[
     TEXT_COLUMNS,
     "CREATE TABLE IF NOT EXISTS sluice_state (
         pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BLOB NOT NULL,
-        v BLOB NOT NULL, expires INTEGER, PRIMARY KEY (pipeline, operator, kind, k))",
-    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)",
+        v BLOB NOT NULL, expires INTEGER, PRIMARY KEY (pipeline, operator, kind, k)) WITHOUT ROWID",
+    // Partial: most state rows (source rows, partitions) never expire, and
+    // an index entry per row would double each state write.
+    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)
+        WHERE expires IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS sluice_state_seq (pipeline TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)",
 ];
 
@@ -443,7 +446,8 @@ const PG_META: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_state (
         pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BYTEA NOT NULL,
         v BYTEA NOT NULL, expires BIGINT, PRIMARY KEY (pipeline, operator, kind, k))",
-    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)",
+    "CREATE INDEX IF NOT EXISTS sluice_state_expiry ON sluice_state (pipeline, operator, kind, expires)
+        WHERE expires IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS sluice_state_seq (pipeline TEXT NOT NULL PRIMARY KEY, seq BIGINT NOT NULL)",
 ];
 

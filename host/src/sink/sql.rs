@@ -180,6 +180,10 @@ impl SqlSink {
                 "PRAGMA busy_timeout = 10000",
                 "PRAGMA journal_mode = WAL",
                 "PRAGMA synchronous = NORMAL",
+                // Operator state and wide tables outgrow the default 2 MB
+                // page cache; statement journals stay off the disk.
+                "PRAGMA cache_size = -65536",
+                "PRAGMA temp_store = MEMORY",
             ],
             Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
             Dialect::MySql { .. } => &[
