@@ -206,6 +206,15 @@ pub fn key(values: &[Value]) -> Vec<u8> {
     w.buf
 }
 
+/// A source row's identity: its topic and primary key (the name operators
+/// keep a row's state under).
+pub fn row_identity(topic: &str, key: &[Value]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str(topic);
+    w.values(key);
+    w.buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 pub mod accumulate;
 pub mod aggregate;
 pub mod codec;
+pub mod join;
 pub mod keyed;
 pub mod session;
 pub mod spec;

@@ -9,7 +9,7 @@ use super::bindings::{ChangeOutcome, PluginInfo};
 use super::runtime::{Compiled, Instance};
 use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, Value};
 use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
-use crate::operators::codec::Writer;
+use crate::operators::codec::row_identity;
 use crate::operators::keyed::{KeyedInput, KeyedPlugin};
 use crate::operators::spec::Semantics;
 use crate::operators::watermark;
@@ -254,10 +254,7 @@ fn run_isolated(
 
 /// Encode a source row's identity: its topic and primary key.
 fn row_key(ev: &ChangeEvent) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.str(&ev.table.topic);
-    w.values(&ev.key);
-    w.buf
+    row_identity(&ev.table.topic, &ev.key)
 }
 
 /// Project the events for each of the plugin's aggregations (one `project`

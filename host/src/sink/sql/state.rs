@@ -283,7 +283,7 @@ pub(super) fn push_per_operator<'a, T>(
 /// The key and value columns as read back: MySQL's VARBINARY reaches
 /// sqlx's `Any` driver typed as TEXT, which then refuses bytes (and binary
 /// is no UTF-8), so MySQL sends them as hex.
-fn key_value(d: Dialect) -> &'static str {
+pub(super) fn key_value(d: Dialect) -> &'static str {
     match d {
         Dialect::MySql { .. } => "HEX(k), HEX(v)",
         _ => "k, v",
@@ -291,7 +291,7 @@ fn key_value(d: Dialect) -> &'static str {
 }
 
 /// A key or value column of a `key_value` select.
-fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Result<Vec<u8>> {
+pub(super) fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Result<Vec<u8>> {
     match d {
         Dialect::MySql { .. } => {
             let hex = text(row, i)?;

@@ -1,0 +1,373 @@
+//! What a plugin declares about a join, in host terms and checked, and the
+//! two conversions around the operator: a change event of either table into
+//! a `JoinInput` (the join columns and the columns the output keeps), and
+//! the operator's deltas into sink writes of the declared output table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{JoinChange, JoinDelta, JoinInput, JoinKind, Side};
+use crate::model::{ChangeEvent, Op, SinkTable, SinkWrite, Value};
+use crate::operators::codec::row_identity;
+
+/// One table of a join: which rows (a table name or a full topic) and the
+/// columns they are joined on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinSideSpec {
+    pub table: String,
+    pub on: Vec<String>,
+}
+
+/// An output column: a column of one side, under its output name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinColumn {
+    pub name: String,
+    pub side: Side,
+    pub column: String,
+}
+
+/// A join a plugin declared, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinSpec {
+    /// Names the join's state and its result (aggregations read the result
+    /// under this name).
+    pub name: String,
+    pub kind: JoinKind,
+    pub left: JoinSideSpec,
+    pub right: JoinSideSpec,
+    /// The joined row, column by column.
+    pub columns: Vec<JoinColumn>,
+    /// Key columns of the joined row (names among `columns`).
+    pub key: Vec<String>,
+    /// The sink table the joined rows go to; `None` when only aggregations
+    /// read them.
+    pub output: Option<String>,
+}
+
+impl JoinSpec {
+    /// Which sides a change of this table feeds (a self-join feeds both).
+    pub fn sides_of(&self, topic: &str, table: &str) -> Vec<Side> {
+        let reads = |s: &JoinSideSpec| s.table == table || s.table == topic;
+        [(Side::Left, &self.left), (Side::Right, &self.right)]
+            .into_iter()
+            .filter(|(_, s)| reads(s))
+            .map(|(side, _)| side)
+            .collect()
+    }
+
+    /// Refuse declarations the operator cannot run, naming what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.trim().is_empty() {
+            return Err("a join has no name".into());
+        }
+        for (what, side) in [("left", &self.left), ("right", &self.right)] {
+            if side.table.trim().is_empty() {
+                return Err(format!("join `{name}`: the {what} side names no table"));
+            }
+        }
+        if self.left.on.is_empty() || self.left.on.len() != self.right.on.len() {
+            return Err(format!(
+                "join `{name}`: {} left and {} right join columns (one or more, as many on each side)",
+                self.left.on.len(),
+                self.right.on.len()
+            ));
+        }
+        if self.columns.is_empty() {
+            return Err(format!("join `{name}` declares no output columns"));
+        }
+        let mut seen = HashMap::new();
+        for c in &self.columns {
+            if seen.insert(c.name.as_str(), ()).is_some() {
+                return Err(format!("join `{name}`: output column `{}` twice", c.name));
+            }
+        }
+        if self.key.is_empty() {
+            return Err(format!("join `{name}` declares no key columns"));
+        }
+        for k in &self.key {
+            let Some(c) = self.columns.iter().find(|c| c.name == *k) else {
+                return Err(format!(
+                    "join `{name}`: key column `{k}` is not an output column"
+                ));
+            };
+            if self.kind == JoinKind::Left && c.side == Side::Right {
+                return Err(format!(
+                    "join `{name}`: key column `{k}` comes from the right side, which a left join may leave null"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Output column positions per side, in output order.
+    fn kept(&self, side: Side) -> impl Iterator<Item = &JoinColumn> {
+        self.columns.iter().filter(move |c| c.side == side)
+    }
+
+    /// What a change of `side` means to the join: its join-column values
+    /// and the columns the output keeps, or a delete. `Err` says why it
+    /// cannot be applied (it goes to the dead-letter queue).
+    pub fn input(&self, side: Side, ev: &ChangeEvent) -> Result<JoinInput, String> {
+        let change = match (ev.op, &ev.after) {
+            (Op::Truncate, _) => {
+                return Err(format!(
+                    "TRUNCATE of {} cannot be applied to join `{}` yet; the join keeps the table's rows",
+                    ev.table.topic, self.name
+                ))
+            }
+            (Op::Delete, _) => JoinChange::Delete,
+            (_, Some(after)) => {
+                let column = |name: &str| -> Result<Value, String> {
+                    let i = ev
+                        .table
+                        .columns
+                        .iter()
+                        .position(|c| c.name == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "join `{}`: table {} has no column `{name}`",
+                                self.name, ev.table.topic
+                            )
+                        })?;
+                    Ok(after.get(i).cloned().unwrap_or(Value::Null))
+                };
+                let spec = match side {
+                    Side::Left => &self.left,
+                    Side::Right => &self.right,
+                };
+                JoinChange::Row {
+                    on: spec.on.iter().map(|c| column(c)).collect::<Result<_, _>>()?,
+                    values: self
+                        .kept(side)
+                        .map(|c| column(&c.column))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+            (op, None) => return Err(format!("{op:?} event without an `after` row")),
+        };
+        Ok(JoinInput {
+            side,
+            row_key: row_identity(&ev.table.topic, &ev.key),
+            order: ev.source_order,
+            change,
+        })
+    }
+
+    /// The joined row of a delta, in output column order (nulls for a
+    /// missing right side).
+    pub fn joined_row(&self, left: &[Value], right: Option<&[Value]>) -> Vec<Value> {
+        let (mut l, mut r) = (left.iter(), right.map(|r| r.iter()));
+        self.columns
+            .iter()
+            .map(|c| match c.side {
+                Side::Left => l.next().cloned().unwrap_or(Value::Null),
+                Side::Right => r
+                    .as_mut()
+                    .and_then(|r| r.next().cloned())
+                    .unwrap_or(Value::Null),
+            })
+            .collect()
+    }
+
+    /// The sink writes of a batch's deltas: the last change of each output
+    /// key wins (an upsert for an addition, a delete for a retraction),
+    /// in the order keys were first touched.
+    pub fn sink_writes(&self, table: &Arc<SinkTable>, deltas: &[JoinDelta]) -> Vec<SinkWrite> {
+        let key_at: Vec<usize> = table.key.iter().map(|&k| k as usize).collect();
+        let mut last: HashMap<Vec<u8>, (usize, SinkWrite)> = HashMap::new();
+        for d in deltas {
+            let row = self.joined_row(&d.left, d.right.as_deref());
+            let key: Vec<Value> = key_at.iter().map(|&i| row[i].clone()).collect();
+            let write = if d.weight > 0 {
+                SinkWrite::Upsert {
+                    table: table.clone(),
+                    values: row,
+                }
+            } else {
+                SinkWrite::Delete {
+                    table: table.clone(),
+                    key: key.clone(),
+                }
+            };
+            let id = crate::operators::codec::key(&key);
+            match last.get_mut(&id) {
+                Some(slot) => slot.1 = write,
+                None => {
+                    let first_touched = last.len();
+                    last.insert(id, (first_touched, write));
+                }
+            }
+        }
+        let mut out: Vec<(usize, SinkWrite)> = last.into_values().collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, w)| w).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Column, ColumnType, SourceOrder, TableDesc};
+
+    fn col(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            ty: ColumnType::Int,
+            nullable: true,
+            decimal: None,
+        }
+    }
+
+    fn spec(kind: JoinKind) -> JoinSpec {
+        let c = |name: &str, side, column: &str| JoinColumn {
+            name: name.into(),
+            side,
+            column: column.into(),
+        };
+        JoinSpec {
+            name: "orders_with_customer".into(),
+            kind,
+            left: JoinSideSpec {
+                table: "orders".into(),
+                on: vec!["customer_id".into()],
+            },
+            right: JoinSideSpec {
+                table: "pg.public.customers".into(),
+                on: vec!["id".into()],
+            },
+            columns: vec![
+                c("order_id", Side::Left, "order_id"),
+                c("customer_name", Side::Right, "name"),
+                c("amount", Side::Left, "amount"),
+            ],
+            key: vec!["order_id".into()],
+            output: Some("orders_with_customer".into()),
+        }
+    }
+
+    fn orders_event(op: Op, after: Option<Vec<Value>>) -> ChangeEvent {
+        ChangeEvent {
+            table: Arc::new(TableDesc {
+                topic: "pg.public.orders".into(),
+                name: "orders".into(),
+                namespace: "public".into(),
+                columns: vec![col("order_id"), col("customer_id"), col("amount")],
+                key: vec![0],
+            }),
+            op,
+            key: vec![Value::Int(5)],
+            before: None,
+            after,
+            source_position: None,
+            source_order: Some(SourceOrder([9, 0, 0])),
+            commit_time_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_change_becomes_the_join_columns_and_the_columns_the_output_keeps() {
+        let s = spec(JoinKind::Left);
+        assert_eq!(s.sides_of("pg.public.orders", "orders"), vec![Side::Left]);
+        assert_eq!(
+            s.sides_of("pg.public.customers", "customers"),
+            vec![Side::Right]
+        );
+        assert!(s.sides_of("other.public.customers", "customers").is_empty());
+        let ev = orders_event(
+            Op::Update,
+            Some(vec![Value::Int(5), Value::Int(7), Value::Int(300)]),
+        );
+        let input = s.input(Side::Left, &ev).unwrap();
+        assert_eq!(
+            input.change,
+            JoinChange::Row {
+                on: vec![Value::Int(7)],
+                values: vec![Value::Int(5), Value::Int(300)],
+            }
+        );
+        assert_eq!(
+            input.row_key,
+            row_identity("pg.public.orders", &[Value::Int(5)])
+        );
+        assert_eq!(
+            s.input(Side::Left, &orders_event(Op::Delete, None))
+                .unwrap()
+                .change,
+            JoinChange::Delete
+        );
+        assert!(s
+            .input(Side::Left, &orders_event(Op::Truncate, None))
+            .unwrap_err()
+            .contains("TRUNCATE"));
+        // a declared column the table lacks is named
+        let mut bad = spec(JoinKind::Left);
+        bad.left.on = vec!["customer".into()];
+        assert!(bad
+            .input(Side::Left, &ev)
+            .unwrap_err()
+            .contains("no column `customer`"));
+    }
+
+    #[test]
+    fn deltas_become_the_last_write_per_output_key() {
+        let s = spec(JoinKind::Left);
+        let table = Arc::new(SinkTable {
+            name: "orders_with_customer".into(),
+            columns: vec![col("order_id"), col("customer_name"), col("amount")],
+            key: vec![0],
+        });
+        let delta = |weight, order: i64, customer: Option<i64>| JoinDelta {
+            weight,
+            left_key: vec![order as u8],
+            left: vec![Value::Int(order), Value::Int(100)],
+            right_key: customer.map(|c| vec![c as u8]),
+            right: customer.map(|c| vec![Value::Int(c)]),
+        };
+        // order 1: nulls retracted, customer joined; order 2: joined, then retracted
+        let writes = s.sink_writes(
+            &table,
+            &[
+                delta(-1, 1, None),
+                delta(1, 1, Some(7)),
+                delta(1, 2, Some(7)),
+                delta(-1, 2, Some(7)),
+            ],
+        );
+        assert_eq!(writes.len(), 2);
+        match &writes[0] {
+            SinkWrite::Upsert { values, .. } => {
+                assert_eq!(values, &vec![Value::Int(1), Value::Int(7), Value::Int(100)])
+            }
+            other => panic!("{other:?}"),
+        }
+        match &writes[1] {
+            SinkWrite::Delete { key, .. } => assert_eq!(key, &vec![Value::Int(2)]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.joined_row(&[Value::Int(3), Value::Int(1)], None),
+            vec![Value::Int(3), Value::Null, Value::Int(1)]
+        );
+    }
+
+    #[test]
+    fn declarations_the_operator_cannot_run_are_refused_by_name() {
+        assert_eq!(spec(JoinKind::Left).check(), Ok(()));
+        let mut s = spec(JoinKind::Left);
+        s.key = vec!["customer_name".into()];
+        assert!(s.check().unwrap_err().contains("may leave null"));
+        let mut s = spec(JoinKind::Inner);
+        s.right.on.push("x".into());
+        assert!(s.check().unwrap_err().contains("as many on each side"));
+        let mut s = spec(JoinKind::Inner);
+        s.key = vec!["nope".into()];
+        assert!(s
+            .check()
+            .unwrap_err()
+            .contains("`nope` is not an output column"));
+        let mut s = spec(JoinKind::Inner);
+        s.columns.push(s.columns[0].clone());
+        assert!(s.check().unwrap_err().contains("twice"));
+    }
+}
