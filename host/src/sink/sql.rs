@@ -45,8 +45,7 @@ use super::ddl_lock;
 use super::dialect::{power_of_two_at_most, Dialect};
 use super::{EventWrites, SinkBatch, SinkReport};
 use ddl::TableState;
-use offsets::{claim_offsets, committed_next, drop_committed, offsets_insert_sql};
-use outbox::encode_headers;
+use offsets::{claim_offsets, drop_committed, write_offsets};
 pub use outbox::StoredDeadLetter;
 use rows::{bound, write_event, write_grouped, TableSql};
 
@@ -468,70 +467,18 @@ impl SqlSink {
         }
 
         // Keyed plugins: over the events that commit, before aggregations.
-        let mut keyed_dead = Vec::new();
-        let mut keyed_sink_rejects = 0;
+        let mut keyed_out = keyed::KeyedCommitted::default();
         if events.iter().any(|ev| !ev.keyed.is_empty()) {
             let run = keyed.apply(&mut tx, d, pipeline, events).await?;
-            let mut missing: Vec<SinkTable> = Vec::new();
-            for w in run.outputs.iter().flat_map(|o| &o.writes) {
-                let t = &**w.table();
-                if !refused.contains_key(t)
-                    && !keyed::table_ready(tables, t)
-                    && !missing.contains(t)
-                {
-                    missing.push(t.clone());
-                }
-            }
+            let missing = keyed::unprepared(&run, refused, tables);
             if !missing.is_empty() {
                 tx.rollback().await.context("ROLLBACK")?;
                 return Err(NeedTables(missing).into());
             }
-            keyed_dead = run.dead;
-            report.dlq_plugin = keyed_dead.len() as u64;
-            report.duplicates += run.duplicates;
-            let no_broken = HashMap::new();
-            let mut outputs = Vec::with_capacity(run.outputs.len());
-            for out in run.outputs {
-                let why = out
-                    .writes
-                    .iter()
-                    .find_map(|w| refused.get(&**w.table()).cloned())
-                    .or_else(|| precheck(d, &out, &no_broken));
-                match why {
-                    None => outputs.push(out),
-                    Some(reason) => {
-                        keyed_sink_rejects += 1;
-                        keyed_dead.push(sink_dead_letter(out, reason));
-                    }
-                }
-            }
-            sqlx::query(KEYED_SAVEPOINT[0]).execute(&mut *tx).await?;
-            match write_grouped(&mut tx, d, sql, outputs.iter().flat_map(|o| &o.writes)).await {
-                Ok(n) => {
-                    report.writes += n;
-                    sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
-                }
-                Err(e) if d.retry_event_by_event(&e) => {
-                    sqlx::query(KEYED_SAVEPOINT[1]).execute(&mut *tx).await?;
-                    sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
-                    for out in outputs {
-                        match write_event(&mut tx, d, sql, &out).await {
-                            Ok(n) => report.writes += n,
-                            Err(SinkError::Rejected(reason)) => {
-                                keyed_sink_rejects += 1;
-                                keyed_dead.push(sink_dead_letter(out, reason));
-                            }
-                            Err(SinkError::Database(e)) => {
-                                return Err(anyhow::Error::new(e)
-                                    .context("writing the keyed plugins' rows"))
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context("writing the keyed plugins' rows"))
-                }
-            }
+            keyed_out = keyed::write_outputs(&mut tx, d, sql, refused, run).await?;
+            report.writes += keyed_out.writes;
+            report.duplicates += keyed_out.duplicates;
+            report.dlq_plugin = keyed_out.dlq_plugin;
         }
 
         // Aggregations last: they see exactly the events that commit.
@@ -551,72 +498,42 @@ impl SqlSink {
             report.duplicates += ops.duplicates;
             report.dlq_aggregate = op_dead.len() as u64;
         }
-        for dl in dead.iter().chain(&op_dead).chain(&keyed_dead) {
-            sqlx::query(&meta.dlq)
-                .bind(pipeline.as_str())
-                .bind(&*dl.record.id.topic)
-                .bind(dl.record.id.partition)
-                .bind(dl.record.id.offset)
-                .bind(dl.record.key.as_deref())
-                .bind(dl.record.value.as_deref())
-                .bind(encode_headers(&dl.record.headers))
-                .bind(dl.stage.as_str())
-                .bind(dl.plugin.as_deref())
-                .bind(dl.reason.as_str())
-                .execute(&mut *tx)
-                .await
-                .context("writing sluice_dlq")?;
-        }
-        if !offsets.is_empty() {
-            let sql = offsets_insert_sql(d, meta.now, offsets.len(), true);
-            let mut q = sqlx::query(&sql);
-            for (topic, partition, next) in offsets {
-                // Never backwards: a consumer that lost the partition may be behind.
-                let next =
-                    committed_next(&stored, topic, *partition).map_or(*next, |s| s.max(*next));
-                q = q
-                    .bind(pipeline.as_str())
-                    .bind(&**topic)
-                    .bind(*partition)
-                    .bind(next);
-                report.offsets.push((topic.clone(), *partition, next));
-            }
-            q.execute(&mut *tx)
-                .await
-                .context("writing sluice_offsets")?;
-        }
-        for fact in learned {
-            let (topic, kind, name, value) = match fact {
-                Learned::TextColumn { topic, column } => {
-                    (topic, "text_column", column.as_str(), String::new())
-                }
-                Learned::Key { topic, columns } => {
-                    (topic, "key", "", serde_json::to_string(columns)?)
-                }
-            };
-            sqlx::query(&meta.learned)
-                .bind(pipeline.as_str())
-                .bind(topic.as_str())
-                .bind(kind)
-                .bind(name)
-                .bind(value)
-                .execute(&mut *tx)
-                .await
-                .context("writing sluice_decoder_state")?;
-        }
+        let all_dead = dead.iter().chain(&op_dead).chain(&keyed_out.dead);
+        outbox::write_dead_letters(&mut tx, &meta.dlq, pipeline, all_dead).await?;
+        report.offsets = write_offsets(&mut tx, d, meta.now, pipeline, offsets, &stored).await?;
+        write_learned(&mut tx, &meta.learned, pipeline, learned).await?;
         tx.commit().await.context("COMMIT")?;
-        report.dlq_sink += keyed_sink_rejects;
+        report.dlq_sink += keyed_out.sink_rejects;
         Ok(())
     }
 }
 
-/// Savepoint, rollback and release of the keyed plugins' grouped writes
-/// (a row error there falls back to writing them event by event).
-const KEYED_SAVEPOINT: [&str; 3] = [
-    "SAVEPOINT sluice_keyed",
-    "ROLLBACK TO SAVEPOINT sluice_keyed",
-    "RELEASE SAVEPOINT sluice_keyed",
-];
+/// Decoder facts the batch taught, committed with its offsets.
+async fn write_learned(
+    conn: &mut AnyConnection,
+    sql: &str,
+    pipeline: &str,
+    learned: &[Learned],
+) -> anyhow::Result<()> {
+    for fact in learned {
+        let (topic, kind, name, value) = match fact {
+            Learned::TextColumn { topic, column } => {
+                (topic, "text_column", column.as_str(), String::new())
+            }
+            Learned::Key { topic, columns } => (topic, "key", "", serde_json::to_string(columns)?),
+        };
+        sqlx::query(sql)
+            .bind(pipeline)
+            .bind(topic.as_str())
+            .bind(kind)
+            .bind(name)
+            .bind(value)
+            .execute(&mut *conn)
+            .await
+            .context("writing sluice_decoder_state")?;
+    }
+    Ok(())
+}
 
 /// A dead letter for writes the sink cannot take.
 fn sink_dead_letter(ev: EventWrites, reason: String) -> DeadLetter {

@@ -163,6 +163,104 @@ impl KeyedCalls for KeyedInstance {
     }
 }
 
+/// What the keyed plugins' part of a commit wrote and refused.
+#[derive(Default)]
+pub(super) struct KeyedCommitted {
+    /// Changes the plugins refused or trapped on, and outputs the sink
+    /// could not take.
+    pub(super) dead: Vec<DeadLetter>,
+    /// How many of `dead` the sink refused (counted once committed).
+    pub(super) sink_rejects: u64,
+    /// How many of `dead` the plugins refused.
+    pub(super) dlq_plugin: u64,
+    pub(super) writes: u64,
+    pub(super) duplicates: u64,
+}
+
+/// Savepoint, rollback and release of the keyed plugins' grouped writes
+/// (a row error there falls back to writing them event by event).
+const KEYED_SAVEPOINT: [&str; 3] = [
+    "SAVEPOINT sluice_keyed",
+    "ROLLBACK TO SAVEPOINT sluice_keyed",
+    "RELEASE SAVEPOINT sluice_keyed",
+];
+
+/// Tables the keyed plugins' outputs write that the sink has neither
+/// prepared nor refused (the attempt must be rolled back to make them).
+pub(super) fn unprepared(
+    run: &KeyedReport,
+    refused: &HashMap<SinkTable, String>,
+    tables: &HashMap<String, ddl::TableState>,
+) -> Vec<SinkTable> {
+    let mut missing: Vec<SinkTable> = Vec::new();
+    for w in run.outputs.iter().flat_map(|o| &o.writes) {
+        let t = &**w.table();
+        if !refused.contains_key(t) && !table_ready(tables, t) && !missing.contains(t) {
+            missing.push(t.clone());
+        }
+    }
+    missing
+}
+
+/// Write the keyed plugins' outputs in the batch's transaction: grouped,
+/// or event by event after a row error (an output the sink cannot take is
+/// dead-lettered alone).
+pub(super) async fn write_outputs(
+    tx: &mut AnyConnection,
+    d: Dialect,
+    sql: &mut HashMap<Arc<SinkTable>, TableSql>,
+    refused: &HashMap<SinkTable, String>,
+    run: KeyedReport,
+) -> anyhow::Result<KeyedCommitted> {
+    let mut done = KeyedCommitted {
+        dlq_plugin: run.dead.len() as u64,
+        dead: run.dead,
+        duplicates: run.duplicates,
+        ..KeyedCommitted::default()
+    };
+    let no_broken = HashMap::new();
+    let mut outputs = Vec::with_capacity(run.outputs.len());
+    for out in run.outputs {
+        let why = out
+            .writes
+            .iter()
+            .find_map(|w| refused.get(&**w.table()).cloned())
+            .or_else(|| precheck(d, &out, &no_broken));
+        match why {
+            None => outputs.push(out),
+            Some(reason) => {
+                done.sink_rejects += 1;
+                done.dead.push(sink_dead_letter(out, reason));
+            }
+        }
+    }
+    sqlx::query(KEYED_SAVEPOINT[0]).execute(&mut *tx).await?;
+    match write_grouped(tx, d, sql, outputs.iter().flat_map(|o| &o.writes)).await {
+        Ok(n) => {
+            done.writes += n;
+            sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
+        }
+        Err(e) if d.retry_event_by_event(&e) => {
+            sqlx::query(KEYED_SAVEPOINT[1]).execute(&mut *tx).await?;
+            sqlx::query(KEYED_SAVEPOINT[2]).execute(&mut *tx).await?;
+            for out in outputs {
+                match write_event(tx, d, sql, &out).await {
+                    Ok(n) => done.writes += n,
+                    Err(SinkError::Rejected(reason)) => {
+                        done.sink_rejects += 1;
+                        done.dead.push(sink_dead_letter(out, reason));
+                    }
+                    Err(SinkError::Database(e)) => {
+                        return Err(anyhow::Error::new(e).context("writing the keyed plugins' rows"))
+                    }
+                }
+            }
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the keyed plugins' rows")),
+    }
+    Ok(done)
+}
+
 /// Whether a table the keyed plugins write exists as declared (their
 /// tables are only known inside the transaction, and DDL cannot run there).
 pub(super) fn table_ready(tables: &HashMap<String, ddl::TableState>, t: &SinkTable) -> bool {

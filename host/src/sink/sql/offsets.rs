@@ -95,6 +95,34 @@ pub(super) async fn claim_offsets(
     Ok(stored)
 }
 
+/// Store the batch's next offsets (never behind what another consumer of
+/// the partition committed); returns what was stored.
+pub(super) async fn write_offsets(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    now: &str,
+    pipeline: &str,
+    offsets: &[(Arc<str>, i32, i64)],
+    stored: &[(Arc<str>, i32, i64)],
+) -> anyhow::Result<Vec<(Arc<str>, i32, i64)>> {
+    let mut written = Vec::with_capacity(offsets.len());
+    if offsets.is_empty() {
+        return Ok(written);
+    }
+    let sql = offsets_insert_sql(d, now, offsets.len(), true);
+    let mut q = sqlx::query(&sql);
+    for (topic, partition, next) in offsets {
+        // Never backwards: a consumer that lost the partition may be behind.
+        let next = committed_next(stored, topic, *partition).map_or(*next, |s| s.max(*next));
+        q = q.bind(pipeline).bind(&**topic).bind(*partition).bind(next);
+        written.push((topic.clone(), *partition, next));
+    }
+    q.execute(&mut *conn)
+        .await
+        .context("writing sluice_offsets")?;
+    Ok(written)
+}
+
 /// The committed next offset of a partition, from [`claim_offsets`].
 pub(super) fn committed_next(
     stored: &[(Arc<str>, i32, i64)],

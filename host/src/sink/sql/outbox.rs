@@ -19,6 +19,33 @@ pub struct StoredDeadLetter {
     pub reason: String,
 }
 
+/// Dead letters into `sluice_dlq`, in the batch's transaction (the DLQ
+/// topic publisher drains them after the commit).
+pub(super) async fn write_dead_letters(
+    conn: &mut AnyConnection,
+    sql: &str,
+    pipeline: &str,
+    dead: impl Iterator<Item = &DeadLetter>,
+) -> anyhow::Result<()> {
+    for dl in dead {
+        sqlx::query(sql)
+            .bind(pipeline)
+            .bind(&*dl.record.id.topic)
+            .bind(dl.record.id.partition)
+            .bind(dl.record.id.offset)
+            .bind(dl.record.key.as_deref())
+            .bind(dl.record.value.as_deref())
+            .bind(encode_headers(&dl.record.headers))
+            .bind(dl.stage.as_str())
+            .bind(dl.plugin.as_deref())
+            .bind(dl.reason.as_str())
+            .execute(&mut *conn)
+            .await
+            .context("writing sluice_dlq")?;
+    }
+    Ok(())
+}
+
 /// Kafka headers as JSON text: `[["name", "base64" | null], …]`.
 pub(super) fn encode_headers(headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
     use base64::Engine as _;
