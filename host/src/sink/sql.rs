@@ -33,6 +33,7 @@ mod offsets;
 mod outbox;
 mod rows;
 mod state;
+mod turn;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct SqlSink {
     meta: MetaSql,
     /// Aggregations' state, cached between commits.
     states: state::OperatorStates,
+    /// The pipeline's turn for stateful commits.
+    turn: turn::StateTurn,
     /// Instances of plugins with keyed state.
     keyed: keyed::KeyedPlugins,
     /// Tables keyed plugins declared that the sink refused, and why.
@@ -225,6 +228,7 @@ impl SqlSink {
             sql: HashMap::new(),
             meta: MetaSql::new(dialect),
             states: state::OperatorStates::default(),
+            turn: turn::StateTurn::default(),
             keyed: keyed::KeyedPlugins::default(),
             refused: HashMap::new(),
         })
@@ -366,6 +370,7 @@ impl SqlSink {
                 // that timed out: the database rolled the transaction back.
                 Err(e) if attempt < 5 && self.transient(&e) => {
                     self.states.invalidate();
+                    self.turn.invalidate();
                     attempt += 1;
                     tracing::warn!(
                         attempt,
@@ -375,10 +380,11 @@ impl SqlSink {
                 }
                 Err(e) => {
                     self.states.invalidate();
+                    self.turn.invalidate();
                     return Err(e);
                 }
                 Ok(()) => {
-                    self.states.committed();
+                    self.turn.committed();
                     return Ok(report);
                 }
             }
@@ -423,6 +429,7 @@ impl SqlSink {
             meta,
             pipeline,
             states,
+            turn,
             keyed,
             refused,
             tables,
@@ -487,6 +494,9 @@ impl SqlSink {
             .iter()
             .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
         if events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any()) {
+            if !turn.take(&mut tx, d, pipeline).await? {
+                states.invalidate();
+            }
             let ops = states
                 .apply(&mut tx, d, pipeline, events, signals, &mut op_dead)
                 .await?;

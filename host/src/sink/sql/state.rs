@@ -1,11 +1,7 @@
 //! Operator state in the commit: `sluice_state` rows read and written in
 //! the batch's transaction, so state, group rows, dead letters and offsets
 //! commit together (invariant 1). What was read stays cached between
-//! commits while this host is the only writer: `sluice_state_seq` counts
-//! the pipeline's stateful commits, and a count that moved by more than
-//! this host's own commit means another host wrote, so the cache is dropped
-//! and the state read again. Stateful commits lock that row after the
-//! offsets, so they run one at a time per pipeline.
+//! commits while this host is the only writer (`turn.rs` tells).
 
 use sha2::Digest as _;
 
@@ -44,10 +40,6 @@ pub(super) struct OperatorStates {
     /// Custom aggregates: per aggregation, the plugin version that declared
     /// it and an instance of it (made when first needed, dropped after a trap).
     plugins: HashMap<String, PluginCalls>,
-    /// `sluice_state_seq` after this host's last stateful commit.
-    last_seq: Option<i64>,
-    /// The sequence this attempt took (committed with it or not).
-    pending_seq: Option<i64>,
 }
 
 /// What the operators did in one commit.
@@ -66,21 +58,12 @@ impl OperatorStates {
         for s in self.ops.values_mut() {
             s.clear();
         }
-        self.last_seq = None;
-        self.pending_seq = None;
     }
 
     /// Whether any aggregation ran in this sink (an idle partition may
     /// move its watermark).
     pub(super) fn any(&self) -> bool {
         !self.ops.is_empty()
-    }
-
-    /// After COMMIT.
-    pub(super) fn committed(&mut self) {
-        if let Some(seq) = self.pending_seq.take() {
-            self.last_seq = Some(seq);
-        }
     }
 
     /// (state rows, bytes) cached per aggregation, for the summary.
@@ -97,8 +80,8 @@ impl OperatorStates {
         out
     }
 
-    /// Apply the events' operator inputs: take the pipeline's state turn,
-    /// load what the inputs touch, apply, write the state. Inputs that
+    /// Apply the events' operator inputs (the caller holds the pipeline's
+    /// state turn): load what the inputs touch, apply, write the state. Inputs that
     /// change nothing (bad projection, impossible retraction) come back as
     /// dead letters; the group rows to write come back in the report.
     pub(super) async fn apply(
@@ -111,7 +94,6 @@ impl OperatorStates {
         dead: &mut Vec<DeadLetter>,
     ) -> anyhow::Result<OperatorReport> {
         let mut report = OperatorReport::default();
-        self.take_turn(conn, d, pipeline).await?;
         let idle: Vec<Vec<u8>> = signals
             .iter()
             .filter_map(|s| match s {
@@ -222,47 +204,6 @@ impl OperatorStates {
             }
         }
         Ok(report)
-    }
-
-    /// Lock the pipeline's state sequence and move it on; if another host
-    /// moved it since this host's last commit, drop the cache.
-    async fn take_turn(
-        &mut self,
-        conn: &mut AnyConnection,
-        d: Dialect,
-        pipeline: &str,
-    ) -> anyhow::Result<()> {
-        let insert = format!(
-            "{} INTO sluice_state_seq (pipeline, seq) VALUES (?, 0){}",
-            d.insert_ignore(),
-            d.insert_ignore_tail()
-        );
-        sqlx::query(&d.sql(&insert))
-            .bind(pipeline)
-            .execute(&mut *conn)
-            .await
-            .context("creating the state sequence")?;
-        sqlx::query(&d.sql("UPDATE sluice_state_seq SET seq = seq + 1 WHERE pipeline = ?"))
-            .bind(pipeline)
-            .execute(&mut *conn)
-            .await
-            .context("taking the state turn")?;
-        let seq: i64 = sqlx::query(&d.sql("SELECT seq FROM sluice_state_seq WHERE pipeline = ?"))
-            .bind(pipeline)
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the state sequence")?
-            .try_get(0)?;
-        if self.last_seq.map(|s| s + 1) != Some(seq) {
-            if self.last_seq.is_some() {
-                tracing::debug!("another host of the pipeline committed state; reading it afresh");
-            }
-            for s in self.ops.values_mut() {
-                s.clear();
-            }
-        }
-        self.pending_seq = Some(seq);
-        Ok(())
     }
 }
 
