@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{JoinChange, JoinDelta, JoinInput, JoinKind, Side};
-use crate::model::{ChangeEvent, Op, SinkTable, SinkWrite, Value};
+use crate::model::{
+    ChangeEvent, Column, ColumnType, DecimalParams, Op, SinkTable, SinkWrite, Value,
+};
 use crate::operators::codec::row_identity;
 
 /// One table of a join: which rows (a table name or a full topic) and the
@@ -18,12 +20,17 @@ pub struct JoinSideSpec {
     pub on: Vec<String>,
 }
 
-/// An output column: a column of one side, under its output name.
+/// An output column: a column of one side, under its output name, with
+/// its declared type (a left join may write rows before the right table,
+/// or its schema, was ever seen).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinColumn {
     pub name: String,
     pub side: Side,
     pub column: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+    pub decimal: Option<DecimalParams>,
 }
 
 /// A join a plugin declared, checked.
@@ -81,6 +88,12 @@ impl JoinSpec {
             if seen.insert(c.name.as_str(), ()).is_some() {
                 return Err(format!("join `{name}`: output column `{}` twice", c.name));
             }
+            if c.ty == ColumnType::Unknown {
+                return Err(format!(
+                    "join `{name}`: output column `{}` has no type",
+                    c.name
+                ));
+            }
         }
         if self.key.is_empty() {
             return Err(format!("join `{name}` declares no key columns"));
@@ -98,6 +111,33 @@ impl JoinSpec {
             }
         }
         Ok(())
+    }
+
+    /// The joined rows as a table: the output table (or, without one, the
+    /// rows aggregations read under the join's name). Call after `check`.
+    pub fn joined_table(&self) -> SinkTable {
+        let columns: Vec<Column> = self
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                ty: c.ty,
+                // a left join's right side is null where nothing matches
+                nullable: c.nullable || (self.kind == JoinKind::Left && c.side == Side::Right),
+                decimal: c.decimal,
+            })
+            .collect();
+        let key = self
+            .key
+            .iter()
+            .filter_map(|k| self.columns.iter().position(|c| c.name == *k))
+            .map(|i| i as u32)
+            .collect();
+        SinkTable {
+            name: self.output.clone().unwrap_or_else(|| self.name.clone()),
+            columns,
+            key,
+        }
     }
 
     /// Output column positions per side, in output order.
@@ -224,6 +264,9 @@ mod tests {
             name: name.into(),
             side,
             column: column.into(),
+            ty: ColumnType::Int,
+            nullable: false,
+            decimal: None,
         };
         JoinSpec {
             name: "orders_with_customer".into(),
@@ -369,5 +412,28 @@ mod tests {
         let mut s = spec(JoinKind::Inner);
         s.columns.push(s.columns[0].clone());
         assert!(s.check().unwrap_err().contains("twice"));
+        let mut s = spec(JoinKind::Inner);
+        s.columns[1].ty = ColumnType::Unknown;
+        assert!(s
+            .check()
+            .unwrap_err()
+            .contains("`customer_name` has no type"));
+    }
+
+    #[test]
+    fn the_joined_table_has_the_declared_columns_and_key() {
+        let t = spec(JoinKind::Left).joined_table();
+        assert_eq!(t.name, "orders_with_customer");
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["order_id", "customer_name", "amount"]);
+        assert_eq!(t.key, vec![0]);
+        // the right side of a left join may be null, whatever was declared
+        let nullable: Vec<bool> = t.columns.iter().map(|c| c.nullable).collect();
+        assert_eq!(nullable, [false, true, false]);
+        let t = spec(JoinKind::Inner).joined_table();
+        assert!(t.columns.iter().all(|c| !c.nullable));
+        let mut s = spec(JoinKind::Inner);
+        s.output = None;
+        assert_eq!(s.joined_table().name, "orders_with_customer");
     }
 }
