@@ -369,8 +369,7 @@ impl SqlSink {
                 // writing the same rows in different orders) or a lock wait
                 // that timed out: the database rolled the transaction back.
                 Err(e) if attempt < 5 && self.transient(&e) => {
-                    self.states.invalidate();
-                    self.turn.invalidate();
+                    self.forget_cached_state();
                     attempt += 1;
                     tracing::warn!(
                         attempt,
@@ -379,8 +378,7 @@ impl SqlSink {
                     tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
                 }
                 Err(e) => {
-                    self.states.invalidate();
-                    self.turn.invalidate();
+                    self.forget_cached_state();
                     return Err(e);
                 }
                 Ok(()) => {
@@ -389,6 +387,13 @@ impl SqlSink {
                 }
             }
         }
+    }
+
+    /// After a failed attempt: what operators applied in memory is not in
+    /// the database, and the state turn this host took did not commit.
+    fn forget_cached_state(&mut self) {
+        self.states.invalidate();
+        self.turn.invalidate();
     }
 
     /// (aggregation, state rows, bytes) cached by this sink.
@@ -485,7 +490,7 @@ impl SqlSink {
             keyed_out = keyed::write_outputs(&mut tx, d, sql, refused, run).await?;
             report.writes += keyed_out.writes;
             report.duplicates += keyed_out.duplicates;
-            report.dlq_plugin = keyed_out.dlq_plugin;
+            report.dlq_plugin = keyed_out.plugin_refusals();
         }
 
         // Aggregations last: they see exactly the events that commit.

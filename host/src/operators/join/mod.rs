@@ -212,20 +212,16 @@ impl JoinState {
         rows.fold((0, 0), |(n, b), r| (n + 1, b + r.encode().len()))
     }
 
-    /// Side rows the inputs change that are not loaded.
+    /// Rows of `side` the inputs change that are not loaded.
     pub fn missing_rows<'a>(
         &self,
+        side: Side,
         inputs: impl Iterator<Item = &'a JoinInput>,
-    ) -> Vec<(Side, Vec<u8>)> {
-        let mut out = BTreeSet::new();
-        for i in inputs {
-            if !self.rows[i.side.index()].contains_key(&i.row_key) {
-                out.insert((i.side.index(), i.row_key.clone()));
-            }
-        }
-        out.into_iter()
-            .map(|(s, k)| (if s == 0 { Side::Left } else { Side::Right }, k))
-            .collect()
+    ) -> Vec<Vec<u8>> {
+        let rows = &self.rows[side.index()];
+        let missing = inputs.filter(|i| i.side == side && !rows.contains_key(&i.row_key));
+        let unique: BTreeSet<&Vec<u8>> = missing.map(|i| &i.row_key).collect();
+        unique.into_iter().cloned().collect()
     }
 
     /// Store loaded side rows (`None`: not in the database).
@@ -294,6 +290,12 @@ impl JoinState {
             .get(row_key)
             .and_then(|r| r.as_ref())
             .and_then(|r| r.live.as_ref())
+    }
+
+    /// Whether no live row of `side` has the (loaded) join key `key`: the
+    /// index holds live rows only and drops a key's set when it empties.
+    fn unmatched(&self, side: Side, key: &[u8]) -> bool {
+        !self.by_key[side.index()].contains_key(key)
     }
 
     /// The live rows of `side` under `key` (none for a null key).
@@ -455,8 +457,10 @@ impl JoinState {
             }
             self.index(Side::Right, pk, Some(old), None);
             if left_join
-                && old.on.is_some()
-                && self.matches(Side::Right, old.on.as_ref())?.is_empty()
+                && old
+                    .on
+                    .as_ref()
+                    .is_some_and(|k| self.unmatched(Side::Right, k))
             {
                 for (lk, lv) in lefts {
                     out.deltas.push(JoinDelta {
@@ -472,8 +476,10 @@ impl JoinState {
         if let Some(new) = new {
             let lefts = self.matches(Side::Left, new.on.as_ref())?;
             if left_join
-                && new.on.is_some()
-                && self.matches(Side::Right, new.on.as_ref())?.is_empty()
+                && new
+                    .on
+                    .as_ref()
+                    .is_some_and(|k| self.unmatched(Side::Right, k))
             {
                 for (lk, lv) in &lefts {
                     out.deltas.push(JoinDelta {
@@ -541,9 +547,11 @@ mod tests {
     /// Load what the inputs need from `db` (the rows a previous state
     /// wrote), as the sink does, then apply.
     fn run(state: &mut JoinState, db: &mut Db, inputs: &[JoinInput]) -> JoinApplied {
-        for (side, k) in state.missing_rows(inputs.iter()) {
-            let row = db.rows.get(&(side, k.clone())).cloned();
-            state.load_rows(side, vec![(k, row)]);
+        for side in [Side::Left, Side::Right] {
+            for k in state.missing_rows(side, inputs.iter()) {
+                let row = db.rows.get(&(side, k.clone())).cloned();
+                state.load_rows(side, vec![(k, row)]);
+            }
         }
         for key in state.missing_keys(inputs.iter()) {
             let under = |side: Side| {

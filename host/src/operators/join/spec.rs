@@ -3,7 +3,7 @@
 //! a `JoinInput` (the join columns and the columns the output keeps), and
 //! the operator's deltas into sink writes of the declared output table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{JoinChange, JoinDelta, JoinInput, JoinKind, Side};
@@ -83,9 +83,9 @@ impl JoinSpec {
         if self.columns.is_empty() {
             return Err(format!("join `{name}` declares no output columns"));
         }
-        let mut seen = HashMap::new();
+        let mut seen = HashSet::new();
         for c in &self.columns {
-            if seen.insert(c.name.as_str(), ()).is_some() {
+            if !seen.insert(c.name.as_str()) {
                 return Err(format!("join `{name}`: output column `{}` twice", c.name));
             }
             if c.ty == ColumnType::Unknown {

@@ -122,12 +122,7 @@ pub(super) async fn load(
 ) -> anyhow::Result<()> {
     let context = || format!("reading the state of join {operator}");
     for side in [Side::Left, Side::Right] {
-        let missing: Vec<Vec<u8>> = state
-            .missing_rows(inputs.iter().copied())
-            .into_iter()
-            .filter(|(s, _)| *s == side)
-            .map(|(_, k)| k)
-            .collect();
+        let missing = state.missing_rows(side, inputs.iter().copied());
         let rows = read_state(conn, d, pipeline, operator, row_kind(side), &missing).await?;
         state.load_rows(side, decode_rows(rows).with_context(context)?);
     }
@@ -150,8 +145,13 @@ pub(super) async fn load(
                 anyhow::bail!("join {operator}: an index entry names a row that is not stored");
             };
             let row = SideRow::decode(&row).with_context(context)?;
-            let mut prefix = [0; 16];
-            prefix.copy_from_slice(&entry[..16]);
+            let prefix: [u8; 16] =
+                entry
+                    .get(..16)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("join {operator}: an index key is shorter than a digest")
+                    })?;
             if let Some((_, sides)) = under.get_mut(&prefix) {
                 sides[i].push((row_key, row));
             }

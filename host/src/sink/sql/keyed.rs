@@ -171,10 +171,15 @@ pub(super) struct KeyedCommitted {
     pub(super) dead: Vec<DeadLetter>,
     /// How many of `dead` the sink refused (counted once committed).
     pub(super) sink_rejects: u64,
-    /// How many of `dead` the plugins refused.
-    pub(super) dlq_plugin: u64,
     pub(super) writes: u64,
     pub(super) duplicates: u64,
+}
+
+impl KeyedCommitted {
+    /// How many of `dead` the plugins refused (the rest the sink did).
+    pub(super) fn plugin_refusals(&self) -> u64 {
+        self.dead.len() as u64 - self.sink_rejects
+    }
 }
 
 /// Savepoint, rollback and release of the keyed plugins' grouped writes
@@ -213,7 +218,6 @@ pub(super) async fn write_outputs(
     run: KeyedReport,
 ) -> anyhow::Result<KeyedCommitted> {
     let mut done = KeyedCommitted {
-        dlq_plugin: run.dead.len() as u64,
         dead: run.dead,
         duplicates: run.duplicates,
         ..KeyedCommitted::default()
