@@ -191,7 +191,14 @@ impl SqlSink {
                 "PRAGMA cache_size = -65536",
                 "PRAGMA temp_store = MEMORY",
             ],
-            Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
+            Dialect::Postgres => &[
+                "SET TIME ZONE 'UTC'",
+                // Each statement is planned with its values: a generic plan,
+                // cached while a state table was still small, keeps filtering
+                // keys row by row instead of looking them up in the index once
+                // the table has grown (200 ms per state read at 15k rows).
+                "SET plan_cache_mode = force_custom_plan",
+            ],
             Dialect::MySql { .. } => &[
                 "SET SESSION time_zone = '+00:00'",
                 // Strict: a value the column cannot hold is an error, never a silent change.
