@@ -670,17 +670,22 @@ fn a_custom_aggregate_equals_a_distinct_count_of_the_source() {
     let stream = spread(&s.stream, 3);
     let path = write_lines(dir.path(), "spread.jsonl", &stream);
     let want = distinct_rows(&orders);
-    for batch in ["10000", "3"] {
-        let scratch = Scratch::new(&[("distinct", "distinct")]);
-        let out = scratch.run(&path, &["--max-batch", batch]);
-        let d = diff_table(
-            &scratch.db(),
-            "orders_distinct_daily",
-            &want,
-            &["window_start"],
-        );
-        assert!(d.is_empty(), "batches of {batch}: {d:#?}\n{}", stderr(&out));
-        let dlq = query(&scratch.db(), "SELECT reason FROM sluice_dlq");
-        assert!(dlq.is_empty(), "{dlq:?}");
+    // the same source built against today's WIT and against the frozen 0.2
+    for (guest, wit) in [("distinct", "0.3.0"), ("distinct_v02", "0.2.0")] {
+        for batch in ["10000", "3"] {
+            let scratch = Scratch::new(&[(guest, "distinct")]);
+            let out = scratch.run(&path, &["--max-batch", batch]);
+            let log = stderr(&out);
+            assert!(log.contains(&format!("; WIT {wit})")), "{log}");
+            let d = diff_table(
+                &scratch.db(),
+                "orders_distinct_daily",
+                &want,
+                &["window_start"],
+            );
+            assert!(d.is_empty(), "{guest}, batches of {batch}: {d:#?}\n{log}");
+            let dlq = query(&scratch.db(), "SELECT reason FROM sluice_dlq");
+            assert!(dlq.is_empty(), "{dlq:?}");
+        }
     }
 }

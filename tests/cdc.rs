@@ -316,15 +316,18 @@ fn mirror() -> Scratch {
     Scratch::new(&[("mirror", "mirror")])
 }
 
-/// `mirror`, `orders_by_customer` and `order_history` in one pipeline: the
-/// mirrored tables are audited write by write, the aggregates compared
-/// with the source's GROUP BYs, the keyed history with the orders topic's
+/// `mirror`, `orders_by_customer`, `order_history`, `orders_with_customer`
+/// and `revenue_by_segment` in one pipeline: the mirrored tables are
+/// audited write by write, the aggregates and joins compared with the
+/// source's GROUP BYs and joins, the keyed history with the orders topic's
 /// events.
 fn mirror_and_aggregates() -> Scratch {
     Scratch::new(&[
         ("mirror", "mirror"),
         ("orders_by_customer", "orders_by_customer"),
         ("order_history", "order_history"),
+        ("orders_with_customer", "orders_with_customer"),
+        ("revenue_by_segment", "revenue_by_segment"),
     ])
 }
 
@@ -405,6 +408,111 @@ async fn assert_aggregates_equal_source(source: Db, sink: &SinkDb) {
         assert!(
             d.is_empty(),
             "{table}: {} rows in the sink, {} from the source's GROUP BY; differences: {:#?}",
+            got.len(),
+            want.len(),
+            &d[..d.len().min(20)]
+        );
+    }
+}
+
+/// The joins in the sink equal the same joins computed by the source
+/// database: `orders_with_customer` (a left join) and
+/// `revenue_by_segment_daily` (a GROUP BY of an inner join).
+async fn assert_joins_equal_source(source: Db, sink: &SinkDb) {
+    let time = |db: Db, col: &str| match db {
+        Db::Pg => format!("to_char({col}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"),
+        Db::My => format!("DATE_FORMAT({col}, '%Y-%m-%dT%H:%i:%s.%f')"),
+    };
+    let dec = |db: Db, col: &str| match db {
+        Db::Pg => format!("{col}::text"),
+        Db::My => format!("CAST({col} AS CHAR)"),
+    };
+    let day = match source {
+        Db::Pg => "date_trunc('day', o.placed_at)".to_string(),
+        Db::My => "CAST(DATE(o.placed_at) AS DATETIME(6))".to_string(),
+    };
+    let left = |db: Db, from: &str| {
+        format!(
+            "SELECT order_id, customer_id, {}, status, {}, customer_name, customer_segment FROM {from}",
+            dec(db, "amount"),
+            time(db, "placed_at")
+        )
+    };
+    let source_left = format!(
+        "(SELECT o.order_id, o.customer_id, o.amount, o.status, o.placed_at, c.name AS customer_name, c.segment AS customer_segment \
+         FROM orders o LEFT JOIN customers c ON c.id = o.customer_id) j"
+    );
+    let revenue = |db: Db, from: &str| {
+        format!(
+            "SELECT {}, segment, orders, {} FROM {from}",
+            time(db, "window_start"),
+            dec(db, "amount_sum")
+        )
+    };
+    let source_revenue = format!(
+        "(SELECT {day} AS window_start, c.segment, count(*) AS orders, sum(o.amount) AS amount_sum \
+         FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY {day}, c.segment) j"
+    );
+    let left_row = |r: &sqlx::any::AnyRow| {
+        let mut m = serde_json::Map::new();
+        m.insert("order_id".into(), r.try_get::<i64, _>(0).unwrap().into());
+        m.insert("customer_id".into(), r.try_get::<i64, _>(1).unwrap().into());
+        for (i, c) in [
+            (2, "amount"),
+            (3, "status"),
+            (4, "placed_at"),
+            (5, "customer_name"),
+            (6, "customer_segment"),
+        ] {
+            m.insert(c.into(), text(r, i).into());
+        }
+        m
+    };
+    let revenue_row = |r: &sqlx::any::AnyRow| {
+        let mut m = serde_json::Map::new();
+        m.insert("window_start".into(), text(r, 0).into());
+        m.insert("segment".into(), text(r, 1).into());
+        m.insert("orders".into(), r.try_get::<i64, _>(2).unwrap().into());
+        m.insert("amount_sum".into(), text(r, 3).into());
+        m
+    };
+    let mut src = connect(source, source_db(source)).await;
+    let mut snk = connect(sink.db, &sink.name).await;
+    for (table, key, want_sql, got_sql, row) in [
+        (
+            "orders_with_customer",
+            &["order_id"][..],
+            left(source, &source_left),
+            left(sink.db, "orders_with_customer"),
+            &left_row as &dyn Fn(&sqlx::any::AnyRow) -> serde_json::Map<String, serde_json::Value>,
+        ),
+        (
+            "revenue_by_segment_daily",
+            &["window_start", "segment"][..],
+            revenue(source, &source_revenue),
+            revenue(sink.db, "revenue_by_segment_daily"),
+            &revenue_row,
+        ),
+    ] {
+        let want: Vec<serde_json::Value> = sqlx::query(&want_sql)
+            .fetch_all(&mut src)
+            .await
+            .unwrap_or_else(|e| panic!("{want_sql}: {e}"))
+            .iter()
+            .map(|r| serde_json::Value::Object(row(r)))
+            .collect();
+        let got: Vec<serde_json::Map<String, serde_json::Value>> = sqlx::query(&got_sql)
+            .fetch_all(&mut snk)
+            .await
+            .unwrap_or_else(|e| panic!("{got_sql}: {e}"))
+            .iter()
+            .map(row)
+            .collect();
+        assert!(!want.is_empty(), "{table}: the source's join is empty");
+        let d = diff_rows(table, &got, &want, key);
+        assert!(
+            d.is_empty(),
+            "{table}: {} rows in the sink, {} from the source's join; differences: {:#?}",
             got.len(),
             want.len(),
             &d[..d.len().min(20)]
@@ -578,11 +686,13 @@ async fn pair(source: Db, sink_db: Db, label: &str) {
     assert!(rows["customers"].len() >= 40 && rows["orders"].len() >= 60);
     assert_eq!(unexpected_dead_letters(&sink).await, Vec::<String>::new());
     assert_aggregates_equal_source(source, &sink).await;
+    assert_joins_equal_source(source, &sink).await;
     assert_history_equals_topic(source, &sink).await;
     // a second workload on top: the same pipeline resumes from its checkpoint
     workload(source, 10).await;
     catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
     assert_aggregates_equal_source(source, &sink).await;
+    assert_joins_equal_source(source, &sink).await;
     assert_history_equals_topic(source, &sink).await;
     sink.drop_it().await;
 }
@@ -682,6 +792,13 @@ async fn long_workload_while(rounds: i64, more: Arc<AtomicBool>) {
         if i % 7 == 0 {
             stmts.push(format!(
                 "UPDATE customers SET vip = true, email = NULL WHERE id = {}",
+                id - 1
+            ));
+        }
+        if i % 5 == 0 {
+            // every order of the customer moves to another segment
+            stmts.push(format!(
+                "UPDATE customers SET segment = 'enterprise' WHERE id = {}",
                 id - 1
             ));
         }
@@ -1053,6 +1170,7 @@ async fn crash_test(sink_db: Db, rounds: i64) {
     )
     .await;
     assert_aggregates_equal_source(Db::Pg, &sink).await;
+    assert_joins_equal_source(Db::Pg, &sink).await;
     assert_history_equals_topic(Db::Pg, &sink).await;
     let total: i64 = TABLES
         .iter()
@@ -1184,6 +1302,7 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     let log_text = read_logs(&logs);
     assert_each_change_applied_once(&sink, &format!("member logs:\n{log_text}")).await;
     assert_aggregates_equal_source(Db::Pg, &sink).await;
+    assert_joins_equal_source(Db::Pg, &sink).await;
     assert_history_equals_topic(Db::Pg, &sink).await;
     let moved = log_text.matches("partition revoked").count();
     assert!(moved > 0, "no partition moved between members:\n{log_text}");
@@ -1235,6 +1354,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
                 },
                 plugins: None,
                 ops: Vec::new(),
+                joins: Vec::new(),
                 keyed: Vec::new(),
                 writes: vec![SinkWrite::Upsert {
                     table: table.clone(),

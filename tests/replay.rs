@@ -439,7 +439,7 @@ fn malformed_input_is_dead_lettered_and_the_rest_lands() {
 }
 
 #[test]
-fn a_plugin_built_against_wit_0_1_runs_beside_0_2_plugins() {
+fn a_plugin_built_against_wit_0_1_runs_beside_0_3_plugins() {
     // `plugins/mirror`'s source built with the SDK's `wit-0-1` feature.
     let s = Scratch::new(&[
         ("mirror_v01", "mirror_v01"),
@@ -448,7 +448,7 @@ fn a_plugin_built_against_wit_0_1_runs_beside_0_2_plugins() {
     let out = s.run(&fixture("pg_events.schemas.jsonl"), &[]);
     let log = stderr(&out);
     assert!(log.contains("mirror_v01: *; WIT 0.1.0"), "{log}");
-    assert!(log.contains("orders_enriched: orders; WIT 0.2.0"), "{log}");
+    assert!(log.contains("orders_enriched: orders; WIT 0.3.0"), "{log}");
     assert_pg_state(&s.db());
     let d = diff_table(
         &s.db(),

@@ -175,6 +175,12 @@ impl Aggregation {
         self.measure(name, AggregateFn::Sum, Some(column))
     }
 
+    /// Sum of an argument your [`Plugin::project`](crate::Plugin::project)
+    /// computes (say `qty * unit_price`); typed like the values it returns.
+    pub fn sum_computed(self, name: &str) -> Self {
+        self.measure(name, AggregateFn::Sum, None)
+    }
+
     /// Average of the non-null values of `column`.
     pub fn avg(self, name: &str, column: &str) -> Self {
         self.measure(name, AggregateFn::Avg, Some(column))

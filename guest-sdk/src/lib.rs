@@ -47,12 +47,28 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`) and drop the `.wasm` into the host's plugin folder.
 
+#[cfg(all(feature = "wit-0-1", feature = "wit-0-2"))]
+compile_error!("features `wit-0-1` and `wit-0-2` pick one interface version: enable one");
+
 #[doc(hidden)]
-#[cfg(not(feature = "wit-0-1"))]
+#[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
         path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__sluice_export_world",
+        default_bindings_module: "sluice_guest::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+#[doc(hidden)]
+#[cfg(feature = "wit-0-2")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../wit/v0.2",
         pub_export_macro: true,
         export_macro_name: "__sluice_export_world",
         default_bindings_module: "sluice_guest::bindings",
@@ -77,6 +93,8 @@ pub mod bindings {
 mod aggregate;
 mod decimal;
 mod emitter;
+#[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+mod join;
 #[cfg(not(feature = "wit-0-1"))]
 mod keyed;
 mod view;
@@ -90,6 +108,8 @@ pub use aggregate::{
 #[doc(hidden)]
 #[cfg(not(feature = "wit-0-1"))]
 pub use aggregate::{run_apply, run_finish, run_merge, run_project};
+#[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+pub use join::{Join, JoinColumn, JoinKind, JoinSide, Side};
 #[doc(hidden)]
 #[cfg(not(feature = "wit-0-1"))]
 pub use keyed::run_keyed;
@@ -101,7 +121,7 @@ use bindings::sluice::transform::types as wit;
 pub use bindings::sluice::transform::types::{
     ColumnType, DecimalParams, LogLevel, Op, PluginInfo, Value,
 };
-pub use decimal::normalize_decimal;
+pub use decimal::{multiply_decimal, normalize_decimal};
 pub use emitter::{Column, Emitter, SinkRef};
 pub use view::{Change, Row, Table};
 
@@ -171,6 +191,10 @@ pub fn info(name: &str, version: &str, tables: &[&str], outputs: &[&str]) -> Plu
         aggregations: Vec::new(),
         #[cfg(not(feature = "wit-0-1"))]
         keyed_state: false,
+        #[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+        joins: Vec::new(),
+        #[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+        lookups: Vec::new(),
     }
 }
 

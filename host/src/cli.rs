@@ -249,7 +249,7 @@ fn summary_text(s: &RunSummary) -> String {
         );
     }
     if !s.state.is_empty() {
-        t.push_str("aggregation state (cached by this host):\n");
+        t.push_str("operator state (aggregations and joins, cached by this host):\n");
         for (op, rows, bytes) in &s.state {
             let _ = writeln!(t, "  {op:<32} {rows:>8} rows {bytes:>10} bytes");
         }

@@ -506,13 +506,18 @@ fn process_batch(
                 .dead
                 .push(dead(record.clone(), Stage::Plugin, Some(plugin), reason));
         }
-        if !outcome.writes.is_empty() || !outcome.ops.is_empty() || !outcome.keyed.is_empty() {
+        if !outcome.writes.is_empty()
+            || !outcome.ops.is_empty()
+            || !outcome.keyed.is_empty()
+            || !outcome.joins.is_empty()
+        {
             batch.events.push(EventWrites {
                 record,
                 plugins: Some(outcome.producers.join(",")),
                 writes: outcome.writes,
                 ops: outcome.ops,
                 keyed: outcome.keyed,
+                joins: outcome.joins,
             });
         }
     }

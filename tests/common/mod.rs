@@ -46,6 +46,12 @@ pub fn guest(name: &str) -> PathBuf {
                 "-p",
                 "orders_events_5m",
                 "-p",
+                "orders_with_customer",
+                "-p",
+                "revenue_by_segment",
+                "-p",
+                "order_totals",
+                "-p",
                 "windows",
                 "-p",
                 "distinct",
@@ -61,21 +67,24 @@ pub fn guest(name: &str) -> PathBuf {
             .status()
             .expect("running cargo to build guest components");
         assert!(status.success(), "building guest components failed");
-        // A build of its own: its SDK feature (WIT 0.1) must not unify onto the others.
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace())
-            .env("CARGO_TARGET_DIR", &target)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(workspace().join("tests/guests/mirror_v01/Cargo.toml"))
-            .status()
-            .expect("running cargo to build the WIT 0.1 guest");
-        assert!(status.success(), "building mirror_v01 failed");
+        // Builds of their own: their SDK features (WIT 0.1, 0.2) must not
+        // unify onto the others.
+        for compat in ["mirror_v01", "distinct_v02"] {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(workspace())
+                .env("CARGO_TARGET_DIR", &target)
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                ])
+                .arg(workspace().join(format!("tests/guests/{compat}/Cargo.toml")))
+                .status()
+                .expect("running cargo to build a guest of an older WIT");
+            assert!(status.success(), "building {compat} failed");
+        }
         target.join("wasm32-wasip2/release")
     });
     let p = dir.join(format!("{name}.wasm"));

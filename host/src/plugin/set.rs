@@ -10,6 +10,7 @@ use super::runtime::{Compiled, Instance};
 use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, Value};
 use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
 use crate::operators::codec::row_identity;
+use crate::operators::join::{JoinOp, JoinOpInput};
 use crate::operators::keyed::{KeyedInput, KeyedPlugin};
 use crate::operators::spec::Semantics;
 use crate::operators::watermark;
@@ -25,6 +26,8 @@ pub struct LoadedPlugin {
     instance: Instance,
     /// The plugin's aggregations, in declaration order.
     ops: Vec<Arc<AggregationOp>>,
+    /// The plugin's joins, in declaration order.
+    joins: Vec<Arc<JoinOp>>,
     /// Output tables per (aggregation, source table layout), typed from the
     /// first projection of that layout.
     outputs: HashMap<(usize, usize), (Arc<TableDesc>, Arc<SinkTable>)>,
@@ -58,7 +61,8 @@ impl LoadedPlugin {
                     code: Some(compiled.clone()),
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let joins = check_joins(&info, &ops, Some(compiled.clone()))?;
         let keyed = info.keyed_state.then(|| {
             Arc::new(KeyedPlugin::new(
                 &info.name,
@@ -72,16 +76,14 @@ impl LoadedPlugin {
             hash,
             instance,
             ops,
+            joins,
             outputs: HashMap::new(),
             keyed,
         })
     }
 
     fn handles(&self, topic: &str, table: &str) -> bool {
-        self.info
-            .tables
-            .iter()
-            .any(|t| t == "*" || t == table || t == topic)
+        handles(&self.info, topic, table)
     }
 
     fn rebuild(&mut self) -> anyhow::Result<()> {
@@ -89,6 +91,54 @@ impl LoadedPlugin {
         self.instance = compiled.instantiate(&self.id)?;
         Ok(())
     }
+}
+
+fn handles(info: &PluginInfo, topic: &str, table: &str) -> bool {
+    info.tables
+        .iter()
+        .any(|t| t == "*" || t == table || t == topic)
+}
+
+/// The plugin's joins as operators, each with the aggregations that read
+/// it; refuses joins of tables the plugin does not handle (their events
+/// would never reach it) and names that clash.
+fn check_joins(
+    info: &PluginInfo,
+    ops: &[Arc<AggregationOp>],
+    compiled: Option<Arc<Compiled>>,
+) -> anyhow::Result<Vec<Arc<JoinOp>>> {
+    let mut names = std::collections::HashSet::new();
+    for j in &info.joins {
+        if !names.insert(j.name.as_str()) {
+            anyhow::bail!("describe() declares join `{}` twice", j.name);
+        }
+        if info.tables.contains(&j.name) {
+            anyhow::bail!(
+                "join `{}` has the name of a table the plugin reads: aggregations could not tell which one they read",
+                j.name
+            );
+        }
+        for table in [&j.left.table, &j.right.table] {
+            if !handles(info, table, table) {
+                anyhow::bail!(
+                    "join `{}` reads `{table}`, which is not among the plugin's tables ({})",
+                    j.name,
+                    info.tables.join(", ")
+                );
+            }
+        }
+        if info.keyed_state {
+            anyhow::bail!(
+                "join `{}`: a plugin with keyed state cannot declare joins yet",
+                j.name
+            );
+        }
+    }
+    Ok(info
+        .joins
+        .iter()
+        .map(|j| Arc::new(JoinOp::new(&info.name, j.clone(), ops, compiled.clone())))
+        .collect())
 }
 
 /// What one event became after every plugin that handles it ran.
@@ -105,6 +155,8 @@ pub struct EventOutcome {
     pub ops: Vec<OperatorInput>,
     /// The event for each keyed plugin that handles it (run in the commit).
     pub keyed: Vec<KeyedInput>,
+    /// What the event means to each join that reads its table.
+    pub joins: Vec<JoinOpInput>,
 }
 
 /// Plugins by id; processing order is the id order, so results are stable.
@@ -181,6 +233,9 @@ impl PluginSet {
             if !plugin.ops.is_empty() {
                 project_all(plugin, &sub, &mine, &mut outcomes);
             }
+            if !plugin.joins.is_empty() {
+                join_inputs(plugin, &sub, &mine, &mut outcomes);
+            }
             if let Some(keyed) = &plugin.keyed {
                 for &i in &mine {
                     routed[i] = true;
@@ -252,6 +307,33 @@ fn run_isolated(
     }
 }
 
+/// What each event means to each of the plugin's joins (a self-join
+/// reads a change on both sides); a change a join cannot read is rejected.
+fn join_inputs(
+    plugin: &LoadedPlugin,
+    events: &[(&ChangeEvent, &RecordId)],
+    slots: &[usize],
+    outcomes: &mut [EventOutcome],
+) {
+    for op in &plugin.joins {
+        for (i, (ev, id)) in events.iter().enumerate() {
+            for side in op.spec.sides_of(&ev.table.topic, &ev.table.name) {
+                match op.spec.input(side, ev) {
+                    Ok(input) => outcomes[slots[i]].joins.push(JoinOpInput {
+                        op: op.clone(),
+                        input,
+                        commit_time_ms: ev.commit_time_ms,
+                        partition: watermark::partition_key(&ev.table.topic, id.partition),
+                    }),
+                    Err(reason) => outcomes[slots[i]]
+                        .rejections
+                        .push((plugin.info.name.clone(), reason)),
+                }
+            }
+        }
+    }
+}
+
 /// Encode a source row's identity: its topic and primary key.
 fn row_key(ev: &ChangeEvent) -> Vec<u8> {
     row_identity(&ev.table.topic, &ev.key)
@@ -267,6 +349,10 @@ fn project_all(
     outcomes: &mut [EventOutcome],
 ) {
     for (a, op) in plugin.ops.clone().iter().enumerate() {
+        // Aggregations of a join's rows are fed by the join, in the commit.
+        if plugin.joins.iter().any(|j| j.spec.name == op.spec.source) {
+            continue;
+        }
         // Rows to project, grouped by source layout, in batch order.
         let mut layouts: Vec<(Arc<TableDesc>, Vec<usize>)> = Vec::new();
         let mut inputs: Vec<Option<OperatorInput>> = vec![None; events.len()];
@@ -399,4 +485,97 @@ fn call(
     events: &[(&ChangeEvent, &RecordId)],
 ) -> Result<Vec<ChangeOutcome>, String> {
     plugin.instance.process(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ColumnType;
+    use crate::operators::join::spec::{JoinColumn, JoinSideSpec, JoinSpec};
+    use crate::operators::join::{JoinKind, Side};
+
+    fn info(tables: &[&str], joins: Vec<JoinSpec>) -> PluginInfo {
+        PluginInfo {
+            name: "p".into(),
+            version: "1".into(),
+            interface: "0.3.0",
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            outputs: Vec::new(),
+            state_version: 0,
+            aggregations: Vec::new(),
+            keyed_state: false,
+            joins,
+        }
+    }
+
+    fn join(name: &str, left: &str, right: &str) -> JoinSpec {
+        JoinSpec {
+            name: name.into(),
+            kind: JoinKind::Inner,
+            left: JoinSideSpec {
+                table: left.into(),
+                on: vec!["customer_id".into()],
+            },
+            right: JoinSideSpec {
+                table: right.into(),
+                on: vec!["id".into()],
+            },
+            columns: vec![JoinColumn {
+                name: "order_id".into(),
+                side: Side::Left,
+                column: "order_id".into(),
+                ty: ColumnType::Int,
+                nullable: false,
+                decimal: None,
+            }],
+            key: vec!["order_id".into()],
+            output: None,
+        }
+    }
+
+    fn refusal(info: &PluginInfo) -> String {
+        match check_joins(info, &[], None) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn joins_a_plugin_could_not_run_are_refused_at_load() {
+        let ok = info(
+            &["orders", "customers"],
+            vec![join("j", "orders", "customers")],
+        );
+        assert_eq!(check_joins(&ok, &[], None).unwrap().len(), 1);
+        let everything = info(&["*"], vec![join("j", "orders", "customers")]);
+        assert!(check_joins(&everything, &[], None).is_ok());
+        // a table the plugin never receives
+        let unrouted = info(&["orders"], vec![join("j", "orders", "customers")]);
+        assert!(
+            refusal(&unrouted).contains("reads `customers`"),
+            "{}",
+            refusal(&unrouted)
+        );
+        // the same name twice
+        let twice = info(
+            &["orders", "customers"],
+            vec![
+                join("j", "orders", "customers"),
+                join("j", "customers", "orders"),
+            ],
+        );
+        assert!(refusal(&twice).contains("twice"));
+        // a join named like a table: aggregations could not tell them apart
+        let clash = info(
+            &["orders", "customers"],
+            vec![join("orders", "orders", "customers")],
+        );
+        assert!(refusal(&clash).contains("name of a table"));
+        let mut keyed = info(
+            &["orders", "customers"],
+            vec![join("j", "orders", "customers")],
+        );
+        keyed.keyed_state = true;
+        assert!(refusal(&keyed).contains("keyed state"));
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
 use crate::operators::aggregate::OperatorInput;
+use crate::operators::join::JoinOpInput;
 use crate::operators::keyed::KeyedInput;
 use crate::source::SourceSignal;
 
@@ -23,6 +24,8 @@ pub struct EventWrites {
     pub ops: Vec<OperatorInput>,
     /// The record for plugins with keyed state (run in the commit).
     pub keyed: Vec<KeyedInput>,
+    /// What the record means to joins (applied in the commit).
+    pub joins: Vec<JoinOpInput>,
 }
 
 /// Everything one batch commits, in one transaction.

@@ -21,13 +21,14 @@
 //! `offsets` (claiming partitions, the fence), `ddl` (sink tables),
 //! `rows` (grouped and event-by-event writes), `outbox` (`sluice_dlq` for
 //! the DLQ topic), `state` (aggregations' state), `keyed` (plugins with
-//! keyed state, run in the transaction).
+//! keyed state, run in the transaction), `join` and `joins` (joins' state
+//! and their part of the commit), `derived` (writing what keyed plugins
+//! and joins made in the transaction), `turn` (whose state is cached).
 
 mod ddl;
-// The join operator's storage; the commit calls it once plugins can
-// declare joins (WIT 0.3, issue 11's next step). Tested on its own until then.
-#[cfg_attr(not(test), allow(dead_code))]
+mod derived;
 mod join;
+mod joins;
 mod keyed;
 mod offsets;
 mod outbox;
@@ -79,19 +80,21 @@ pub struct SqlSink {
     meta: MetaSql,
     /// Aggregations' state, cached between commits.
     states: state::OperatorStates,
+    /// Joins' state, cached between commits.
+    joins: joins::JoinStates,
     /// The pipeline's turn for stateful commits.
     turn: turn::StateTurn,
     /// Instances of plugins with keyed state.
     keyed: keyed::KeyedPlugins,
-    /// Tables keyed plugins declared that the sink refused, and why.
+    /// Tables keyed plugins or joins wrote that the sink refused, and why.
     refused: HashMap<SinkTable, String>,
 }
 
-/// Keyed plugins wrote tables the sink has not prepared: the attempt is
-/// rolled back, the tables made (DDL runs outside transactions) and the
-/// batch tried again.
+/// Keyed plugins, joins or the aggregations joins feed wrote tables the
+/// sink has not prepared: the attempt is rolled back, the tables made (DDL
+/// runs outside transactions) and the batch tried again.
 #[derive(Debug, thiserror::Error)]
-#[error("keyed plugins write {} table(s) not prepared yet", .0.len())]
+#[error("the transaction writes {} table(s) not prepared yet", .0.len())]
 struct NeedTables(Vec<SinkTable>);
 
 /// Bookkeeping statements in this dialect.
@@ -235,6 +238,7 @@ impl SqlSink {
             sql: HashMap::new(),
             meta: MetaSql::new(dialect),
             states: state::OperatorStates::default(),
+            joins: joins::JoinStates::default(),
             turn: turn::StateTurn::default(),
             keyed: keyed::KeyedPlugins::default(),
             refused: HashMap::new(),
@@ -357,6 +361,8 @@ impl SqlSink {
                 .map(|n| n.0.clone());
             match result {
                 Err(_) if table_rounds < 3 && need_tables.is_some() => {
+                    // the attempt applied state in memory and rolled back
+                    self.forget_cached_state();
                     table_rounds += 1;
                     for table in need_tables.unwrap_or_default() {
                         match self.ensure_table(&table).await {
@@ -400,12 +406,15 @@ impl SqlSink {
     /// the database, and the state turn this host took did not commit.
     fn forget_cached_state(&mut self) {
         self.states.invalidate();
+        self.joins.invalidate();
         self.turn.invalidate();
     }
 
-    /// (aggregation, state rows, bytes) cached by this sink.
+    /// (aggregation or join, state rows, bytes) cached by this sink.
     pub fn state_sizes(&self) -> Vec<(String, usize, usize)> {
-        self.states.sizes()
+        let mut sizes = self.states.sizes();
+        sizes.extend(self.joins.sizes());
+        sizes
     }
 
     /// Whether an error aborted only this transaction and a retry may pass.
@@ -441,6 +450,7 @@ impl SqlSink {
             meta,
             pipeline,
             states,
+            joins,
             turn,
             keyed,
             refused,
@@ -485,32 +495,44 @@ impl SqlSink {
             Err(e) => return Err(anyhow::Error::new(e).context("writing to the sink")),
         }
 
-        // Keyed plugins: over the events that commit, before aggregations.
-        let mut keyed_out = keyed::KeyedCommitted::default();
+        // Keyed plugins, then joins: over the events that commit, before
+        // aggregations (which joins may feed). Joins and aggregations share
+        // the pipeline's state turn: taken once, before either reads state.
+        let mut derived = derived::DerivedOutputs::default();
         if events.iter().any(|ev| !ev.keyed.is_empty()) {
-            let run = keyed.apply(&mut tx, d, pipeline, events).await?;
-            let missing = keyed::unprepared(&run, refused, tables);
-            if !missing.is_empty() {
-                tx.rollback().await.context("ROLLBACK")?;
-                return Err(NeedTables(missing).into());
-            }
-            keyed_out = keyed::write_outputs(&mut tx, d, sql, refused, run).await?;
-            report.writes += keyed_out.writes;
-            report.duplicates += keyed_out.duplicates;
-            report.dlq_plugin = keyed_out.plugin_refusals();
+            derived.extend(keyed.apply(&mut tx, d, pipeline, events).await?);
         }
-
-        // Aggregations last: they see exactly the events that commit.
-        let mut op_dead = Vec::new();
         let idle = signals
             .iter()
             .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
-        if events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any()) {
-            if !turn.take(&mut tx, d, pipeline).await? {
-                states.invalidate();
-            }
+        let joined = events.iter().any(|ev| !ev.joins.is_empty());
+        let aggregated = events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any());
+        if (joined || aggregated) && !turn.take(&mut tx, d, pipeline).await? {
+            states.invalidate();
+            joins.invalidate();
+        }
+        let mut fed = Vec::new();
+        if joined {
+            let run = joins.apply(&mut tx, d, pipeline, events).await?;
+            derived.extend(run.outputs);
+            fed = run.feeds;
+        }
+        let fed_tables = fed.iter().map(|(_, i)| &*i.output);
+        let missing = derived::unprepared(&derived, fed_tables, refused, tables);
+        if !missing.is_empty() {
+            tx.rollback().await.context("ROLLBACK")?;
+            return Err(NeedTables(missing).into());
+        }
+        let derived_out = derived::write_outputs(&mut tx, d, sql, refused, derived).await?;
+        report.writes += derived_out.writes;
+        report.duplicates += derived_out.duplicates;
+        report.dlq_plugin = derived_out.refused_at(Stage::Plugin);
+
+        // Aggregations last: they see exactly the events that commit.
+        let mut op_dead = Vec::new();
+        if aggregated || !fed.is_empty() {
             let ops = states
-                .apply(&mut tx, d, pipeline, events, signals, &mut op_dead)
+                .apply(&mut tx, d, pipeline, events, &fed, signals, &mut op_dead)
                 .await?;
             report.late_applied = ops.late_applied;
             report.late_dead_lettered = ops.late_dead_lettered;
@@ -518,14 +540,14 @@ impl SqlSink {
                 .await
                 .context("writing aggregation results")?;
             report.duplicates += ops.duplicates;
-            report.dlq_aggregate = op_dead.len() as u64;
         }
-        let all_dead = dead.iter().chain(&op_dead).chain(&keyed_out.dead);
+        report.dlq_aggregate = op_dead.len() as u64 + derived_out.refused_at(Stage::Aggregate);
+        let all_dead = dead.iter().chain(&op_dead).chain(&derived_out.dead);
         outbox::write_dead_letters(&mut tx, &meta.dlq, pipeline, all_dead).await?;
         report.offsets = write_offsets(&mut tx, d, meta.now, pipeline, offsets, &stored).await?;
         write_learned(&mut tx, &meta.learned, pipeline, learned).await?;
         tx.commit().await.context("COMMIT")?;
-        report.dlq_sink += keyed_out.sink_rejects;
+        report.dlq_sink += derived_out.sink_rejects;
         Ok(())
     }
 }
@@ -680,6 +702,7 @@ mod tests {
             plugins: None,
             ops: Vec::new(),
             keyed: Vec::new(),
+            joins: Vec::new(),
             writes: vec![SinkWrite::Upsert {
                 table: t.clone(),
                 values: std::iter::once(id)

@@ -456,14 +456,18 @@ impl AggregateState {
                     continue;
                 }
             }
+            let contribution = match self.spec.semantics {
+                Semantics::Changelog => new,
+                Semantics::Append => None,
+            };
+            // A row without a source position (a joined row: the join
+            // skips re-deliveries) keeps nothing once it contributes nothing.
+            let keep = input.order.is_some() || contribution.is_some();
             self.rows.insert(
                 input.row_key.clone(),
-                Some(RowState {
+                keep.then_some(RowState {
                     order: input.order,
-                    contribution: match self.spec.semantics {
-                        Semantics::Changelog => new,
-                        Semantics::Append => None,
-                    },
+                    contribution,
                 }),
             );
             dirty_rows.push(input.row_key.clone());

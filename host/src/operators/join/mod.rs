@@ -17,11 +17,81 @@
 //! - a null in a join column matches nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
+use super::aggregate::AggregationOp;
 use super::codec::{self, CorruptState, Reader, Writer};
-use crate::model::{SourceOrder, Value};
+use crate::model::{SinkTable, SourceOrder, TableDesc, Value};
 
 pub mod spec;
+
+/// A join as the pipeline runs it.
+#[derive(Debug)]
+pub struct JoinOp {
+    /// State is kept under this id: `<plugin name>/<join name>`.
+    pub id: String,
+    pub plugin: String,
+    pub spec: spec::JoinSpec,
+    /// The joined rows as a sink table (`spec.joined_table()`).
+    pub table: Arc<SinkTable>,
+    /// The joined rows as a source table, for the `project` calls of the
+    /// aggregations that read them.
+    pub desc: Arc<TableDesc>,
+    /// Aggregations of the same plugin whose source is this join.
+    pub feeds: Vec<Arc<AggregationOp>>,
+    /// The plugin version that declared it (projects the joined rows for
+    /// `feeds` inside the commit).
+    pub code: Option<Arc<crate::plugin::runtime::Compiled>>,
+}
+
+impl JoinOp {
+    /// The operator of `spec`, declared by `plugin`; `aggregations` are
+    /// the plugin's, those reading the join by name become its feeds.
+    pub fn new(
+        plugin: &str,
+        spec: spec::JoinSpec,
+        aggregations: &[Arc<AggregationOp>],
+        code: Option<Arc<crate::plugin::runtime::Compiled>>,
+    ) -> JoinOp {
+        let table = spec.joined_table();
+        let desc = TableDesc {
+            topic: format!("join:{plugin}/{}", spec.name),
+            name: spec.name.clone(),
+            namespace: String::new(),
+            columns: table.columns.clone(),
+            key: table.key.clone(),
+        };
+        JoinOp {
+            id: format!("{plugin}/{}", spec.name),
+            plugin: plugin.to_string(),
+            feeds: aggregations
+                .iter()
+                .filter(|a| a.spec.source == spec.name)
+                .cloned()
+                .collect(),
+            spec,
+            table: Arc::new(table),
+            desc: Arc::new(desc),
+            code,
+        }
+    }
+
+    /// Whether the joined rows go to a sink table of their own.
+    pub fn writes_output(&self) -> bool {
+        self.spec.output.is_some()
+    }
+}
+
+/// One change of one side of one join, as the processor prepared it.
+#[derive(Clone, Debug)]
+pub struct JoinOpInput {
+    pub op: Arc<JoinOp>,
+    pub input: JoinInput,
+    /// For the aggregations the join feeds: the change's commit time and
+    /// source partition (`watermark::partition_key`).
+    pub commit_time_ms: Option<i64>,
+    pub partition: Vec<u8>,
+}
 
 /// Which rows a join keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +203,8 @@ impl SideRow {
 /// `(left_key, right_key)` identifies the joined row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JoinDelta {
+    /// Index of the input whose change made it.
+    pub cause: usize,
     pub weight: i8,
     pub left_key: Vec<u8>,
     pub left: Vec<Value>,
@@ -320,7 +392,7 @@ impl JoinState {
         // Per changed row: its join key before the batch.
         let mut dirty: Vec<(Side, Vec<u8>)> = Vec::new();
         let mut old_keys: HashMap<(Side, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
-        for input in inputs {
+        for (idx, input) in inputs.iter().enumerate() {
             let (side, pk) = (input.side, &input.row_key);
             let stored = self.rows[side.index()]
                 .get(pk)
@@ -350,9 +422,13 @@ impl JoinState {
                 .entry((side, pk.clone()))
                 .or_insert_with(|| old.as_ref().and_then(|l| l.on.clone()));
             if old != new {
+                let made = applied.deltas.len();
                 match side {
                     Side::Left => self.move_left(pk, old.as_ref(), new.as_ref(), &mut applied)?,
                     Side::Right => self.move_right(pk, old.as_ref(), new.as_ref(), &mut applied)?,
+                }
+                for d in &mut applied.deltas[made..] {
+                    d.cause = idx;
                 }
             }
             self.rows[side.index()].insert(
@@ -412,6 +488,7 @@ impl JoinState {
             let rights = self.matches(Side::Right, row.on.as_ref())?;
             if rights.is_empty() && self.kind == JoinKind::Left {
                 out.deltas.push(JoinDelta {
+                    cause: 0,
                     weight,
                     left_key: pk.to_vec(),
                     left: row.values.clone(),
@@ -421,6 +498,7 @@ impl JoinState {
             }
             for (rk, rv) in rights {
                 out.deltas.push(JoinDelta {
+                    cause: 0,
                     weight,
                     left_key: pk.to_vec(),
                     left: row.values.clone(),
@@ -448,6 +526,7 @@ impl JoinState {
             let lefts = self.matches(Side::Left, old.on.as_ref())?;
             for (lk, lv) in &lefts {
                 out.deltas.push(JoinDelta {
+                    cause: 0,
                     weight: -1,
                     left_key: lk.clone(),
                     left: lv.clone(),
@@ -464,6 +543,7 @@ impl JoinState {
             {
                 for (lk, lv) in lefts {
                     out.deltas.push(JoinDelta {
+                        cause: 0,
                         weight: 1,
                         left_key: lk,
                         left: lv,
@@ -483,6 +563,7 @@ impl JoinState {
             {
                 for (lk, lv) in &lefts {
                     out.deltas.push(JoinDelta {
+                        cause: 0,
                         weight: -1,
                         left_key: lk.clone(),
                         left: lv.clone(),
@@ -494,6 +575,7 @@ impl JoinState {
             self.index(Side::Right, pk, None, Some(new));
             for (lk, lv) in lefts {
                 out.deltas.push(JoinDelta {
+                    cause: 0,
                     weight: 1,
                     left_key: lk,
                     left: lv,

@@ -212,10 +212,15 @@ impl JoinSpec {
 
     /// The sink writes of a batch's deltas: the last change of each output
     /// key wins (an upsert for an addition, a delete for a retraction),
-    /// in the order keys were first touched.
-    pub fn sink_writes(&self, table: &Arc<SinkTable>, deltas: &[JoinDelta]) -> Vec<SinkWrite> {
+    /// in the order keys were first touched, each with the `cause` of the
+    /// delta it comes from.
+    pub fn sink_writes(
+        &self,
+        table: &Arc<SinkTable>,
+        deltas: &[JoinDelta],
+    ) -> Vec<(usize, SinkWrite)> {
         let key_at: Vec<usize> = table.key.iter().map(|&k| k as usize).collect();
-        let mut last: HashMap<Vec<u8>, (usize, SinkWrite)> = HashMap::new();
+        let mut last: HashMap<Vec<u8>, (usize, usize, SinkWrite)> = HashMap::new();
         for d in deltas {
             let row = self.joined_row(&d.left, d.right.as_deref());
             let key: Vec<Value> = key_at.iter().map(|&i| row[i].clone()).collect();
@@ -232,16 +237,16 @@ impl JoinSpec {
             };
             let id = crate::operators::codec::key(&key);
             match last.get_mut(&id) {
-                Some(slot) => slot.1 = write,
+                Some(slot) => (slot.1, slot.2) = (d.cause, write),
                 None => {
                     let first_touched = last.len();
-                    last.insert(id, (first_touched, write));
+                    last.insert(id, (first_touched, d.cause, write));
                 }
             }
         }
-        let mut out: Vec<(usize, SinkWrite)> = last.into_values().collect();
-        out.sort_by_key(|(i, _)| *i);
-        out.into_iter().map(|(_, w)| w).collect()
+        let mut out: Vec<(usize, usize, SinkWrite)> = last.into_values().collect();
+        out.sort_by_key(|(i, _, _)| *i);
+        out.into_iter().map(|(_, cause, w)| (cause, w)).collect()
     }
 }
 
@@ -361,6 +366,7 @@ mod tests {
             key: vec![0],
         });
         let delta = |weight, order: i64, customer: Option<i64>| JoinDelta {
+            cause: order as usize * 10 + customer.unwrap_or(0) as usize,
             weight,
             left_key: vec![order as u8],
             left: vec![Value::Int(order), Value::Int(100)],
@@ -378,6 +384,9 @@ mod tests {
             ],
         );
         assert_eq!(writes.len(), 2);
+        // each write is the last delta of its key, and says which input made it
+        assert_eq!((writes[0].0, writes[1].0), (17, 27));
+        let writes: Vec<SinkWrite> = writes.into_iter().map(|(_, w)| w).collect();
         match &writes[0] {
             SinkWrite::Upsert { values, .. } => {
                 assert_eq!(values, &vec![Value::Int(1), Value::Int(7), Value::Int(100)])

@@ -1,17 +1,21 @@
 //! The only module that sees WIT-generated types: one `bindgen!` per
-//! interface version the host runs (`v01`, `v02`), the probe that tells
+//! interface version the host runs (`v01`, `v02`, `v03`), the probe that tells
 //! which one a component exports, and version-independent calls that take
 //! and return the host's model.
 
 #[macro_use]
 mod convert;
+#[macro_use]
+mod stateful;
 mod v01;
 mod v02;
+mod v03;
 
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::Store;
 
 use crate::model;
+use crate::operators::join::spec::JoinSpec;
 use crate::operators::spec::AggregationSpec;
 use crate::operators::{Projection, StateUpdate};
 use crate::plugin::runtime::HostState;
@@ -20,7 +24,8 @@ use crate::plugin::runtime::HostState;
 pub type ChangeOutcome = Result<Vec<model::SinkWrite>, String>;
 
 /// The plugin interfaces this host runs, newest first.
-pub const PLUGIN_INTERFACES: [&str; 2] = [
+pub const PLUGIN_INTERFACES: [&str; 3] = [
+    "sluice:transform/plugin@0.3.0",
     "sluice:transform/plugin@0.2.0",
     "sluice:transform/plugin@0.1.0",
 ];
@@ -30,7 +35,7 @@ pub const PLUGIN_INTERFACES: [&str; 2] = [
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
-    /// The WIT version the component exports (`0.1.0`, `0.2.0`).
+    /// The WIT version the component exports (`0.1.0` … `0.3.0`).
     pub interface: &'static str,
     pub tables: Vec<String>,
     pub outputs: Vec<String>,
@@ -39,6 +44,8 @@ pub struct PluginInfo {
     pub aggregations: Vec<AggregationSpec>,
     /// Runs as `process-keyed` in the sink's transaction (0.2).
     pub keyed_state: bool,
+    /// Checked join declarations (0.3).
+    pub joins: Vec<JoinSpec>,
 }
 
 /// A `process-keyed` answer: one outcome per change, and the new state of
@@ -51,6 +58,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime::component::HasSelf;
     v01::Transform::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     v02::Transform::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    v03::Transform::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     Ok(())
 }
 
@@ -58,6 +66,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 pub enum PluginPre {
     V01(v01::TransformPre<HostState>),
     V02(v02::TransformPre<HostState>),
+    V03(v03::TransformPre<HostState>),
 }
 
 impl PluginPre {
@@ -68,8 +77,10 @@ impl PluginPre {
     ) -> Option<wasmtime::Result<PluginPre>> {
         let has = |i: &str| exports.iter().any(|n| n == i);
         if has(PLUGIN_INTERFACES[0]) {
-            Some(v02::TransformPre::new(pre).map(PluginPre::V02))
+            Some(v03::TransformPre::new(pre).map(PluginPre::V03))
         } else if has(PLUGIN_INTERFACES[1]) {
+            Some(v02::TransformPre::new(pre).map(PluginPre::V02))
+        } else if has(PLUGIN_INTERFACES[2]) {
             Some(v01::TransformPre::new(pre).map(PluginPre::V01))
         } else {
             None
@@ -80,6 +91,7 @@ impl PluginPre {
         Ok(match self {
             PluginPre::V01(p) => PluginBindings::V01(p.instantiate(store)?),
             PluginPre::V02(p) => PluginBindings::V02(p.instantiate(store)?),
+            PluginPre::V03(p) => PluginBindings::V03(p.instantiate(store)?),
         })
     }
 }
@@ -89,6 +101,33 @@ impl PluginPre {
 pub enum PluginBindings {
     V01(v01::Transform),
     V02(v02::Transform),
+    V03(v03::Transform),
+}
+
+/// Run `$body` with `$b` bound to the instance's exports and `$v` to its
+/// version's conversion module, for calls that exist from 0.2 on.
+macro_rules! since_v02 {
+    ($self:expr, $call:literal, |$b:ident, $v:tt| $body:expr) => {
+        match $self {
+            PluginBindings::V02($b) => {
+                #[allow(unused_imports)]
+                use v02 as $v;
+                $body
+            }
+            PluginBindings::V03($b) => {
+                #[allow(unused_imports)]
+                use v03 as $v;
+                $body
+            }
+            PluginBindings::V01(_) => {
+                return Err(wasmtime::Error::msg(concat!(
+                    "`",
+                    $call,
+                    "` needs a plugin@0.2.0 component or newer; this one exports 0.1.0"
+                )))
+            }
+        }
+    };
 }
 
 /// A call's result: trap, broken answer, or the answer.
@@ -101,6 +140,7 @@ impl PluginBindings {
                 Ok(v01::info(b.sluice_transform_plugin().call_describe(store)?))
             }
             PluginBindings::V02(b) => v02::info(b.sluice_transform_plugin().call_describe(store)?),
+            PluginBindings::V03(b) => v03::info(b.sluice_transform_plugin().call_describe(store)?),
         })
     }
 
@@ -120,6 +160,11 @@ impl PluginBindings {
                 let r = b.sluice_transform_plugin().call_process(store, &batch)?;
                 v02::from_result(r, events.len())
             }
+            PluginBindings::V03(b) => {
+                let batch = v03::to_batch(events);
+                let r = b.sluice_transform_plugin().call_process(store, &batch)?;
+                v03::from_result(r, events.len())
+            }
         })
     }
 
@@ -131,13 +176,14 @@ impl PluginBindings {
         events: &[(&model::ChangeEvent, &model::RecordId)],
         states: &[(u32, Vec<u8>)],
     ) -> Call<KeyedAnswer> {
-        let b = self.v02("process-keyed")?;
-        let batch = v02::to_batch(events);
-        let states = v02::row_states(states);
-        let r = b
-            .sluice_transform_plugin()
-            .call_process_keyed(store, &batch, &states)?;
-        Ok(v02::from_keyed(r, events.len()))
+        since_v02!(self, "process-keyed", |b, v| {
+            let batch = v::to_batch(events);
+            let states = v::row_states(states);
+            let r = b
+                .sluice_transform_plugin()
+                .call_process_keyed(store, &batch, &states)?;
+            Ok(v::from_keyed(r, events.len()))
+        })
     }
 
     /// Where each row image counts for aggregation `aggregation`.
@@ -148,12 +194,13 @@ impl PluginBindings {
         source: &model::TableDesc,
         rows: &[&[model::Value]],
     ) -> Call<Vec<Result<Option<Projection>, String>>> {
-        let b = self.v02("project")?;
-        let (table, rows_in) = v02::project_args(source, rows);
-        let answer =
-            b.sluice_transform_plugin()
-                .call_project(store, aggregation, &table, &rows_in)?;
-        Ok(v02::projections(answer, rows.len()))
+        since_v02!(self, "project", |b, v| {
+            let (table, rows_in) = v::project_args(source, rows);
+            let answer =
+                b.sluice_transform_plugin()
+                    .call_project(store, aggregation, &table, &rows_in)?;
+            Ok(v::projections(answer, rows.len()))
+        })
     }
 
     /// Fold rows into custom aggregate states; one result per update.
@@ -164,14 +211,15 @@ impl PluginBindings {
         measure: u32,
         updates: &[StateUpdate],
     ) -> Call<Vec<Result<Vec<u8>, String>>> {
-        let b = self.v02("aggregate-apply")?;
-        let answer = b.sluice_transform_plugin().call_aggregate_apply(
-            store,
-            aggregation,
-            measure,
-            &v02::state_updates(updates),
-        )?;
-        Ok(expect_len(answer, updates.len(), "states"))
+        since_v02!(self, "aggregate-apply", |b, v| {
+            let answer = b.sluice_transform_plugin().call_aggregate_apply(
+                store,
+                aggregation,
+                measure,
+                &v::state_updates(updates),
+            )?;
+            Ok(expect_len(answer, updates.len(), "states"))
+        })
     }
 
     /// Merge each group's partial states into one.
@@ -182,14 +230,15 @@ impl PluginBindings {
         measure: u32,
         groups: &[Vec<Vec<u8>>],
     ) -> Call<Vec<Vec<u8>>> {
-        let b = self.v02("aggregate-merge")?;
-        let answer = b.sluice_transform_plugin().call_aggregate_merge(
-            store,
-            aggregation,
-            measure,
-            groups,
-        )?;
-        Ok(expect_len(answer, groups.len(), "merged states"))
+        since_v02!(self, "aggregate-merge", |b, _| {
+            let answer = b.sluice_transform_plugin().call_aggregate_merge(
+                store,
+                aggregation,
+                measure,
+                groups,
+            )?;
+            Ok(expect_len(answer, groups.len(), "merged states"))
+        })
     }
 
     /// The output value of each state.
@@ -200,23 +249,15 @@ impl PluginBindings {
         measure: u32,
         states: &[Vec<u8>],
     ) -> Call<Vec<model::Value>> {
-        let b = self.v02("aggregate-finish")?;
-        let answer = b.sluice_transform_plugin().call_aggregate_finish(
-            store,
-            aggregation,
-            measure,
-            states,
-        )?;
-        Ok(expect_len(answer, states.len(), "values").map(v02::finished))
-    }
-
-    fn v02(&self, call: &str) -> wasmtime::Result<&v02::Transform> {
-        match self {
-            PluginBindings::V02(b) => Ok(b),
-            PluginBindings::V01(_) => Err(wasmtime::Error::msg(format!(
-                "`{call}` needs a plugin@0.2.0 component; this one exports 0.1.0"
-            ))),
-        }
+        since_v02!(self, "aggregate-finish", |b, v| {
+            let answer = b.sluice_transform_plugin().call_aggregate_finish(
+                store,
+                aggregation,
+                measure,
+                states,
+            )?;
+            Ok(expect_len(answer, states.len(), "values").map(v::finished))
+        })
     }
 }
 

@@ -47,6 +47,7 @@ pub(super) fn info(i: wit::PluginInfo) -> super::PluginInfo {
         outputs: i.outputs,
         state_version: i.state_version,
         keyed_state: false,
+        joins: Vec::new(),
         aggregations: Vec::new(),
     }
 }

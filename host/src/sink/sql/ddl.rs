@@ -22,7 +22,12 @@ impl SqlSink {
         let mut broken = HashMap::new();
         let mut checked: HashSet<TableId> = HashSet::new();
         for ev in events {
-            let outputs = ev.ops.iter().map(|i| &i.output);
+            let joined = ev.joins.iter().filter(|j| j.op.writes_output());
+            let outputs = ev
+                .ops
+                .iter()
+                .map(|i| &i.output)
+                .chain(joined.map(|j| &j.op.table));
             for table in ev.writes.iter().map(|w| w.table()).chain(outputs) {
                 let ptr = table_id(table);
                 if !checked.insert(ptr) {

@@ -80,8 +80,9 @@ impl OperatorStates {
         out
     }
 
-    /// Apply the events' operator inputs (the caller holds the pipeline's
-    /// state turn): load what the inputs touch, apply, write the state. Inputs that
+    /// Apply the events' operator inputs and those joins `fed` (by event
+    /// index; the caller holds the pipeline's state turn): load what the
+    /// inputs touch, apply, write the state. Inputs that
     /// change nothing (bad projection, impossible retraction) come back as
     /// dead letters; the group rows to write come back in the report.
     pub(super) async fn apply(
@@ -90,6 +91,7 @@ impl OperatorStates {
         d: Dialect,
         pipeline: &str,
         events: &[EventWrites],
+        fed: &[(usize, OperatorInput)],
         signals: &[SourceSignal],
         dead: &mut Vec<DeadLetter>,
     ) -> anyhow::Result<OperatorReport> {
@@ -113,6 +115,10 @@ impl OperatorStates {
             for input in &ev.ops {
                 push_per_operator(&mut per_op, &input.op.id, e, input);
             }
+        }
+        // joined rows (an aggregation reads a table or a join, not both)
+        for (e, input) in fed {
+            push_per_operator(&mut per_op, &input.op.id, *e, input);
         }
         for (id, inputs) in per_op {
             if let Some((_, first)) = inputs.first() {

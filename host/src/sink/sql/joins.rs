@@ -1,0 +1,297 @@
+//! The joins' part of a commit (the caller holds the pipeline's state
+//! turn): per join, load the state the batch's changes touch, apply them,
+//! write the changed side rows, and turn the changes of the join result
+//! into the output table's writes and into inputs of the aggregations that
+//! read the join (their rows projected by the plugin, here, in the
+//! transaction). Storage lives in `join.rs`, the operator in
+//! `operators::join`.
+
+use super::derived::DerivedOutputs;
+use super::join::{load, write};
+use super::state::push_per_operator;
+use super::*;
+use crate::model::{DeadLetter, Stage, TableDesc, Value};
+use crate::operators::aggregate::{output_table, AggregationOp, InputChange, OperatorInput};
+use crate::operators::codec;
+use crate::operators::join::{JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
+use crate::operators::Projection;
+use crate::plugin::runtime::{off_runtime, Compiled, Instance};
+
+/// The state of every join this sink has seen, cached between commits
+/// while this host holds the state turn.
+#[derive(Default)]
+pub(super) struct JoinStates {
+    joins: HashMap<String, JoinState>,
+    /// Per aggregation a join feeds: its output table, typed from the
+    /// joined table and the first projection.
+    feed_tables: HashMap<String, Arc<SinkTable>>,
+    /// Per plugin: an instance of the version that declared its joins.
+    projectors: HashMap<String, Projector>,
+}
+
+/// What the joins did in one attempt.
+#[derive(Default)]
+pub(super) struct JoinReport {
+    /// Output-table writes per source record that caused them.
+    pub(super) outputs: DerivedOutputs,
+    /// Aggregation inputs of joined rows, by the index of the event that
+    /// caused them.
+    pub(super) feeds: Vec<(usize, OperatorInput)>,
+}
+
+impl JoinStates {
+    /// After a failed attempt: what was applied in memory is not in the
+    /// database.
+    pub(super) fn invalidate(&mut self) {
+        for s in self.joins.values_mut() {
+            s.clear();
+        }
+    }
+
+    /// (join, side rows, bytes) cached per join, for the summary.
+    pub(super) fn sizes(&self) -> Vec<(String, usize, usize)> {
+        let mut out: Vec<_> = self
+            .joins
+            .iter()
+            .map(|(id, s)| {
+                let (rows, bytes) = s.size();
+                (id.clone(), rows, bytes)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Apply the events' join inputs, in batch order per join.
+    pub(super) async fn apply(
+        &mut self,
+        conn: &mut AnyConnection,
+        d: Dialect,
+        pipeline: &str,
+        events: &[EventWrites],
+    ) -> anyhow::Result<JoinReport> {
+        let mut report = JoinReport::default();
+        let mut per_op: Vec<(String, Vec<(usize, &JoinOpInput)>)> = Vec::new();
+        for (e, ev) in events.iter().enumerate() {
+            for input in &ev.joins {
+                push_per_operator(&mut per_op, &input.op.id, e, input);
+            }
+        }
+        for (id, inputs) in per_op {
+            let Some((_, first)) = inputs.first() else {
+                continue;
+            };
+            let op = first.op.clone();
+            let state = self
+                .joins
+                .entry(id.clone())
+                .or_insert_with(|| JoinState::new(op.spec.kind));
+            let refs: Vec<&JoinInput> = inputs.iter().map(|(_, i)| &i.input).collect();
+            load(conn, d, pipeline, &id, state, &refs).await?;
+            let applied = state.apply(&refs).with_context(|| format!("join {id}"))?;
+            write(conn, d, pipeline, &id, &applied.writes).await?;
+            report.outputs.duplicates += applied.duplicates;
+            if op.writes_output() {
+                let mut per_event: Vec<(usize, Vec<SinkWrite>)> = Vec::new();
+                for (cause, w) in op.spec.sink_writes(&op.table, &applied.deltas) {
+                    let e = inputs[cause].0;
+                    match per_event.iter_mut().find(|(i, _)| *i == e) {
+                        Some((_, writes)) => writes.push(w),
+                        None => per_event.push((e, vec![w])),
+                    }
+                }
+                report
+                    .outputs
+                    .outputs
+                    .extend(per_event.into_iter().map(|(e, writes)| EventWrites {
+                        record: events[e].record.clone(),
+                        plugins: Some(op.plugin.clone()),
+                        writes,
+                        ops: Vec::new(),
+                        keyed: Vec::new(),
+                        joins: Vec::new(),
+                    }));
+            }
+            if op.feeds.is_empty() || applied.deltas.is_empty() {
+                continue;
+            }
+            let projector = projector(&mut self.projectors, &op)?;
+            for feed in &op.feeds {
+                let fed = feed_inputs(&op, feed, &applied.deltas, projector, &mut self.feed_tables);
+                for (cause, input) in fed {
+                    let (e, join_input) = inputs[cause];
+                    match input {
+                        Ok(mut input) => {
+                            input.commit_time_ms = join_input.commit_time_ms;
+                            input.partition = join_input.partition.clone();
+                            report.feeds.push((e, input));
+                        }
+                        Err(reason) => report.outputs.dead.push(DeadLetter {
+                            record: events[e].record.clone(),
+                            stage: Stage::Aggregate,
+                            plugin: Some(op.plugin.clone()),
+                            reason: format!(
+                                "aggregation `{}` of join `{}`: {reason}",
+                                feed.spec.output, op.spec.name
+                            ),
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The instance that projects `op`'s joined rows (a new one when the
+/// plugin was reloaded).
+fn projector<'a>(
+    projectors: &'a mut HashMap<String, Projector>,
+    op: &JoinOp,
+) -> anyhow::Result<&'a mut Projector> {
+    let Some(code) = op.code.clone() else {
+        anyhow::bail!("join {} feeds aggregations but has no plugin code", op.id);
+    };
+    let stale = projectors
+        .get(&op.plugin)
+        .is_none_or(|p| !Arc::ptr_eq(&p.code, &code));
+    if stale {
+        projectors.insert(
+            op.plugin.clone(),
+            Projector {
+                code,
+                name: op.plugin.clone(),
+                instance: None,
+            },
+        );
+    }
+    projectors
+        .get_mut(&op.plugin)
+        .ok_or_else(|| anyhow::anyhow!("no projector for {}", op.plugin))
+}
+
+/// The identity of a joined row, as the aggregations' row state knows it:
+/// the left row's and the right row's (none: a left join's nulls).
+fn joined_identity(d: &JoinDelta) -> Vec<u8> {
+    codec::key(&[
+        Value::Bytes(d.left_key.clone()),
+        d.right_key.clone().map_or(Value::Null, Value::Bytes),
+    ])
+}
+
+/// The inputs of aggregation `feed` for a batch's deltas, in order, each
+/// with the index of the join input that caused it: a retraction deletes
+/// the joined row's contribution, an addition adds its projection (or, if
+/// the plugin refuses to project it, is refused). The commit time and
+/// partition are the caller's to fill.
+fn feed_inputs(
+    op: &JoinOp,
+    feed: &Arc<AggregationOp>,
+    deltas: &[JoinDelta],
+    projector: &mut Projector,
+    tables: &mut HashMap<String, Arc<SinkTable>>,
+) -> Vec<(usize, Result<OperatorInput, String>)> {
+    let added: Vec<Vec<Value>> = deltas
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| op.spec.joined_row(&d.left, d.right.as_deref()))
+        .collect();
+    let rows: Vec<&[Value]> = added.iter().map(Vec::as_slice).collect();
+    let projected = off_runtime(|| projector.project(feed.index, &op.desc, &rows));
+    let output = match tables.get(&feed.id) {
+        Some(t) => t.clone(),
+        None => {
+            let first = projected
+                .iter()
+                .find_map(|p| p.as_ref().ok().and_then(Option::as_ref));
+            let t = Arc::new(output_table(&feed.spec, &op.desc, first));
+            tables.insert(feed.id.clone(), t.clone());
+            t
+        }
+    };
+    let mut projected = projected.into_iter();
+    deltas
+        .iter()
+        .map(|d| {
+            let change = if d.weight > 0 {
+                match projected.next() {
+                    Some(Ok(p)) => Ok(InputChange::Row(p)),
+                    Some(Err(reason)) => Err(reason),
+                    None => Err("the plugin projected fewer rows than asked".to_string()),
+                }
+            } else {
+                Ok(InputChange::Delete)
+            };
+            let input = change.map(|change| OperatorInput {
+                op: feed.clone(),
+                output: output.clone(),
+                row_key: joined_identity(d),
+                // the join already skipped re-deliveries
+                order: None,
+                change,
+                commit_time_ms: None,
+                partition: Vec::new(),
+            });
+            (d.cause, input)
+        })
+        .collect()
+}
+
+/// A plugin version's instance for projecting joined rows, made on first
+/// use and dropped after a trap.
+struct Projector {
+    code: Arc<Compiled>,
+    name: String,
+    instance: Option<Instance>,
+}
+
+impl Projector {
+    /// One result per row; after a trap, row by row on fresh instances so
+    /// only the poison row is refused.
+    fn project(
+        &mut self,
+        aggregation: u32,
+        table: &TableDesc,
+        rows: &[&[Value]],
+    ) -> Vec<Result<Option<Projection>, String>> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        match self.call(aggregation, table, rows) {
+            Ok(all) => all,
+            Err(trap) if rows.len() == 1 => vec![Err(trap)],
+            Err(_) => rows
+                .iter()
+                .map(
+                    |row| match self.call(aggregation, table, std::slice::from_ref(row)) {
+                        Ok(mut one) => one
+                            .pop()
+                            .unwrap_or_else(|| Err("plugin returned no projection".into())),
+                        Err(trap) => Err(trap),
+                    },
+                )
+                .collect(),
+        }
+    }
+
+    fn call(
+        &mut self,
+        aggregation: u32,
+        table: &TableDesc,
+        rows: &[&[Value]],
+    ) -> Result<Vec<Result<Option<Projection>, String>>, String> {
+        let instance = match &mut self.instance {
+            Some(i) => i,
+            None => self.instance.insert(
+                self.code
+                    .instantiate(&self.name)
+                    .map_err(|e| format!("instantiating the plugin: {e:#}"))?,
+            ),
+        };
+        let out = instance.project(aggregation, table, rows);
+        if out.is_err() {
+            self.instance = None;
+        }
+        out
+    }
+}

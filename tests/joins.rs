@@ -1,0 +1,465 @@
+//! Joins through the real binary: the example plugins `orders_with_customer`
+//! (left join into a table), `revenue_by_segment` (aggregation of an inner
+//! join) and `order_totals` (aggregation of a one-to-many inner join), each
+//! alone in a plugin folder, against the same joins computed here from the
+//! source tables (`pg_expected.json`, then edited by the test together with
+//! the change events it appends), without any of Sluice's code.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use chrono::{DateTime, Duration};
+use common::reference::{decimal, local, micros, text};
+use common::stream::{envelope, lines, set_envelope, write_lines};
+use common::*;
+use serde_json::{json, Value as Json};
+
+/// Primary-key columns of the fixture's tables.
+fn key_columns(table: &str) -> &'static [&'static str] {
+    match table {
+        "customers" | "products" => &["id"],
+        "orders" => &["order_id"],
+        "order_lines" => &["order_id", "line_no"],
+        other => panic!("no table {other}"),
+    }
+}
+
+/// The fixture's stream with change events appended, and the source
+/// tables as those events leave them (the independent truth).
+struct Cdc {
+    stream: Vec<Json>,
+    /// Per table: its last event with a value (schema, envelope).
+    templates: HashMap<String, Json>,
+    offsets: HashMap<String, i64>,
+    lsn: i64,
+    tables: BTreeMap<String, Vec<Json>>,
+}
+
+impl Cdc {
+    fn from_fixture() -> Cdc {
+        let stream = lines(&fixture("pg_events.schemas.jsonl"));
+        let mut templates = HashMap::new();
+        let mut offsets: HashMap<String, i64> = HashMap::new();
+        for l in &stream {
+            let table = table_of(l);
+            *offsets.entry(table.clone()).or_insert(0) += 1;
+            if !l["payload"].is_null() {
+                templates.insert(table, l.clone());
+            }
+        }
+        let tables = expected(&fixture("pg_expected.json"))
+            .into_iter()
+            .map(|(t, rows)| (t, rows.as_array().unwrap().clone()))
+            .collect();
+        Cdc {
+            stream,
+            templates,
+            offsets,
+            lsn: 950_000_000,
+            tables,
+        }
+    }
+
+    fn rows(&self, table: &str) -> &[Json] {
+        &self.tables[table]
+    }
+
+    fn find(&self, table: &str, key: &Json) -> Option<Json> {
+        let cols = key_columns(table);
+        self.tables[table]
+            .iter()
+            .find(|r| cols.iter().all(|c| r[*c] == key[*c]))
+            .cloned()
+    }
+
+    /// An event line of `table` keyed like `image`.
+    fn line(&mut self, table: &str, image: &Json) -> Json {
+        let mut line = self.templates[table].clone();
+        let offset = self.offsets.entry(table.to_string()).or_insert(0);
+        line["offset"] = json!(*offset);
+        *offset += 1;
+        let mut k: Json = serde_json::from_str(line["key"].as_str().unwrap()).unwrap();
+        for c in key_columns(table) {
+            k["payload"][*c] = image[*c].clone();
+        }
+        line["key"] = Json::String(k.to_string());
+        line
+    }
+
+    /// Append a Debezium change of `table` (images as `pg_expected.json`
+    /// rows) and apply it to the tables.
+    fn change(&mut self, table: &str, op: &str, before: Option<&Json>, after: Option<&Json>) {
+        let image = after.or(before).unwrap().clone();
+        let mut line = self.line(table, &image);
+        let mut env = envelope(&line).unwrap();
+        let fields = after_fields(&env);
+        env["payload"]["op"] = json!(op);
+        env["payload"]["before"] = before.map_or(Json::Null, |r| encode(&fields, r));
+        env["payload"]["after"] = after.map_or(Json::Null, |r| encode(&fields, r));
+        self.lsn += 8;
+        env["payload"]["source"]["lsn"] = json!(self.lsn);
+        env["payload"]["source"]["snapshot"] = json!("false");
+        set_envelope(&mut line, &env);
+        self.stream.push(line);
+        let cols = key_columns(table);
+        let rows = self.tables.get_mut(table).unwrap();
+        if let Some(b) = before {
+            rows.retain(|r| !cols.iter().all(|c| r[*c] == b[*c]));
+        }
+        if let Some(a) = after {
+            rows.retain(|r| !cols.iter().all(|c| r[*c] == a[*c]));
+            rows.push(a.clone());
+        }
+    }
+
+    fn create(&mut self, table: &str, row: Json) {
+        self.change(table, "c", None, Some(&row));
+    }
+
+    /// Update the row with `row`'s key to `row`.
+    fn update(&mut self, table: &str, row: Json) {
+        let before = self.find(table, &row).expect("updating a row that exists");
+        self.change(table, "u", Some(&before), Some(&row));
+    }
+
+    /// Delete the row with `key`, then its tombstone.
+    fn delete(&mut self, table: &str, key: Json) {
+        let before = self.find(table, &key).expect("deleting a row that exists");
+        self.change(table, "d", Some(&before), None);
+        let mut tomb = self.line(table, &before);
+        tomb["payload"] = Json::Null;
+        self.stream.push(tomb);
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        write_lines(dir, name, &self.stream)
+    }
+}
+
+fn table_of(line: &Json) -> String {
+    let topic = line["topic"].as_str().unwrap();
+    topic.rsplit('.').next().unwrap().to_string()
+}
+
+/// The `after` struct's fields of an envelope's schema.
+fn after_fields(env: &Json) -> Vec<Json> {
+    env["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "after")
+        .unwrap()["fields"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A row (as `pg_expected.json` writes it) in Debezium's encoding for
+/// `fields`: decimals as base64 two's complement, micro-timestamps as
+/// numbers, zoned timestamps as UTC text.
+fn encode(fields: &[Json], row: &Json) -> Json {
+    let mut out = serde_json::Map::new();
+    for f in fields {
+        let name = f["field"].as_str().unwrap();
+        let v = &row[name];
+        let encoded = match (f["name"].as_str(), v) {
+            (_, Json::Null) => Json::Null,
+            (Some("org.apache.kafka.connect.data.Decimal"), v) => {
+                let scale: u32 = f["parameters"]["scale"].as_str().unwrap().parse().unwrap();
+                let unscaled = micros(v).unwrap() / 10i128.pow(6 - scale);
+                let bytes = two_complement(unscaled as i64);
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            (Some("io.debezium.time.MicroTimestamp"), Json::String(s)) => {
+                json!(local(s).and_utc().timestamp_micros())
+            }
+            (Some("io.debezium.time.ZonedTimestamp"), Json::String(s)) => {
+                let t = DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+                json!(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+            }
+            (_, v) => v.clone(),
+        };
+        out.insert(name.to_string(), encoded);
+    }
+    Json::Object(out)
+}
+
+fn two_complement(v: i64) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let mut start = 0;
+    while start < 7
+        && ((bytes[start] == 0 && bytes[start + 1] & 0x80 == 0)
+            || (bytes[start] == 0xff && bytes[start + 1] & 0x80 != 0))
+    {
+        start += 1;
+    }
+    bytes[start..].to_vec()
+}
+
+// ---- the joins, computed from the tables -----------------------------------
+
+/// `orders LEFT JOIN customers ON customer_id = id`.
+fn orders_with_customer(cdc: &Cdc) -> Vec<Json> {
+    cdc.rows("orders")
+        .iter()
+        .map(|o| {
+            let c = cdc
+                .rows("customers")
+                .iter()
+                .find(|c| !o["customer_id"].is_null() && c["id"] == o["customer_id"]);
+            json!({
+                "order_id": o["order_id"], "customer_id": o["customer_id"],
+                "amount": o["amount"].as_f64().map(|_| decimal(micros(&o["amount"]).unwrap())),
+                "status": o["status"], "placed_at": o["placed_at"],
+                "customer_name": c.map_or(Json::Null, |c| c["name"].clone()),
+                "customer_segment": c.map_or(Json::Null, |c| c["segment"].clone()),
+            })
+        })
+        .collect()
+}
+
+/// `SELECT day(placed_at), segment, count(*), sum(amount) FROM orders JOIN
+/// customers ON customer_id = id GROUP BY 1, 2`.
+fn revenue_by_segment(cdc: &Cdc) -> Vec<Json> {
+    let mut groups: BTreeMap<(String, String), (i64, Option<i128>)> = BTreeMap::new();
+    for o in cdc.rows("orders") {
+        let Some(c) = cdc
+            .rows("customers")
+            .iter()
+            .find(|c| !o["customer_id"].is_null() && c["id"] == o["customer_id"])
+        else {
+            continue;
+        };
+        let day = local(o["placed_at"].as_str().unwrap())
+            .date()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        let segment = c["segment"].as_str().unwrap_or("").to_string();
+        assert!(!c["segment"].is_null(), "the fixture's segments are set");
+        let g = groups.entry((text(day), segment)).or_insert((0, None));
+        g.0 += 1;
+        if let Some(m) = micros(&o["amount"]) {
+            g.1 = Some(g.1.unwrap_or(0) + m);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((day, segment), (n, sum))| {
+            let end = text(local(&day) + Duration::days(1));
+            json!({"window_start": day, "window_end": end, "segment": segment,
+                   "orders": n, "amount_sum": sum.map(decimal)})
+        })
+        .collect()
+}
+
+/// Per order that exists, over its lines: count, sum(qty), sum(qty * unit_price).
+fn order_totals(cdc: &Cdc) -> Vec<Json> {
+    let mut out = Vec::new();
+    for o in cdc.rows("orders") {
+        let lines: Vec<&Json> = cdc
+            .rows("order_lines")
+            .iter()
+            .filter(|l| l["order_id"] == o["order_id"])
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let items: i64 = lines.iter().filter_map(|l| l["qty"].as_i64()).sum();
+        let total: i128 = lines
+            .iter()
+            .filter_map(|l| Some(l["qty"].as_i64()? as i128 * micros(&l["unit_price"])?))
+            .sum();
+        out.push(
+            json!({"order_id": o["order_id"], "lines": lines.len(), "items": items,
+                        "total": decimal(total)}),
+        );
+    }
+    out
+}
+
+const EXAMPLES: [(&str, &str, &[&str]); 3] = [
+    (
+        "orders_with_customer",
+        "orders_with_customer",
+        &["order_id"],
+    ),
+    (
+        "revenue_by_segment",
+        "revenue_by_segment_daily",
+        &["window_start", "segment"],
+    ),
+    ("order_totals", "order_totals", &["order_id"]),
+];
+
+fn reference(example: &str, cdc: &Cdc) -> Vec<Json> {
+    match example {
+        "orders_with_customer" => orders_with_customer(cdc),
+        "revenue_by_segment" => revenue_by_segment(cdc),
+        "order_totals" => order_totals(cdc),
+        other => panic!("no example {other}"),
+    }
+}
+
+/// Each example alone over `stream`, in large batches and in batches of 3
+/// (state carried between commits), equals its join of `cdc`'s tables;
+/// nothing is dead-lettered.
+fn assert_examples(stream: &Path, cdc: &Cdc) {
+    for (example, table, key) in EXAMPLES {
+        let want = reference(example, cdc);
+        assert!(!want.is_empty(), "{example}: the reference is empty");
+        for batch in ["10000", "3"] {
+            let s = Scratch::new(&[(example, example)]);
+            let out = s.run(stream, &["--max-batch", batch]);
+            let log = stderr(&out);
+            assert!(log.contains(&format!("{example}: ")), "{log}");
+            let d = diff_table(&s.db(), table, &want, key);
+            assert!(d.is_empty(), "{example}, batches of {batch}: {d:#?}\n{log}");
+            let dlq = query(&s.db(), "SELECT stage, reason FROM sluice_dlq");
+            assert!(dlq.is_empty(), "{example}: {dlq:?}");
+        }
+    }
+}
+
+#[test]
+fn each_join_example_equals_the_join_of_the_source_tables() {
+    let cdc = Cdc::from_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    assert_examples(&cdc.write(dir.path(), "fixture.jsonl"), &cdc);
+}
+
+/// Both sides churn after the fixture: a customer changes segment and
+/// name, an order moves to another customer, an order's customer is
+/// deleted, a line is deleted, a line moves to another order (its primary
+/// key changes), an order loses all its lines, a new order and its lines.
+#[test]
+fn joins_follow_changes_on_both_sides() {
+    let mut cdc = Cdc::from_fixture();
+    let orders = cdc.rows("orders").to_vec();
+    let customers = cdc.rows("customers").to_vec();
+    // 1. a customer with orders changes segment and name
+    let busy = customers
+        .iter()
+        .max_by_key(|c| {
+            orders
+                .iter()
+                .filter(|o| o["customer_id"] == c["id"])
+                .count()
+        })
+        .unwrap()
+        .clone();
+    let mut moved = busy.clone();
+    moved["segment"] = json!(if busy["segment"] == "enterprise" {
+        "smb"
+    } else {
+        "enterprise"
+    });
+    moved["name"] = json!("Renamed Customer");
+    cdc.update("customers", moved);
+    // 2. an order moves to another customer
+    let mut order = orders[0].clone();
+    let other = customers
+        .iter()
+        .find(|c| c["id"] != order["customer_id"])
+        .unwrap();
+    order["customer_id"] = other["id"].clone();
+    cdc.update("orders", order);
+    // 3. a customer with orders is deleted
+    let gone = customers
+        .iter()
+        .find(|c| c["id"] != busy["id"] && orders.iter().any(|o| o["customer_id"] == c["id"]))
+        .unwrap()
+        .clone();
+    cdc.delete("customers", json!({"id": gone["id"]}));
+    // 4. a line is deleted; 5. another line moves to another order
+    let lines = cdc.rows("order_lines").to_vec();
+    cdc.delete("order_lines", lines[0].clone());
+    let mut moved_line = lines[1].clone();
+    cdc.delete("order_lines", lines[1].clone());
+    let target = orders
+        .iter()
+        .find(|o| o["order_id"] != lines[1]["order_id"])
+        .unwrap();
+    moved_line["order_id"] = target["order_id"].clone();
+    moved_line["line_no"] = json!(900);
+    cdc.create("order_lines", moved_line);
+    // 6. an order loses all its lines
+    let emptied = cdc.rows("order_lines")[0]["order_id"].clone();
+    for l in cdc.rows("order_lines").to_vec() {
+        if l["order_id"] == emptied {
+            cdc.delete("order_lines", l);
+        }
+    }
+    // 7. a new order with two lines, its customer existing
+    let new_order = json!({"order_id": 77001, "customer_id": busy["id"], "amount": 31.5,
+        "status": "NEW", "placed_at": "2030-01-02T03:04:05.000006", "note": null});
+    cdc.create("orders", new_order);
+    for (n, qty, price) in [(1, 3, 1.1), (2, 2, 0.05)] {
+        cdc.create(
+            "order_lines",
+            json!({"order_id": 77001, "line_no": n, "product_id": 1, "qty": qty, "unit_price": price}),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_examples(&cdc.write(dir.path(), "churn.jsonl"), &cdc);
+}
+
+/// Orders arrive before their customer: the left join writes them with
+/// nulls, then fills them in when the customer arrives (in a later run of
+/// the same pipeline, resumed from the sink's checkpoint); the inner join
+/// counts them only then. Deleting the customer again: nulls, retracted.
+#[test]
+fn a_customer_arriving_after_its_orders_fills_them_in_and_its_delete_empties_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cdc = Cdc::from_fixture();
+    for (id, hours) in [(88001, 1), (88002, 30)] {
+        let placed = local("2030-03-01T00:00:00") + Duration::hours(hours);
+        cdc.create(
+            "orders",
+            json!({"order_id": id, "customer_id": 4242, "amount": 12.25, "status": "NEW",
+                   "placed_at": text(placed), "note": null}),
+        );
+    }
+    // each phase: the stream so far and the joins of the tables then
+    let mut phases = Vec::new();
+    let snapshot = |cdc: &Cdc, name: &str| {
+        let path = cdc.write(dir.path(), name);
+        (path, orders_with_customer(cdc), revenue_by_segment(cdc))
+    };
+    phases.push(snapshot(&cdc, "before.jsonl"));
+    cdc.create(
+        "customers",
+        json!({"id": 4242, "name": "Late Comer", "email": null, "segment": "retail",
+               "vip": false, "created_at": "2030-03-02T00:00:00+00:00"}),
+    );
+    phases.push(snapshot(&cdc, "arrived.jsonl"));
+    cdc.delete("customers", json!({"id": 4242}));
+    phases.push(snapshot(&cdc, "deleted.jsonl"));
+    let left = Scratch::new(&[("orders_with_customer", "orders_with_customer")]);
+    let inner = Scratch::new(&[("revenue_by_segment", "revenue_by_segment")]);
+    for (i, (phase, want_left, want_inner)) in phases.iter().enumerate() {
+        let out = left.run(phase, &[]);
+        let d = diff_table(&left.db(), "orders_with_customer", want_left, &["order_id"]);
+        assert!(d.is_empty(), "phase {i}: {d:#?}\n{}", stderr(&out));
+        let row = query(
+            &left.db(),
+            "SELECT customer_name FROM orders_with_customer WHERE order_id = 88002",
+        );
+        let expect = if i == 1 {
+            json!("Late Comer")
+        } else {
+            Json::Null
+        };
+        assert_eq!(row[0]["customer_name"], expect, "phase {i}");
+        let out = inner.run(phase, &[]);
+        let d = diff_table(
+            &inner.db(),
+            "revenue_by_segment_daily",
+            want_inner,
+            &["window_start", "segment"],
+        );
+        assert!(d.is_empty(), "phase {i}: {d:#?}\n{}", stderr(&out));
+    }
+}
