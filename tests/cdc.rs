@@ -438,10 +438,9 @@ async fn assert_joins_equal_source(source: Db, sink: &SinkDb) {
             time(db, "placed_at")
         )
     };
-    let source_left = format!(
+    let source_left =
         "(SELECT o.order_id, o.customer_id, o.amount, o.status, o.placed_at, c.name AS customer_name, c.segment AS customer_segment \
-         FROM orders o LEFT JOIN customers c ON c.id = o.customer_id) j"
-    );
+         FROM orders o LEFT JOIN customers c ON c.id = o.customer_id) j";
     let revenue = |db: Db, from: &str| {
         format!(
             "SELECT {}, segment, orders, {} FROM {from}",
@@ -482,7 +481,7 @@ async fn assert_joins_equal_source(source: Db, sink: &SinkDb) {
         (
             "orders_with_customer",
             &["order_id"][..],
-            left(source, &source_left),
+            left(source, source_left),
             left(sink.db, "orders_with_customer"),
             &left_row as &dyn Fn(&sqlx::any::AnyRow) -> serde_json::Map<String, serde_json::Value>,
         ),

@@ -532,7 +532,14 @@ impl SqlSink {
         let mut op_dead = Vec::new();
         if aggregated || !fed.is_empty() {
             let ops = states
-                .apply(&mut tx, d, pipeline, events, &fed, signals, &mut op_dead)
+                .apply(
+                    &mut tx,
+                    d,
+                    pipeline,
+                    state::BatchInputs { events, fed: &fed },
+                    signals,
+                    &mut op_dead,
+                )
                 .await?;
             report.late_applied = ops.late_applied;
             report.late_dead_lettered = ops.late_dead_lettered;

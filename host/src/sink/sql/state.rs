@@ -42,6 +42,14 @@ pub(super) struct OperatorStates {
     plugins: HashMap<String, PluginCalls>,
 }
 
+/// What aggregations read in one commit: the events, and the inputs joins
+/// made of them (by event index).
+#[derive(Clone, Copy)]
+pub(super) struct BatchInputs<'a> {
+    pub(super) events: &'a [EventWrites],
+    pub(super) fed: &'a [(usize, OperatorInput)],
+}
+
 /// What the operators did in one commit.
 #[derive(Default)]
 pub(super) struct OperatorReport {
@@ -90,11 +98,11 @@ impl OperatorStates {
         conn: &mut AnyConnection,
         d: Dialect,
         pipeline: &str,
-        events: &[EventWrites],
-        fed: &[(usize, OperatorInput)],
+        batch: BatchInputs<'_>,
         signals: &[SourceSignal],
         dead: &mut Vec<DeadLetter>,
     ) -> anyhow::Result<OperatorReport> {
+        let BatchInputs { events, fed } = batch;
         let mut report = OperatorReport::default();
         let idle: Vec<Vec<u8>> = signals
             .iter()
