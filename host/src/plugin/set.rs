@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::bindings::{ChangeOutcome, PluginInfo};
+use super::lazy::isolating;
 use super::runtime::{Compiled, Instance};
 use crate::model::{ChangeEvent, Op, RecordId, SinkTable, SinkWrite, TableDesc, Value};
 use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInput};
@@ -453,30 +454,18 @@ fn project_isolated(
     table: &TableDesc,
     rows: &[&[Value]],
 ) -> Vec<Result<Option<Projection>, String>> {
-    match plugin.instance.project(aggregation, table, rows) {
-        Ok(results) => results,
-        Err(trap) => {
-            tracing::warn!(plugin = %plugin.info.name, rows = rows.len(), "{trap}; projecting row by row to isolate the poison row");
-            rows.iter()
-                .map(|row| {
-                    if let Err(e) = plugin.rebuild() {
-                        return Err(format!(
-                            "{trap}; and the instance could not be rebuilt: {e:#}"
-                        ));
-                    }
-                    match plugin
-                        .instance
-                        .project(aggregation, table, std::slice::from_ref(row))
-                    {
-                        Ok(mut one) => one
-                            .pop()
-                            .unwrap_or_else(|| Err("plugin returned no projection".into())),
-                        Err(trap) => Err(trap),
-                    }
-                })
-                .collect()
+    let mut broken = false;
+    let name = plugin.info.name.clone();
+    isolating(&name, rows, |rows| {
+        if broken {
+            plugin
+                .rebuild()
+                .map_err(|e| format!("the instance could not be rebuilt after a trap: {e:#}"))?;
         }
-    }
+        let out = plugin.instance.project(aggregation, table, rows);
+        broken = out.is_err();
+        out
+    })
 }
 
 /// One `process` call. `Err` is a trap (or a broken answer): the whole call failed.

@@ -8,14 +8,14 @@
 
 use super::derived::DerivedOutputs;
 use super::join::{load, write};
-use super::state::push_per_operator;
+use super::state::{push_per_operator, sizes_by_id};
 use super::*;
-use crate::model::{DeadLetter, Stage, TableDesc, Value};
+use crate::model::{DeadLetter, Stage, Value};
 use crate::operators::aggregate::{output_table, AggregationOp, InputChange, OperatorInput};
 use crate::operators::codec;
 use crate::operators::join::{JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
-use crate::operators::Projection;
-use crate::plugin::runtime::{off_runtime, Compiled, Instance};
+use crate::plugin::lazy::{isolating, LazyInstance};
+use crate::plugin::runtime::off_runtime;
 
 /// The state of every join this sink has seen, cached between commits
 /// while this host holds the state turn.
@@ -26,7 +26,7 @@ pub(super) struct JoinStates {
     /// joined table and the first projection.
     feed_tables: HashMap<String, Arc<SinkTable>>,
     /// Per plugin: an instance of the version that declared its joins.
-    projectors: HashMap<String, Projector>,
+    projectors: HashMap<String, LazyInstance>,
 }
 
 /// What the joins did in one attempt.
@@ -50,16 +50,7 @@ impl JoinStates {
 
     /// (join, side rows, bytes) cached per join, for the summary.
     pub(super) fn sizes(&self) -> Vec<(String, usize, usize)> {
-        let mut out: Vec<_> = self
-            .joins
-            .iter()
-            .map(|(id, s)| {
-                let (rows, bytes) = s.size();
-                (id.clone(), rows, bytes)
-            })
-            .collect();
-        out.sort();
-        out
+        sizes_by_id(&self.joins, JoinState::size)
     }
 
     /// Apply the events' join inputs, in batch order per join.
@@ -115,7 +106,10 @@ impl JoinStates {
             if op.feeds.is_empty() || applied.deltas.is_empty() {
                 continue;
             }
-            let projector = projector(&mut self.projectors, &op)?;
+            let Some(code) = &op.code else {
+                anyhow::bail!("join {} feeds aggregations but has no plugin code", op.id);
+            };
+            let projector = LazyInstance::of(&mut self.projectors, &op.plugin, code, &op.plugin);
             for feed in &op.feeds {
                 let fed = feed_inputs(&op, feed, &applied.deltas, projector, &mut self.feed_tables);
                 for (cause, input) in fed {
@@ -143,33 +137,6 @@ impl JoinStates {
     }
 }
 
-/// The instance that projects `op`'s joined rows (a new one when the
-/// plugin was reloaded).
-fn projector<'a>(
-    projectors: &'a mut HashMap<String, Projector>,
-    op: &JoinOp,
-) -> anyhow::Result<&'a mut Projector> {
-    let Some(code) = op.code.clone() else {
-        anyhow::bail!("join {} feeds aggregations but has no plugin code", op.id);
-    };
-    let stale = projectors
-        .get(&op.plugin)
-        .is_none_or(|p| !Arc::ptr_eq(&p.code, &code));
-    if stale {
-        projectors.insert(
-            op.plugin.clone(),
-            Projector {
-                code,
-                name: op.plugin.clone(),
-                instance: None,
-            },
-        );
-    }
-    projectors
-        .get_mut(&op.plugin)
-        .ok_or_else(|| anyhow::anyhow!("no projector for {}", op.plugin))
-}
-
 /// The identity of a joined row, as the aggregations' row state knows it:
 /// the left row's and the right row's (none: a left join's nulls).
 fn joined_identity(d: &JoinDelta) -> Vec<u8> {
@@ -188,7 +155,7 @@ fn feed_inputs(
     op: &JoinOp,
     feed: &Arc<AggregationOp>,
     deltas: &[JoinDelta],
-    projector: &mut Projector,
+    projector: &mut LazyInstance,
     tables: &mut HashMap<String, Arc<SinkTable>>,
 ) -> Vec<(usize, Result<OperatorInput, String>)> {
     let added: Vec<Vec<Value>> = deltas
@@ -197,7 +164,11 @@ fn feed_inputs(
         .map(|d| op.spec.joined_row(&d.left, d.right.as_deref()))
         .collect();
     let rows: Vec<&[Value]> = added.iter().map(Vec::as_slice).collect();
-    let projected = off_runtime(|| projector.project(feed.index, &op.desc, &rows));
+    let projected = off_runtime(|| {
+        isolating(&op.plugin, &rows, |rows| {
+            projector.call(|i| i.project(feed.index, &op.desc, rows))
+        })
+    });
     let output = match tables.get(&feed.id) {
         Some(t) => t.clone(),
         None => {
@@ -235,63 +206,4 @@ fn feed_inputs(
             (d.cause, input)
         })
         .collect()
-}
-
-/// A plugin version's instance for projecting joined rows, made on first
-/// use and dropped after a trap.
-struct Projector {
-    code: Arc<Compiled>,
-    name: String,
-    instance: Option<Instance>,
-}
-
-impl Projector {
-    /// One result per row; after a trap, row by row on fresh instances so
-    /// only the poison row is refused.
-    fn project(
-        &mut self,
-        aggregation: u32,
-        table: &TableDesc,
-        rows: &[&[Value]],
-    ) -> Vec<Result<Option<Projection>, String>> {
-        if rows.is_empty() {
-            return Vec::new();
-        }
-        match self.call(aggregation, table, rows) {
-            Ok(all) => all,
-            Err(trap) if rows.len() == 1 => vec![Err(trap)],
-            Err(_) => rows
-                .iter()
-                .map(
-                    |row| match self.call(aggregation, table, std::slice::from_ref(row)) {
-                        Ok(mut one) => one
-                            .pop()
-                            .unwrap_or_else(|| Err("plugin returned no projection".into())),
-                        Err(trap) => Err(trap),
-                    },
-                )
-                .collect(),
-        }
-    }
-
-    fn call(
-        &mut self,
-        aggregation: u32,
-        table: &TableDesc,
-        rows: &[&[Value]],
-    ) -> Result<Vec<Result<Option<Projection>, String>>, String> {
-        let instance = match &mut self.instance {
-            Some(i) => i,
-            None => self.instance.insert(
-                self.code
-                    .instantiate(&self.name)
-                    .map_err(|e| format!("instantiating the plugin: {e:#}"))?,
-            ),
-        };
-        let out = instance.project(aggregation, table, rows);
-        if out.is_err() {
-            self.instance = None;
-        }
-        out
-    }
 }

@@ -12,12 +12,13 @@ use crate::model::{ChangeEvent, DeadLetter, RecordId, Stage};
 use crate::operators::aggregate::StateWrite;
 use crate::operators::keyed::{self, KeyedCalls, KeyedInput, KeyedOutcome, RowState};
 use crate::plugin::bindings::KeyedAnswer;
-use crate::plugin::runtime::{off_runtime, Compiled, Instance};
+use crate::plugin::lazy::LazyInstance;
+use crate::plugin::runtime::off_runtime;
 
 /// Instances of the keyed plugins this sink has run, by plugin name.
 #[derive(Default)]
 pub(super) struct KeyedPlugins {
-    instances: HashMap<String, KeyedInstance>,
+    instances: HashMap<String, LazyInstance>,
 }
 
 impl KeyedPlugins {
@@ -46,20 +47,6 @@ impl KeyedPlugins {
             let Some(code) = plugin.code.clone() else {
                 anyhow::bail!("keyed plugin {} has no code", plugin.name);
             };
-            let stale = self
-                .instances
-                .get(&plugin.name)
-                .is_none_or(|i| !Arc::ptr_eq(&i.code, &code));
-            if stale {
-                self.instances.insert(
-                    plugin.name.clone(),
-                    KeyedInstance {
-                        code,
-                        name: plugin.name.clone(),
-                        instance: None,
-                    },
-                );
-            }
             let mut keys: Vec<Vec<u8>> = inputs.iter().map(|(_, i)| i.row_key.clone()).collect();
             keys.sort();
             keys.dedup();
@@ -75,9 +62,7 @@ impl KeyedPlugins {
                 .iter()
                 .map(|(e, i)| (*i, &events[*e].record.id))
                 .collect();
-            let Some(calls) = self.instances.get_mut(&plugin.name) else {
-                continue;
-            };
+            let calls = LazyInstance::of(&mut self.instances, &plugin.name, &code, &plugin.name);
             let run = off_runtime(|| keyed::run(&refs, &stored, calls));
             for ((e, _), outcome) in inputs.iter().zip(run.outcomes) {
                 let ev = &events[*e];
@@ -123,32 +108,12 @@ impl KeyedPlugins {
     }
 }
 
-/// One keyed plugin version's instance, made on first use and dropped
-/// after a trap (the next call gets a fresh one).
-struct KeyedInstance {
-    code: Arc<Compiled>,
-    name: String,
-    instance: Option<Instance>,
-}
-
-impl KeyedCalls for KeyedInstance {
+impl KeyedCalls for LazyInstance {
     fn process(
         &mut self,
         events: &[(&ChangeEvent, &RecordId)],
         states: &[(u32, Vec<u8>)],
     ) -> Result<KeyedAnswer, String> {
-        let instance = match &mut self.instance {
-            Some(i) => i,
-            None => self.instance.insert(
-                self.code
-                    .instantiate(&self.name)
-                    .map_err(|e| format!("instantiating the plugin: {e:#}"))?,
-            ),
-        };
-        let out = instance.process_keyed(events, states);
-        if out.is_err() {
-            self.instance = None;
-        }
-        out
+        self.call(|i| i.process_keyed(events, states))
     }
 }

@@ -11,7 +11,8 @@ use crate::operators::aggregate::{kind, AggregateState, AggregationOp, OperatorI
 use crate::operators::spec::AggregateFn;
 use crate::operators::watermark::partition_key;
 use crate::operators::{CustomCalls, NoCustom, StateUpdate};
-use crate::plugin::runtime::{off_runtime, Compiled, Instance};
+use crate::plugin::lazy::LazyInstance;
+use crate::plugin::runtime::{off_runtime, Instance};
 use crate::source::SourceSignal;
 
 /// Keys longer than this are stored as their SHA-256 (MySQL indexes at most
@@ -76,16 +77,7 @@ impl OperatorStates {
 
     /// (state rows, bytes) cached per aggregation, for the summary.
     pub(super) fn sizes(&self) -> Vec<(String, usize, usize)> {
-        let mut out: Vec<_> = self
-            .ops
-            .iter()
-            .map(|(id, s)| {
-                let (rows, bytes) = s.size();
-                (id.clone(), rows, bytes)
-            })
-            .collect();
-        out.sort();
-        out
+        sizes_by_id(&self.ops, AggregateState::size)
     }
 
     /// Apply the events' operator inputs and those joins `fed` (by event
@@ -139,7 +131,7 @@ impl OperatorStates {
                     let stale = self
                         .plugins
                         .get(&id)
-                        .is_none_or(|p| !Arc::ptr_eq(&p.code, &calls.code));
+                        .is_none_or(|p| !p.instance.runs_same_code(&calls.instance));
                     if stale {
                         self.plugins.insert(id.clone(), calls);
                     }
@@ -219,6 +211,22 @@ impl OperatorStates {
         }
         Ok(report)
     }
+}
+
+/// (operator, state rows, bytes) of cached operator states, sorted.
+pub(super) fn sizes_by_id<S>(
+    states: &HashMap<String, S>,
+    size: impl Fn(&S) -> (usize, usize),
+) -> Vec<(String, usize, usize)> {
+    let mut out: Vec<_> = states
+        .iter()
+        .map(|(id, s)| {
+            let (rows, bytes) = size(s);
+            (id.clone(), rows, bytes)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Add an operator's input (of event `e`) to its operator's list, keeping
@@ -428,10 +436,8 @@ pub(super) async fn write_state(
 /// The plugin side of one aggregation's custom measures, on an instance of
 /// the plugin version that declared it.
 pub(super) struct PluginCalls {
-    code: Arc<Compiled>,
-    tag: String,
     aggregation: u32,
-    instance: Option<Instance>,
+    instance: LazyInstance,
 }
 
 impl PluginCalls {
@@ -443,35 +449,17 @@ impl PluginCalls {
             .iter()
             .any(|m| m.function == AggregateFn::Custom);
         Some(PluginCalls {
-            code: op.code.clone().filter(|_| custom)?,
-            tag: op.plugin.clone(),
             aggregation: op.index,
-            instance: None,
+            instance: LazyInstance::new(op.code.clone().filter(|_| custom)?, &op.plugin),
         })
     }
 
-    /// Run `f` on the instance (made on first use); a trap drops it, so the
-    /// next call gets a fresh one.
     fn call<T>(
         &mut self,
         f: impl FnOnce(&mut Instance, u32) -> Result<T, String>,
     ) -> Result<T, String> {
-        if self.instance.is_none() {
-            let instance = self
-                .code
-                .instantiate(&self.tag)
-                .map_err(|e| format!("instantiating the plugin: {e:#}"))?;
-            self.instance = Some(instance);
-        }
-        let Some(instance) = self.instance.as_mut() else {
-            return Err("no plugin instance".into());
-        };
         let aggregation = self.aggregation;
-        let out = f(instance, aggregation);
-        if out.is_err() {
-            self.instance = None;
-        }
-        out
+        self.instance.call(|i| f(i, aggregation))
     }
 }
 
