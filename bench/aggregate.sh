@@ -3,10 +3,11 @@
 # turns in one run: a generated Debezium stream of one `orders` table
 # (schemas on; inserts, updates that move rows between customers and days,
 # deletes; EVENTS change events over 3 partitions) → SQLite, with
-# mirror.wasm, orders_by_customer.wasm (daily, 7-day sliding and session
-# windows, state-correct), orders_events_5m.wasm (the seed's append
-# semantics) and order_history.wasm (keyed state per order, run in the
-# commit). Prints events/s, peak RSS and the ratio to mirror (median of
+# mirror.wasm, orders_daily.wasm (bench/guests: one state-correct daily
+# window per customer, the first of orders_by_customer's three),
+# orders_by_customer.wasm (daily, 7-day sliding and session windows,
+# state-correct), orders_events_5m.wasm (the seed's append semantics) and
+# order_history.wasm (keyed state per order, run in the commit). Prints events/s, peak RSS and the ratio to mirror (median of
 # ROUNDS), and the state each aggregation held.
 # Usage: bench/aggregate.sh [EVENTS=200000] [ROUNDS=3]
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 events=${1:-200000}
 rounds=${2:-3}
 cargo build --release --quiet
-cargo build --release --quiet --target wasm32-wasip2 -p mirror -p orders_by_customer -p orders_events_5m -p order_history
+cargo build --release --quiet --target wasm32-wasip2 -p mirror -p orders_daily -p orders_by_customer -p orders_events_5m -p order_history
 work=target/bench-aggregate && mkdir -p "$work"
 stream="$work/orders-$events.jsonl"
 [ -s "$stream" ] || python3 bench/gen_orders.py "$events" "$stream"
@@ -29,7 +30,7 @@ run() { # plugin round -> "seconds peak_kib", summary in $work/$1.txt
   cat "$dir/time"
 }
 declare -A times rss
-plugins=(mirror orders_by_customer orders_events_5m order_history)
+plugins=(mirror orders_daily orders_by_customer orders_events_5m order_history)
 for r in $(seq "$rounds"); do
   for p in "${plugins[@]}"; do
     read -r t m < <(run "$p")
@@ -51,8 +52,8 @@ for p in plugins:
     print(f"{p:<22}{changes / t:>12,.0f}{t:>9.2f}{max(rss[p]) / 1024:>13.0f}{t / base:>10.2f}x")
 for p in plugins[1:]:
     text = open(f"{work}/{p}.txt").read()
-    if "aggregation state (cached by this host):" in text:
-        state = text.split("aggregation state (cached by this host):")[-1].split("sink tables:")[0]
+    if "operator state (" in text:
+        state = text.split("operator state (")[-1].split(":", 1)[-1].split("sink tables:")[0]
         print(f"state held by {p}:" + state.rstrip())
 import sqlite3
 # Windowed groups' keys start with the window's bounds (two little-endian

@@ -3,16 +3,28 @@
 stack's PostgreSQL connector writes them), as kcat -J lines: inserts, then
 updates (amounts, customers, times: rows move between groups and windows)
 and deletes, each with a new, increasing source position; spread over
-partitions by key. Usage: gen_orders.py EVENTS OUT [PARTITIONS=3]."""
+partitions by key. With --customers, a `customers` table too (its own
+topic): the 2,000 customers the orders name are inserted first, and one
+change event in ten is a customer moving to another segment (what a join
+with customers must follow). Usage:
+gen_orders.py EVENTS OUT [PARTITIONS=3] [--customers]."""
 import base64, json, random, sys
 
-events, out_path = int(sys.argv[1]), sys.argv[2]
-partitions = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+with_customers = "--customers" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--customers"]
+events, out_path = int(args[0]), args[1]
+partitions = int(args[2]) if len(args) > 2 else 3
 fixture = "tests/fixtures/debezium-pg/pg_events.schemas.jsonl"
 template = next(json.loads(l) for l in open(fixture)
                 if '"pgserver1.public.orders"' in l and '\\"op\\":\\"c\\"' in l)
 envelope = json.loads(template["payload"])
 key_env = json.loads(template["key"])
+c_template = next(json.loads(l) for l in open(fixture)
+                  if '"pgserver1.public.customers"' in l)
+c_envelope = json.loads(c_template["payload"])
+c_key_env = json.loads(c_template["key"])
+SEGMENTS = ["smb", "mid", "enterprise"]
+CUSTOMERS = 2000
 rng = random.Random(7)
 DAY = 86_400_000_000
 start = 1_735_689_600_000_000  # 2025-01-01, local time µs
@@ -26,27 +38,42 @@ def image(o):
             "status": o["status"], "placed_at": o["placed"], "note": None}
 
 live, ids, next_id, lsn, ts = {}, [], 1, 100_000_000, 1_795_000_000_000
-offsets = [0] * partitions
+offsets = {}
 with open(out_path, "w") as out:
-    def emit(op, key, before, after):
+    def emit(op, key, before, after, table=(template, envelope, key_env, "order_id")):
         global lsn, ts
         lsn += 64
         ts += 7
+        tmpl, env_tmpl, key_tmpl, key_field = table
+        topic = tmpl["topic"]
         p = key % partitions
-        env = json.loads(json.dumps(envelope))
+        env = json.loads(json.dumps(env_tmpl))
         pl = env["payload"]
         pl["op"], pl["before"], pl["after"] = op, before, after
         pl["source"]["lsn"], pl["source"]["ts_ms"], pl["source"]["snapshot"] = lsn, ts, "false"
+        pl["source"]["sequence"] = json.dumps([None, str(lsn)])
         pl["ts_ms"] = ts
-        k = json.loads(json.dumps(key_env))
-        k["payload"]["order_id"] = key
-        out.write(json.dumps({"topic": template["topic"], "partition": p, "offset": offsets[p],
-                              "key": json.dumps(k), "payload": json.dumps(env)}) + "\n")
-        offsets[p] += 1
+        k = json.loads(json.dumps(key_tmpl))
+        k["payload"][key_field] = key
+        def line(payload):
+            o = offsets.get((topic, p), 0)
+            offsets[(topic, p)] = o + 1
+            out.write(json.dumps({"topic": topic, "partition": p, "offset": o,
+                                  "key": json.dumps(k), "payload": payload}) + "\n")
+        line(json.dumps(env))
         if op == "d":  # the tombstone after a delete
-            out.write(json.dumps({"topic": template["topic"], "partition": p, "offset": offsets[p],
-                                  "key": json.dumps(k), "payload": None}) + "\n")
-            offsets[p] += 1
+            line(None)
+
+    customers = {}
+    def customer(cid):
+        return {"id": cid, "name": f"Customer {cid}", "email": f"user{cid}@example.com",
+                "segment": customers[cid], "vip": False,
+                "created_at": "2024-02-11T01:30:00.000000Z"}
+    c_table = (c_template, c_envelope, c_key_env, "id")
+    if with_customers:
+        for cid in range(1, CUSTOMERS + 1):
+            customers[cid] = rng.choice(SEGMENTS)
+            emit("c", cid, None, customer(cid), c_table)
     def take():
         """A random live order, removed from the live set."""
         i = rng.randrange(len(ids))
@@ -54,6 +81,12 @@ with open(out_path, "w") as out:
         return live.pop(ids.pop())
 
     for _ in range(events):
+        if with_customers and rng.random() < 0.1:
+            cid = rng.randrange(1, CUSTOMERS + 1)
+            before = customer(cid)
+            customers[cid] = rng.choice([s for s in SEGMENTS if s != customers[cid]])
+            emit("u", cid, before, customer(cid), c_table)
+            continue
         r = rng.random()
         if not live or r < 0.5:
             o = {"id": next_id, "customer": rng.randrange(1, 2001), "cents": rng.randrange(100, 500_000),

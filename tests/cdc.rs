@@ -1340,25 +1340,24 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
         records: (ids.end - ids.start) as u64,
         offsets: vec![("topic".into(), 0, next)],
         events: ids
-            .map(|i| sluice::sink::EventWrites {
-                record: RawRecord {
-                    id: RecordId {
-                        topic: "topic".into(),
-                        partition: 0,
-                        offset: i,
+            .map(|i| {
+                sluice::sink::EventWrites::written(
+                    RawRecord {
+                        id: RecordId {
+                            topic: "topic".into(),
+                            partition: 0,
+                            offset: i,
+                        },
+                        key: None,
+                        value: Some(String::new()),
+                        headers: Vec::new(),
                     },
-                    key: None,
-                    value: Some(String::new()),
-                    headers: Vec::new(),
-                },
-                plugins: None,
-                ops: Vec::new(),
-                joins: Vec::new(),
-                keyed: Vec::new(),
-                writes: vec![SinkWrite::Upsert {
-                    table: table.clone(),
-                    values: vec![Value::Int(i), Value::Text(v.into())],
-                }],
+                    None,
+                    vec![SinkWrite::Upsert {
+                        table: table.clone(),
+                        values: vec![Value::Int(i), Value::Text(v.into())],
+                    }],
+                )
             })
             .collect(),
         ..Default::default()

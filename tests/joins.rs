@@ -3,7 +3,8 @@
 //! join) and `order_totals` (aggregation of a one-to-many inner join), each
 //! alone in a plugin folder, against the same joins computed here from the
 //! source tables (`pg_expected.json`, then edited by the test together with
-//! the change events it appends), without any of Sluice's code.
+//! the change events it appends), without any of Sluice's code. Lookups
+//! (`tests/guests/order_segment`) against the stream walked in order here.
 
 mod common;
 
@@ -136,6 +137,19 @@ impl Cdc {
 
     fn write(&self, dir: &Path, name: &str) -> PathBuf {
         write_lines(dir, name, &self.stream)
+    }
+
+    /// Append `line` again at the next offset of its table's topic (as
+    /// Debezium re-sends after a restart).
+    fn redeliver(&mut self, mut line: Json) {
+        let offset = self.offsets.entry(table_of(&line)).or_insert(0);
+        line["offset"] = json!(*offset);
+        *offset += 1;
+        self.stream.push(line);
+    }
+
+    fn clone_stream(&self) -> Vec<Json> {
+        self.stream.clone()
     }
 }
 
@@ -462,4 +476,170 @@ fn a_customer_arriving_after_its_orders_fills_them_in_and_its_delete_empties_the
         );
         assert!(d.is_empty(), "phase {i}: {d:#?}\n{}", stderr(&out));
     }
+}
+
+/// Each order with its customer's segment when the order last changed,
+/// computed by walking `stream` in order: a customer change counts from its
+/// position on (a change not newer than the customer's last, by LSN, is a
+/// re-delivery), an order's last change (by the Kafka key) wins, a delete
+/// removes it.
+fn order_segments(stream: &[Json]) -> Vec<Json> {
+    let mut customers: HashMap<i64, (i64, Option<Json>)> = HashMap::new();
+    let mut orders: BTreeMap<i64, Json> = BTreeMap::new();
+    for line in stream {
+        let Some(env) = envelope(line) else { continue };
+        let p = &env["payload"];
+        let key: Json = serde_json::from_str(line["key"].as_str().unwrap()).unwrap();
+        let deleted = p["op"] == "d";
+        match table_of(line).as_str() {
+            "customers" => {
+                let id = key["payload"]["id"].as_i64().unwrap();
+                let lsn = p["source"]["lsn"].as_i64().unwrap();
+                if customers.get(&id).is_some_and(|(seen, _)| lsn <= *seen) {
+                    continue;
+                }
+                let row = (!deleted).then(|| p["after"].clone());
+                customers.insert(id, (lsn, row));
+            }
+            "orders" => {
+                let id = key["payload"]["order_id"].as_i64().unwrap();
+                if deleted {
+                    orders.remove(&id);
+                    continue;
+                }
+                let customer = p["after"]["customer_id"].clone();
+                let segment = customer
+                    .as_i64()
+                    .and_then(|c| customers.get(&c))
+                    .and_then(|(_, row)| row.as_ref())
+                    .map_or(Json::Null, |row| row["segment"].clone());
+                orders.insert(
+                    id,
+                    json!({"order_id": id, "customer_id": customer, "segment": segment}),
+                );
+            }
+            _ => {}
+        }
+    }
+    orders.into_values().collect()
+}
+
+/// A lookup reads the customer as of each order change, in the order of
+/// the stream: within one batch, across batches and across runs resumed
+/// from the sink (the looked-up table is read back from the sink's state).
+/// After the fixture: orders change around a customer's segment changes
+/// (one order before, one after), a customer is deleted between two
+/// changes of its order, a customer arrives after its order and a
+/// re-delivered old customer event changes nothing.
+#[test]
+fn a_lookup_reads_the_customer_as_of_each_order_change() {
+    let mut cdc = Cdc::from_fixture();
+    let orders = cdc.rows("orders").to_vec();
+    let customers = cdc.rows("customers").to_vec();
+    let with_orders: Vec<Json> = customers
+        .iter()
+        .filter(|c| {
+            orders
+                .iter()
+                .filter(|o| o["customer_id"] == c["id"])
+                .count()
+                >= 2
+        })
+        .cloned()
+        .collect();
+    assert!(
+        with_orders.len() >= 2,
+        "the fixture has customers with two orders"
+    );
+    let touch = |cdc: &mut Cdc, order: &Json, status: &str| {
+        let mut o = cdc.find("orders", order).unwrap();
+        o["status"] = json!(status);
+        cdc.update("orders", o);
+    };
+    // a segment change between two orders of the customer
+    let busy = with_orders[0].clone();
+    let mine: Vec<Json> = orders
+        .iter()
+        .filter(|o| o["customer_id"] == busy["id"])
+        .cloned()
+        .collect();
+    touch(&mut cdc, &mine[0], "BEFORE");
+    let mut moved = cdc.find("customers", &busy).unwrap();
+    moved["segment"] = json!("moved-segment");
+    cdc.update("customers", moved);
+    touch(&mut cdc, &mine[1], "AFTER");
+    // a re-delivery of the customer's first event: not newer, ignored
+    let first = cdc
+        .stream
+        .iter()
+        .find(|l| {
+            table_of(l) == "customers"
+                && serde_json::from_str::<Json>(l["key"].as_str().unwrap()).unwrap()["payload"]
+                    ["id"]
+                    == busy["id"]
+        })
+        .unwrap()
+        .clone();
+    cdc.redeliver(first);
+    touch(&mut cdc, &mine[1], "AFTER-REDELIVERY");
+    // a customer deleted between two changes of its order
+    let gone = with_orders[1].clone();
+    let theirs = orders
+        .iter()
+        .find(|o| o["customer_id"] == gone["id"])
+        .unwrap()
+        .clone();
+    touch(&mut cdc, &theirs, "CUSTOMER-LIVE");
+    cdc.delete("customers", json!({"id": gone["id"]}));
+    let half = cdc.stream.len();
+    touch(&mut cdc, &theirs, "CUSTOMER-GONE");
+    // an order before its customer, then the customer, then the order again
+    cdc.create(
+        "orders",
+        json!({"order_id": 99001, "customer_id": 5151, "amount": 1.5, "status": "EARLY",
+               "placed_at": "2030-01-01T00:00:00", "note": null}),
+    );
+    cdc.create(
+        "customers",
+        json!({"id": 5151, "name": "Late", "email": null, "segment": "late-segment",
+               "vip": false, "created_at": "2030-01-02T00:00:00+00:00"}),
+    );
+    let early = json!({"order_id": 99001});
+    let want_early = order_segments(&cdc.stream);
+    touch(&mut cdc, &early, "LATER");
+    let want = order_segments(&cdc.stream);
+    // the reference itself shows what a join would not
+    let seg = |rows: &[Json], id: &Json| {
+        rows.iter().find(|r| r["order_id"] == *id).unwrap()["segment"].clone()
+    };
+    assert_eq!(seg(&want, &mine[1]["order_id"]), json!("moved-segment"));
+    assert_eq!(seg(&want, &mine[0]["order_id"]), busy["segment"]);
+    assert_eq!(seg(&want, &theirs["order_id"]), Json::Null);
+    assert_eq!(seg(&want_early, &json!(99001)), Json::Null);
+    assert_eq!(seg(&want, &json!(99001)), json!("late-segment"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let stream = cdc.write(dir.path(), "lookups.jsonl");
+    for batch in ["10000", "3"] {
+        let s = Scratch::new(&[("order_segment", "order_segment")]);
+        let out = s.run(&stream, &["--max-batch", batch]);
+        let d = diff_table(&s.db(), "order_segment", &want, &["order_id"]);
+        assert!(d.is_empty(), "batches of {batch}: {d:#?}\n{}", stderr(&out));
+        let dlq = query(&s.db(), "SELECT stage, reason FROM sluice_dlq");
+        assert!(dlq.is_empty(), "{dlq:?}");
+    }
+    // two runs: the second reads the looked-up table back from the sink
+    let s = Scratch::new(&[("order_segment", "order_segment")]);
+    let mut first_half = cdc.clone_stream();
+    first_half.truncate(half);
+    let part = write_lines(dir.path(), "first-half.jsonl", &first_half);
+    s.run(&part, &[]);
+    let out = s.run(&stream, &[]);
+    let d = diff_table(&s.db(), "order_segment", &want, &["order_id"]);
+    assert!(d.is_empty(), "resumed: {d:#?}\n{}", stderr(&out));
+    let stored = query(
+        &s.db(),
+        "SELECT count(*) AS n FROM sluice_state WHERE operator = 'lookup/customers'",
+    );
+    assert!(stored[0]["n"].as_i64().unwrap() > 0, "{stored:?}");
 }

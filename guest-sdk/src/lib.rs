@@ -97,6 +97,8 @@ mod emitter;
 mod join;
 #[cfg(not(feature = "wit-0-1"))]
 mod keyed;
+#[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+mod lookup;
 mod view;
 
 #[cfg(not(feature = "wit-0-1"))]
@@ -115,6 +117,8 @@ pub use join::{Join, JoinColumn, JoinKind, JoinSide, Side};
 pub use keyed::run_keyed;
 #[cfg(not(feature = "wit-0-1"))]
 pub use keyed::KeyedState;
+#[cfg(not(any(feature = "wit-0-1", feature = "wit-0-2")))]
+pub use lookup::{lookup, FoundRow};
 
 use bindings::sluice::transform::types as wit;
 

@@ -510,6 +510,8 @@ fn process_batch(
             || !outcome.ops.is_empty()
             || !outcome.keyed.is_empty()
             || !outcome.joins.is_empty()
+            || !outcome.lookups.is_empty()
+            || !outcome.tables.is_empty()
         {
             batch.events.push(EventWrites {
                 record,
@@ -518,6 +520,8 @@ fn process_batch(
                 ops: outcome.ops,
                 keyed: outcome.keyed,
                 joins: outcome.joins,
+                lookups: outcome.lookups,
+                tables: outcome.tables,
             });
         }
     }

@@ -58,6 +58,8 @@ pub fn guest(name: &str) -> PathBuf {
                 "-p",
                 "order_history",
                 "-p",
+                "order_segment",
+                "-p",
                 "tagger_v1",
                 "-p",
                 "tagger_v2",

@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod join;
 pub mod keyed;
+pub mod lookup;
 pub mod session;
 pub mod spec;
 pub mod watermark;

@@ -20,6 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Call, ChangeOutcome, PluginBindings, PluginInfo, PluginPre};
 use crate::model;
+use crate::operators::lookup::LookupAccess;
 use crate::operators::{Projection, StateUpdate};
 
 /// wasmtime 48 has its own error type (not `std::error::Error`).
@@ -195,6 +196,7 @@ impl Compiled {
                 table: ResourceTable::new(),
                 limits,
                 tag: tag.into(),
+                lookups: None,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -237,6 +239,11 @@ impl Instance {
         events: &[(&model::ChangeEvent, &model::RecordId)],
     ) -> Result<Vec<ChangeOutcome>, String> {
         self.call(|b, store| b.process(store, events))
+    }
+
+    /// Let `host.lookup` read these tables in the calls that follow.
+    pub fn set_lookups(&mut self, access: LookupAccess) {
+        self.store.data_mut().lookups = Some(access);
     }
 
     /// Call `process-keyed` (0.2 plugins with keyed state).
@@ -337,6 +344,9 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     tag: Arc<str>,
+    /// The tables `host.lookup` reads (plugins that declare lookups, run in
+    /// the sink's commit); `None` elsewhere.
+    pub(crate) lookups: Option<LookupAccess>,
 }
 
 impl WasiView for HostState {

@@ -2,7 +2,7 @@
 //! table, calling each once per batch, and isolating poison events after a
 //! trap by replaying the batch one event at a time on fresh instances.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::bindings::{ChangeOutcome, PluginInfo};
@@ -13,6 +13,7 @@ use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInpu
 use crate::operators::codec::row_identity;
 use crate::operators::join::{JoinOp, JoinOpInput};
 use crate::operators::keyed::{KeyedInput, KeyedPlugin};
+use crate::operators::lookup::{LookupInput, LookupPlugin, TableChange};
 use crate::operators::spec::Semantics;
 use crate::operators::watermark;
 use crate::operators::Projection;
@@ -34,6 +35,8 @@ pub struct LoadedPlugin {
     outputs: HashMap<(usize, usize), (Arc<TableDesc>, Arc<SinkTable>)>,
     /// Plugins with keyed state run in the sink's commit, not here.
     keyed: Option<Arc<KeyedPlugin>>,
+    /// So do plugins that read tables with `host.lookup`.
+    lookup: Option<Arc<LookupPlugin>>,
 }
 
 impl LoadedPlugin {
@@ -71,6 +74,13 @@ impl LoadedPlugin {
                 Some(compiled.clone()),
             ))
         });
+        let lookup = (!info.lookups.is_empty()).then(|| {
+            Arc::new(LookupPlugin {
+                name: info.name.clone(),
+                tables: info.lookups.clone(),
+                code: Some(compiled.clone()),
+            })
+        });
         Ok(LoadedPlugin {
             id: id.to_string(),
             info,
@@ -80,6 +90,7 @@ impl LoadedPlugin {
             joins,
             outputs: HashMap::new(),
             keyed,
+            lookup,
         })
     }
 
@@ -158,6 +169,11 @@ pub struct EventOutcome {
     pub keyed: Vec<KeyedInput>,
     /// What the event means to each join that reads its table.
     pub joins: Vec<JoinOpInput>,
+    /// The event for each plugin with lookups that handles it (run in the
+    /// commit).
+    pub lookups: Vec<LookupInput>,
+    /// The event as a change of each looked-up table it belongs to.
+    pub tables: Vec<TableChange>,
 }
 
 /// Plugins by id; processing order is the id order, so results are stable.
@@ -223,6 +239,20 @@ impl PluginSet {
         let mut outcomes: Vec<EventOutcome> =
             events.iter().map(|_| EventOutcome::default()).collect();
         let mut routed = vec![false; events.len()];
+        // Tables plugins look up: kept from their events whoever handles them.
+        let looked_up: BTreeSet<&str> = self
+            .plugins
+            .values()
+            .flat_map(|p| p.info.lookups.iter().map(String::as_str))
+            .collect();
+        for table in looked_up {
+            for (i, (ev, _)) in events.iter().enumerate() {
+                if TableChange::names(table, ev) {
+                    routed[i] = true;
+                    outcomes[i].tables.extend(TableChange::of(table, ev));
+                }
+            }
+        }
         for plugin in self.plugins.values_mut() {
             let mine: Vec<usize> = (0..events.len())
                 .filter(|&i| plugin.handles(&events[i].0.table.topic, &events[i].0.table.name))
@@ -244,6 +274,16 @@ impl PluginSet {
                         plugin: keyed.clone(),
                         event: events[i].0.clone(),
                         row_key: row_key(events[i].0),
+                    });
+                }
+                continue;
+            }
+            if let Some(lookup) = &plugin.lookup {
+                for &i in &mine {
+                    routed[i] = true;
+                    outcomes[i].lookups.push(LookupInput {
+                        plugin: lookup.clone(),
+                        event: events[i].0.clone(),
                     });
                 }
                 continue;
@@ -493,6 +533,7 @@ mod tests {
             state_version: 0,
             aggregations: Vec::new(),
             keyed_state: false,
+            lookups: Vec::new(),
             joins,
         }
     }

@@ -11,6 +11,7 @@ use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
 use crate::operators::aggregate::OperatorInput;
 use crate::operators::join::JoinOpInput;
 use crate::operators::keyed::KeyedInput;
+use crate::operators::lookup::{LookupInput, TableChange};
 use crate::source::SourceSignal;
 
 /// The writes one source record produced.
@@ -26,6 +27,26 @@ pub struct EventWrites {
     pub keyed: Vec<KeyedInput>,
     /// What the record means to joins (applied in the commit).
     pub joins: Vec<JoinOpInput>,
+    /// The record for plugins with lookups (run in the commit).
+    pub lookups: Vec<LookupInput>,
+    /// The record as a change of looked-up tables (applied in the commit).
+    pub tables: Vec<TableChange>,
+}
+
+impl EventWrites {
+    /// Writes a plugin made of `record` (no operator inputs).
+    pub fn written(record: RawRecord, plugins: Option<String>, writes: Vec<SinkWrite>) -> Self {
+        EventWrites {
+            record,
+            plugins,
+            writes,
+            ops: Vec::new(),
+            keyed: Vec::new(),
+            joins: Vec::new(),
+            lookups: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
 }
 
 /// Everything one batch commits, in one transaction.

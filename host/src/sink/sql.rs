@@ -30,6 +30,7 @@ mod derived;
 mod join;
 mod joins;
 mod keyed;
+mod lookups;
 mod offsets;
 mod outbox;
 mod rows;
@@ -86,6 +87,8 @@ pub struct SqlSink {
     turn: turn::StateTurn,
     /// Instances of plugins with keyed state.
     keyed: keyed::KeyedPlugins,
+    /// Tables plugins look up, and the instances of those plugins.
+    lookups: lookups::LookupTables,
     /// Tables keyed plugins or joins wrote that the sink refused, and why.
     refused: HashMap<SinkTable, String>,
 }
@@ -241,6 +244,7 @@ impl SqlSink {
             joins: joins::JoinStates::default(),
             turn: turn::StateTurn::default(),
             keyed: keyed::KeyedPlugins::default(),
+            lookups: lookups::LookupTables::default(),
             refused: HashMap::new(),
         })
     }
@@ -407,6 +411,7 @@ impl SqlSink {
     fn forget_cached_state(&mut self) {
         self.states.invalidate();
         self.joins.invalidate();
+        self.lookups.invalidate();
         self.turn.invalidate();
     }
 
@@ -414,6 +419,7 @@ impl SqlSink {
     pub fn state_sizes(&self) -> Vec<(String, usize, usize)> {
         let mut sizes = self.states.sizes();
         sizes.extend(self.joins.sizes());
+        sizes.extend(self.lookups.sizes());
         sizes
     }
 
@@ -453,6 +459,7 @@ impl SqlSink {
             joins,
             turn,
             keyed,
+            lookups,
             refused,
             tables,
             ..
@@ -507,9 +514,16 @@ impl SqlSink {
             .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
         let joined = events.iter().any(|ev| !ev.joins.is_empty());
         let aggregated = events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any());
-        if (joined || aggregated) && !turn.take(&mut tx, d, pipeline).await? {
+        let looked_up = events
+            .iter()
+            .any(|ev| !ev.lookups.is_empty() || !ev.tables.is_empty());
+        if (joined || aggregated || looked_up) && !turn.take(&mut tx, d, pipeline).await? {
             states.invalidate();
             joins.invalidate();
+            lookups.invalidate();
+        }
+        if looked_up {
+            derived.extend(lookups.apply(&mut tx, d, pipeline, events).await?);
         }
         let mut fed = Vec::new();
         if joined {
@@ -710,6 +724,8 @@ mod tests {
             ops: Vec::new(),
             keyed: Vec::new(),
             joins: Vec::new(),
+            lookups: Vec::new(),
+            tables: Vec::new(),
             writes: vec![SinkWrite::Upsert {
                 table: t.clone(),
                 values: std::iter::once(id)

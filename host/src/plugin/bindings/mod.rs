@@ -46,6 +46,9 @@ pub struct PluginInfo {
     pub keyed_state: bool,
     /// Checked join declarations (0.3).
     pub joins: Vec<JoinSpec>,
+    /// Tables read with `host.lookup` (0.3): `process` then runs in the
+    /// sink's transaction.
+    pub lookups: Vec<String>,
 }
 
 /// A `process-keyed` answer: one outcome per change, and the new state of

@@ -48,6 +48,7 @@ pub(super) fn info(i: wit::PluginInfo) -> super::PluginInfo {
         state_version: i.state_version,
         keyed_state: false,
         joins: Vec::new(),
+        lookups: Vec::new(),
         aggregations: Vec::new(),
     }
 }

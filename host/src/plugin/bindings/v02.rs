@@ -42,6 +42,7 @@ pub(super) fn info(i: wit::PluginInfo) -> Result<super::PluginInfo, String> {
         aggregations,
         keyed_state: i.keyed_state,
         joins: Vec::new(),
+        lookups: Vec::new(),
     })
 }
 

@@ -41,9 +41,9 @@ pub(super) fn info(i: wit::PluginInfo) -> Result<super::PluginInfo, String> {
             spec.check().map(|()| spec)
         })
         .collect::<Result<Vec<_>, String>>()?;
-    if !i.lookups.is_empty() {
+    if !i.lookups.is_empty() && i.keyed_state {
         return Err(format!(
-            "declares lookups ({}), which this host does not run yet",
+            "declares lookups ({}) and keyed state: a plugin may have one or the other for now",
             i.lookups.join(", ")
         ));
     }
@@ -57,6 +57,7 @@ pub(super) fn info(i: wit::PluginInfo) -> Result<super::PluginInfo, String> {
         aggregations,
         keyed_state: i.keyed_state,
         joins,
+        lookups: i.lookups,
     })
 }
 
@@ -112,9 +113,19 @@ impl sluice::transform::host::Host for HostState {
     fn lookup(
         &mut self,
         table: String,
-        _key: Vec<wit::Value>,
+        key: Vec<wit::Value>,
     ) -> Result<Option<sluice::transform::host::FoundRow>, String> {
-        // Plugins that declare lookups are refused at load (see `info`).
-        Err(format!("`{table}` is not among this plugin's lookups"))
+        let Some(access) = &self.lookups else {
+            return Err(format!(
+                "`{table}` is not among this plugin's lookups (it declares none)"
+            ));
+        };
+        let key: Vec<model::Value> = key.into_iter().map(model_value).collect();
+        Ok(access
+            .find(&table, &key)?
+            .map(|image| sluice::transform::host::FoundRow {
+                columns: image.columns.iter().map(column).collect(),
+                values: image.values.iter().map(value).collect(),
+            }))
     }
 }

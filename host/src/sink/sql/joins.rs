@@ -94,13 +94,12 @@ impl JoinStates {
                 report
                     .outputs
                     .outputs
-                    .extend(per_event.into_iter().map(|(e, writes)| EventWrites {
-                        record: events[e].record.clone(),
-                        plugins: Some(op.plugin.clone()),
-                        writes,
-                        ops: Vec::new(),
-                        keyed: Vec::new(),
-                        joins: Vec::new(),
+                    .extend(per_event.into_iter().map(|(e, writes)| {
+                        EventWrites::written(
+                            events[e].record.clone(),
+                            Some(op.plugin.clone()),
+                            writes,
+                        )
                     }));
             }
             if op.feeds.is_empty() || applied.deltas.is_empty() {

@@ -69,14 +69,11 @@ impl KeyedPlugins {
                 match outcome {
                     KeyedOutcome::Duplicate => report.duplicates += 1,
                     KeyedOutcome::Applied(writes) if writes.is_empty() => {}
-                    KeyedOutcome::Applied(writes) => report.outputs.push(EventWrites {
-                        record: ev.record.clone(),
-                        plugins: Some(plugin.name.clone()),
+                    KeyedOutcome::Applied(writes) => report.outputs.push(EventWrites::written(
+                        ev.record.clone(),
+                        Some(plugin.name.clone()),
                         writes,
-                        ops: Vec::new(),
-                        keyed: Vec::new(),
-                        joins: Vec::new(),
-                    }),
+                    )),
                     KeyedOutcome::Rejected(reason) => {
                         tracing::warn!(
                             topic = %ev.record.id.topic, partition = ev.record.id.partition,

@@ -272,7 +272,7 @@ pub(super) fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Res
 }
 
 /// Every state row of one kind (the partitions of a watermark).
-async fn read_kind(
+pub(super) async fn read_kind(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
