@@ -4,7 +4,9 @@
 //! alone in a plugin folder, against the same joins computed here from the
 //! source tables (`pg_expected.json`, then edited by the test together with
 //! the change events it appends), without any of Sluice's code. Lookups
-//! (`tests/guests/order_segment`) against the stream walked in order here.
+//! (`tests/guests/order_segment`) against the stream walked in order here;
+//! an interval join (`tests/guests/first_year_orders`) with expiry and a
+//! late row.
 
 mod common;
 
@@ -642,4 +644,134 @@ fn a_lookup_reads_the_customer_as_of_each_order_change() {
         "SELECT count(*) AS n FROM sluice_state WHERE operator = 'lookup/customers'",
     );
     assert!(stored[0]["n"].as_i64().unwrap() > 0, "{stored:?}");
+}
+
+/// `orders JOIN customers ON customer_id = id AND created_at <= placed_at
+/// <= created_at + 365 days` (`placed_at` is zone-less: read as UTC).
+fn first_year_orders(cdc: &Cdc, leave_out: &[i64]) -> Vec<Json> {
+    let mut out = Vec::new();
+    for o in cdc.rows("orders") {
+        if leave_out.contains(&o["order_id"].as_i64().unwrap()) {
+            continue;
+        }
+        let Some(c) = cdc
+            .rows("customers")
+            .iter()
+            .find(|c| !o["customer_id"].is_null() && c["id"] == o["customer_id"])
+        else {
+            continue;
+        };
+        let created = DateTime::parse_from_rfc3339(c["created_at"].as_str().unwrap())
+            .unwrap()
+            .naive_utc();
+        let placed = local(o["placed_at"].as_str().unwrap());
+        if created <= placed && placed <= created + Duration::days(365) {
+            out.push(
+                json!({"order_id": o["order_id"], "customer_id": o["customer_id"],
+                            "customer_name": c["name"]}),
+            );
+        }
+    }
+    out
+}
+
+/// An interval join over the fixture equals the SQL join with the time
+/// bound; then event time jumps (a customer and an order of 2030), the rows no
+/// partner can reach any more leave the state (their joined rows stay),
+/// and an order of 2024 arriving in a later batch is late (lateness is
+/// judged against the watermark a batch starts with): dead-lettered by the
+/// strict join, applied by the other (its customer's state is gone, so it
+/// joins nothing); neither writes it, though the SQL join would.
+#[test]
+fn an_interval_join_expires_its_state_and_follows_the_late_policy() {
+    let mut cdc = Cdc::from_fixture();
+    // on time: an order in its customer's first year, one after it
+    let c2 = cdc.find("customers", &json!({"id": 2})).unwrap();
+    assert_eq!(c2["created_at"], "2024-03-12T02:30:00+00:00");
+    for (id, placed) in [
+        (99301, "2024-05-01T00:00:00"),
+        (99302, "2025-04-01T00:00:00"),
+    ] {
+        cdc.create(
+            "orders",
+            json!({"order_id": id, "customer_id": 2, "amount": 3.5, "status": "NEW",
+                   "placed_at": placed, "note": null}),
+        );
+    }
+    let want_before = first_year_orders(&cdc, &[]);
+    let ids = |rows: &[Json]| -> Vec<i64> {
+        rows.iter()
+            .map(|r| r["order_id"].as_i64().unwrap())
+            .collect()
+    };
+    assert!(ids(&want_before).contains(&99301) && !ids(&want_before).contains(&99302));
+    assert!(want_before.len() >= 20, "{want_before:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let on_time = cdc.write(dir.path(), "on-time.jsonl");
+    cdc.create(
+        "customers",
+        json!({"id": 7001, "name": "Future", "email": null, "segment": "smb", "vip": false,
+               "created_at": "2030-01-01T00:00:00+00:00"}),
+    );
+    // the watermark is the slowest partition's: time jumps on both topics
+    cdc.create(
+        "orders",
+        json!({"order_id": 99304, "customer_id": 7001, "amount": 5.5, "status": "NEW",
+               "placed_at": "2030-01-02T00:00:00", "note": null}),
+    );
+    let jump = cdc.write(dir.path(), "jump.jsonl");
+    cdc.create(
+        "orders",
+        json!({"order_id": 99303, "customer_id": 2, "amount": 4.5, "status": "LATE",
+               "placed_at": "2024-06-01T00:00:00", "note": null}),
+    );
+    let late = cdc.write(dir.path(), "late.jsonl");
+    let want = first_year_orders(&cdc, &[99303]);
+    assert!(first_year_orders(&cdc, &[]).len() == want.len() + 1);
+    for batch in ["10000", "3"] {
+        let s = Scratch::new(&[("first_year_orders", "first_year_orders")]);
+        let out = s.run(&on_time, &["--max-batch", batch]);
+        for table in ["first_year_orders", "first_year_orders_strict"] {
+            let d = diff_table(&s.db(), table, &want_before, &["order_id"]);
+            assert!(
+                d.is_empty(),
+                "{table}, batches of {batch}: {d:#?}\n{}",
+                stderr(&out)
+            );
+        }
+        let kept = |s: &Scratch| {
+            query(
+                &s.db(),
+                "SELECT kind, count(*) AS n FROM sluice_state \
+                 WHERE operator = 'first_year_orders/first_year_orders_strict' \
+                 AND kind IN ('jl', 'jr') GROUP BY kind ORDER BY kind",
+            )
+        };
+        let before = kept(&s);
+        // the watermark moves after a batch: the jump, then the late order
+        s.run(&jump, &["--max-batch", batch]);
+        let out = s.run(&late, &["--max-batch", batch]);
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        for table in ["first_year_orders", "first_year_orders_strict"] {
+            let d = diff_table(&s.db(), table, &want, &["order_id"]);
+            assert!(d.is_empty(), "{table}, batches of {batch}: {d:#?}\n{log}");
+        }
+        let dlq = query(&s.db(), "SELECT stage, reason FROM sluice_dlq");
+        assert_eq!(dlq.len(), 1, "{dlq:?}");
+        let reason = dlq[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("first_year_orders_strict") && reason.contains("late"),
+            "{reason}"
+        );
+        assert!(log.contains("1 applied"), "{log}");
+        // only the 2030 rows are kept: every other row is past reach
+        let after = kept(&s);
+        let after: Vec<Json> = after.into_iter().map(Json::Object).collect();
+        let only_2030 = vec![json!({"kind": "jl", "n": 1}), json!({"kind": "jr", "n": 1})];
+        assert_eq!(after, only_2030, "before: {before:?}");
+        assert!(
+            before.iter().map(|r| r["n"].as_i64().unwrap()).sum::<i64>() > 20,
+            "{before:?}"
+        );
+    }
 }

@@ -137,4 +137,45 @@ impl Join {
         self.output = Some(table.into());
         self
     }
+
+    /// Make this an interval join (of event streams; inner joins for now):
+    /// a left row at `left_time` and a right row at `right_time` match only
+    /// when `left - before <= right <= left + after` (µs; see [`hours`]).
+    /// The host drops a row's state once the watermark passes the last time
+    /// a partner could still have; a row arriving after that is late
+    /// (applied by default, see [`Join::dead_letter_late`]). No
+    /// out-of-orderness unless [`Join::out_of_orderness`] says so.
+    ///
+    /// [`hours`]: crate::hours
+    pub fn within(mut self, left_time: &str, right_time: &str, before: i64, after: i64) -> Self {
+        self.interval = Some(wit::Interval {
+            left_time: left_time.into(),
+            right_time: right_time.into(),
+            before_us: before,
+            after_us: after,
+            out_of_orderness_us: 0,
+            late: wit::LatePolicy::Apply,
+        });
+        self
+    }
+
+    /// Interval joins (call after [`Join::within`]): how far behind its
+    /// partition's newest event time a row may still arrive (the
+    /// watermark's delay), µs.
+    pub fn out_of_orderness(mut self, us: i64) -> Self {
+        if let Some(i) = &mut self.interval {
+            i.out_of_orderness_us = us;
+        }
+        self
+    }
+
+    /// Interval joins (call after [`Join::within`]): send late rows to the
+    /// dead-letter queue (reason `late`) instead of joining them with the
+    /// partners still kept.
+    pub fn dead_letter_late(mut self) -> Self {
+        if let Some(i) = &mut self.interval {
+            i.late = wit::LatePolicy::DeadLetter;
+        }
+        self
+    }
 }

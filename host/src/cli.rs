@@ -243,7 +243,7 @@ fn summary_text(s: &RunSummary) -> String {
     if g(&st.late_applied) + g(&st.late_dead_lettered) > 0 {
         let _ = writeln!(
             t,
-            "late events (for windows the watermark had closed): {} applied as corrections, {} dead-lettered",
+            "late events (behind the watermark: closed windows, expired interval-join partners): {} applied, {} dead-lettered",
             g(&st.late_applied),
             g(&st.late_dead_lettered)
         );

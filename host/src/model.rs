@@ -212,7 +212,8 @@ impl SinkWrite {
 pub enum Stage {
     Decode,
     Plugin,
-    /// An aggregation refused the event (it changes nothing there).
+    /// An operator (an aggregation, a join) refused the event: it changes
+    /// nothing there (a late row, an impossible retraction).
     Aggregate,
     Sink,
 }

@@ -25,7 +25,8 @@ pub struct Stats {
     /// Events aggregations skipped as re-deliveries (not newer than their
     /// row's stored position): Debezium is at-least-once.
     pub duplicates: AtomicU64,
-    /// Events for windows the watermark had closed, applied as corrections.
+    /// Late events applied: for windows the watermark had closed (as
+    /// corrections), or interval-join rows whose partners may be gone.
     pub late_applied: AtomicU64,
     /// Events for closed windows dead-lettered (reason `late`; also counted
     /// in `dlq_aggregate`).

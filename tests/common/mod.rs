@@ -60,6 +60,8 @@ pub fn guest(name: &str) -> PathBuf {
                 "-p",
                 "order_segment",
                 "-p",
+                "first_year_orders",
+                "-p",
                 "tagger_v1",
                 "-p",
                 "tagger_v2",

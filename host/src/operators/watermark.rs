@@ -43,6 +43,10 @@ pub struct Watermarks {
     pub emitted: Option<i64>,
 }
 
+/// The state rows of a watermark that changed: each partition's (key,
+/// value), and the watermark reached (its value) when it moved.
+pub type WatermarkRows = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
 /// Encoded (topic, partition), the key of a partition's row.
 pub fn partition_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut w = Writer::default();
@@ -52,6 +56,37 @@ pub fn partition_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 impl Watermarks {
+    /// From its stored rows: the partitions' and the watermark reached.
+    pub fn from_rows(
+        partitions: Vec<(Vec<u8>, Vec<u8>)>,
+        reached: Option<Vec<u8>>,
+    ) -> Result<Watermarks, CorruptState> {
+        let mut w = Watermarks::default();
+        for (k, v) in partitions {
+            w.partitions.insert(k, PartitionTime::decode(&v)?);
+        }
+        if let Some(b) = reached {
+            w.emitted = Some(Reader::new(&b).i64()?);
+        }
+        Ok(w)
+    }
+
+    /// The rows to store for what changed since `before`.
+    pub fn changed_rows(&self, before: &Watermarks) -> WatermarkRows {
+        let partitions = self
+            .partitions
+            .iter()
+            .filter(|(k, p)| before.partitions.get(*k) != Some(p))
+            .map(|(k, p)| (k.clone(), p.encode()))
+            .collect();
+        let reached = (self.emitted != before.emitted).then(|| {
+            let mut w = Writer::default();
+            w.i64(self.emitted.unwrap_or(i64::MIN));
+            w.buf
+        });
+        (partitions, reached)
+    }
+
     /// A record with event time `t` came from the partition.
     pub fn saw(&mut self, partition: Vec<u8>, t: i64) {
         let p = self.partitions.entry(partition).or_insert(PartitionTime {

@@ -560,6 +560,7 @@ mod tests {
             }],
             key: vec!["order_id".into()],
             output: None,
+            interval: None,
         }
     }
 

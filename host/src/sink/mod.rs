@@ -77,7 +77,8 @@ pub struct SinkReport {
     pub dlq_plugin: u64,
     /// Events aggregations refused (dead-lettered with stage `aggregate`).
     pub dlq_aggregate: u64,
-    /// Events for windows the watermark had closed, applied as corrections.
+    /// Late events applied: for windows the watermark had closed (as
+    /// corrections), or interval-join rows whose partners may be gone.
     pub late_applied: u64,
     /// Events for closed windows dead-lettered (reason `late`).
     pub late_dead_lettered: u64,

@@ -449,6 +449,8 @@ impl SqlSink {
         let d = self.dialect;
         report.writes = 0;
         report.duplicates = 0;
+        report.late_applied = 0;
+        report.late_dead_lettered = 0;
         report.offsets.clear();
         let SqlSink {
             conn,
@@ -527,9 +529,11 @@ impl SqlSink {
         }
         let mut fed = Vec::new();
         if joined {
-            let run = joins.apply(&mut tx, d, pipeline, events).await?;
+            let run = joins.apply(&mut tx, d, pipeline, events, signals).await?;
             derived.extend(run.outputs);
             fed = run.feeds;
+            report.late_applied += run.late_applied;
+            report.late_dead_lettered += run.late_dead_lettered;
         }
         let fed_tables = fed.iter().map(|(_, i)| &*i.output);
         let missing = derived::unprepared(&derived, fed_tables, refused, tables);
@@ -555,8 +559,8 @@ impl SqlSink {
                     &mut op_dead,
                 )
                 .await?;
-            report.late_applied = ops.late_applied;
-            report.late_dead_lettered = ops.late_dead_lettered;
+            report.late_applied += ops.late_applied;
+            report.late_dead_lettered += ops.late_dead_lettered;
             report.writes += write_grouped(&mut tx, d, sql, ops.outputs.iter())
                 .await
                 .context("writing aggregation results")?;

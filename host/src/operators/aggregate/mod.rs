@@ -15,7 +15,7 @@ use super::accumulate::GroupAcc;
 use super::codec::{self, CorruptState, Reader, Writer};
 use super::session::{Session, SessionState};
 use super::spec::{AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, Semantics, WindowSpec};
-use super::watermark::{PartitionTime, Watermarks};
+use super::watermark::{WatermarkRows, Watermarks};
 use super::window::{windows_of, Window};
 use super::{CustomCalls, Projection};
 use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
@@ -65,6 +65,26 @@ pub struct OperatorInput {
     /// The source partition (`watermark::partition_key`): watermarks are
     /// kept per partition.
     pub partition: Vec<u8>,
+}
+
+/// The state writes of a watermark's changed rows (kinds `w` and `m`).
+pub fn watermark_writes((partitions, reached): WatermarkRows) -> Vec<StateWrite> {
+    let mut out: Vec<StateWrite> = partitions
+        .into_iter()
+        .map(|(key, value)| StateWrite {
+            kind: kind::PARTITION,
+            key,
+            value: Some(value),
+            expires: None,
+        })
+        .collect();
+    out.extend(reached.map(|value| StateWrite {
+        kind: kind::WATERMARK,
+        key: Vec::new(),
+        value: Some(value),
+        expires: None,
+    }));
+    out
 }
 
 /// A state row to write: `value` `None` deletes it. `expires` is the time
@@ -131,14 +151,7 @@ impl AggregateState {
         partitions: Vec<(Vec<u8>, Vec<u8>)>,
         reached: Option<Vec<u8>>,
     ) -> Result<(), CorruptState> {
-        let mut w = Watermarks::default();
-        for (k, v) in partitions {
-            w.partitions.insert(k, PartitionTime::decode(&v)?);
-        }
-        if let Some(b) = reached {
-            w.emitted = Some(Reader::new(&b).i64()?);
-        }
-        self.watermarks = Some(w);
+        self.watermarks = Some(Watermarks::from_rows(partitions, reached)?);
         Ok(())
     }
 
@@ -489,26 +502,9 @@ impl AggregateState {
             times.idle(p);
         }
         times.advance(self.spec.out_of_orderness);
-        for (k, p) in &times.partitions {
-            if times_before.partitions.get(k) != Some(p) {
-                applied.state.push(StateWrite {
-                    kind: kind::PARTITION,
-                    key: k.clone(),
-                    value: Some(p.encode()),
-                    expires: None,
-                });
-            }
-        }
-        if times.emitted != times_before.emitted {
-            let mut w = Writer::default();
-            w.i64(times.emitted.unwrap_or(i64::MIN));
-            applied.state.push(StateWrite {
-                kind: kind::WATERMARK,
-                key: Vec::new(),
-                value: Some(w.buf),
-                expires: None,
-            });
-        }
+        applied
+            .state
+            .extend(watermark_writes(times.changed_rows(&times_before)));
         self.watermarks = Some(times);
         if let Some(gap) = self.gap() {
             self.session_writes(

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use super::aggregate::AggregationOp;
 use super::codec::{self, CorruptState, Reader, Writer};
+use super::watermark::{WatermarkRows, Watermarks};
 use crate::model::{SinkTable, SourceOrder, TableDesc, Value};
+use spec::IntervalSpec;
 
 pub mod spec;
 
@@ -120,9 +122,13 @@ impl Side {
 /// What a change of one side means to the join.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JoinChange {
-    /// The row's new image: its join-column values and the columns the
-    /// join keeps of it.
-    Row { on: Vec<Value>, values: Vec<Value> },
+    /// The row's new image: its join-column values, the columns the join
+    /// keeps of it and (interval joins) its event time, µs.
+    Row {
+        on: Vec<Value>,
+        values: Vec<Value>,
+        time: Option<i64>,
+    },
     /// The row is gone.
     Delete,
 }
@@ -143,6 +149,8 @@ pub struct LiveRow {
     /// Encoded join key; `None` when a join column is null (matches nothing).
     pub on: Option<Vec<u8>>,
     pub values: Vec<Value>,
+    /// Event time, µs (interval joins).
+    pub time: Option<i64>,
 }
 
 /// A source row as the join last saw it: its position, and its image unless
@@ -161,14 +169,19 @@ impl SideRow {
         match &self.live {
             None => w.u8(0),
             Some(l) => {
+                // 1, 2: without a time (the first layout); 3, 4: with one
+                let timed = if l.time.is_some() { 2 } else { 0 };
                 match &l.on {
-                    None => w.u8(1),
+                    None => w.u8(1 + timed),
                     Some(on) => {
-                        w.u8(2);
+                        w.u8(2 + timed);
                         w.bytes(on);
                     }
                 }
                 w.values(&l.values);
+                if let Some(t) = l.time {
+                    w.i64(t);
+                }
             }
         }
         w.buf
@@ -184,14 +197,13 @@ impl SideRow {
             0 => None,
             tag => {
                 let on = match tag {
-                    1 => None,
-                    2 => Some(r.bytes()?.to_vec()),
+                    1 | 3 => None,
+                    2 | 4 => Some(r.bytes()?.to_vec()),
                     _ => return Err(CorruptState("join row tag")),
                 };
-                Some(LiveRow {
-                    on,
-                    values: r.values()?,
-                })
+                let values = r.values()?;
+                let time = if tag > 2 { Some(r.i64()?) } else { None };
+                Some(LiveRow { on, values, time })
             }
         };
         Ok(SideRow { order, live })
@@ -221,6 +233,8 @@ pub struct JoinWrite {
     /// The join key it was indexed under before the batch.
     pub old_on: Option<Vec<u8>>,
     pub row: SideRow,
+    /// Interval joins: the watermark past which the row's state goes.
+    pub expires: Option<i64>,
 }
 
 /// What applying a batch's inputs produced.
@@ -235,8 +249,8 @@ pub struct JoinApplied {
     pub duplicates: u64,
 }
 
-/// A row key and the values a side keeps of that row.
-type KeyedValues = (Vec<u8>, Vec<Value>);
+/// A row key, the values a side keeps of that row and its event time.
+type KeyedValues = (Vec<u8>, Vec<Value>, Option<i64>);
 
 /// Why `apply` could not run: the sink did not load what it needed.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +261,9 @@ pub struct NotLoaded(pub String);
 /// from (or written to) the database.
 pub struct JoinState {
     kind: JoinKind,
+    interval: Option<IntervalSpec>,
+    /// Interval joins: per-partition event times; `None` until loaded.
+    watermarks: Option<Watermarks>,
     /// Per side: each source row's state; `None` = known absent.
     rows: [HashMap<Vec<u8>, Option<SideRow>>; 2],
     /// Per side: the live rows under each loaded join key.
@@ -267,15 +284,99 @@ impl JoinState {
     pub fn new(kind: JoinKind) -> Self {
         JoinState {
             kind,
+            interval: None,
+            watermarks: None,
             rows: [HashMap::new(), HashMap::new()],
             by_key: [HashMap::new(), HashMap::new()],
             loaded: HashSet::new(),
         }
     }
 
+    /// An interval join's state.
+    pub fn with_interval(mut self, interval: Option<IntervalSpec>) -> Self {
+        self.interval = interval;
+        self
+    }
+
     /// Forget everything loaded (another host may have changed the state).
     pub fn clear(&mut self) {
-        *self = JoinState::new(self.kind);
+        *self = JoinState::new(self.kind).with_interval(self.interval.take());
+    }
+
+    /// Whether this is an interval join whose watermark must be loaded
+    /// before `apply`.
+    pub fn needs_watermarks(&self) -> bool {
+        self.interval.is_some() && self.watermarks.is_none()
+    }
+
+    pub fn load_watermarks(&mut self, w: Watermarks) {
+        self.watermarks = Some(w);
+    }
+
+    /// The watermark reached (µs), for interval joins that saw an event.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.as_ref().and_then(|w| w.emitted)
+    }
+
+    /// Why an input of an interval join is late (its row's state would
+    /// already have expired: partners it could match may be gone), if it is.
+    pub fn late(&self, input: &JoinInput) -> Option<String> {
+        let (interval, watermark) = (self.interval.as_ref()?, self.watermark()?);
+        let JoinChange::Row { time: Some(t), .. } = &input.change else {
+            return None;
+        };
+        let until = interval.expiry(input.side, *t);
+        (until < watermark).then(|| {
+            format!(
+                "late: the row's event time {t} µs could match partners only until {until} µs, and the watermark is at {watermark} µs (interval before {} µs, after {} µs)",
+                interval.before, interval.after
+            )
+        })
+    }
+
+    /// Interval joins: the batch's rows (partition, event time) and idle
+    /// partitions move the watermark; returns the watermark state rows that
+    /// changed (as `Watermarks::changed_rows`).
+    pub fn advance<'a>(
+        &mut self,
+        times: impl Iterator<Item = (&'a [u8], Option<i64>)>,
+        idle: &[Vec<u8>],
+    ) -> Option<WatermarkRows> {
+        let interval = self.interval.as_ref()?;
+        let mut w = self.watermarks.take().unwrap_or_default();
+        let before = w.clone();
+        for (partition, time) in times {
+            match time {
+                Some(t) => w.saw(partition.to_vec(), t),
+                None => w.heard(partition),
+            }
+        }
+        for p in idle {
+            w.idle(p);
+        }
+        w.advance(interval.out_of_orderness);
+        let rows = w.changed_rows(&before);
+        self.watermarks = Some(w);
+        Some(rows)
+    }
+
+    /// Drop an expired row from what is cached (its state was deleted).
+    pub fn forget(&mut self, side: Side, pk: &[u8]) {
+        let old = self.rows[side.index()]
+            .insert(pk.to_vec(), None)
+            .flatten()
+            .and_then(|r| r.live);
+        self.index(side, pk, old.as_ref(), None);
+    }
+
+    /// Whether rows at these event times may be joined (always, for a
+    /// regular join).
+    fn fits(&self, left: Option<i64>, right: Option<i64>) -> bool {
+        match (&self.interval, left, right) {
+            (None, ..) => true,
+            (Some(i), Some(l), Some(r)) => i.fits(l, r),
+            (Some(_), ..) => false,
+        }
     }
 
     /// (side rows, encoded bytes) held in memory, for the summary.
@@ -382,7 +483,10 @@ impl JoinState {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.live(side, k).map(|l| (k.clone(), l.values.clone())))
+            .filter_map(|k| {
+                self.live(side, k)
+                    .map(|l| (k.clone(), l.values.clone(), l.time))
+            })
             .collect())
     }
 
@@ -392,6 +496,9 @@ impl JoinState {
         // Per changed row: its join key before the batch.
         let mut dirty: Vec<(Side, Vec<u8>)> = Vec::new();
         let mut old_keys: HashMap<(Side, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        // Per changed row: its latest event time (a deleted row's state,
+        // kept against re-deliveries, expires with its last image).
+        let mut times: HashMap<(Side, Vec<u8>), i64> = HashMap::new();
         for (idx, input) in inputs.iter().enumerate() {
             let (side, pk) = (input.side, &input.row_key);
             let stored = self.rows[side.index()]
@@ -412,15 +519,19 @@ impl JoinState {
             }
             let old = stored.and_then(|s| s.live);
             let new = match &input.change {
-                JoinChange::Row { on, values } => Some(LiveRow {
+                JoinChange::Row { on, values, time } => Some(LiveRow {
                     on: join_key(on),
                     values: values.clone(),
+                    time: *time,
                 }),
                 JoinChange::Delete => None,
             };
             old_keys
                 .entry((side, pk.clone()))
                 .or_insert_with(|| old.as_ref().and_then(|l| l.on.clone()));
+            if let Some(t) = new.as_ref().or(old.as_ref()).and_then(|l| l.time) {
+                times.insert((side, pk.clone()), t);
+            }
             if old != new {
                 let made = applied.deltas.len();
                 match side {
@@ -448,11 +559,16 @@ impl JoinState {
             let row = self.rows[side.index()].get(&pk).cloned().flatten();
             let old_on = old_keys.remove(&(side, pk.clone())).flatten();
             if let Some(row) = row {
+                let expires = match (&self.interval, times.get(&(side, pk.clone()))) {
+                    (Some(i), Some(t)) => Some(i.expiry(side, *t)),
+                    _ => None,
+                };
                 applied.writes.push(JoinWrite {
                     side,
                     row_key: pk,
                     old_on,
                     row,
+                    expires,
                 });
             }
         }
@@ -485,7 +601,8 @@ impl JoinState {
     ) -> Result<(), NotLoaded> {
         for (row, weight) in [(old, -1), (new, 1)] {
             let Some(row) = row else { continue };
-            let rights = self.matches(Side::Right, row.on.as_ref())?;
+            let mut rights = self.matches(Side::Right, row.on.as_ref())?;
+            rights.retain(|(_, _, t)| self.fits(row.time, *t));
             if rights.is_empty() && self.kind == JoinKind::Left {
                 out.deltas.push(JoinDelta {
                     cause: 0,
@@ -496,7 +613,7 @@ impl JoinState {
                     right: None,
                 });
             }
-            for (rk, rv) in rights {
+            for (rk, rv, _) in rights {
                 out.deltas.push(JoinDelta {
                     cause: 0,
                     weight,
@@ -523,8 +640,9 @@ impl JoinState {
     ) -> Result<(), NotLoaded> {
         let left_join = self.kind == JoinKind::Left;
         if let Some(old) = old {
-            let lefts = self.matches(Side::Left, old.on.as_ref())?;
-            for (lk, lv) in &lefts {
+            let mut lefts = self.matches(Side::Left, old.on.as_ref())?;
+            lefts.retain(|(_, _, t)| self.fits(*t, old.time));
+            for (lk, lv, _) in &lefts {
                 out.deltas.push(JoinDelta {
                     cause: 0,
                     weight: -1,
@@ -541,7 +659,7 @@ impl JoinState {
                     .as_ref()
                     .is_some_and(|k| self.unmatched(Side::Right, k))
             {
-                for (lk, lv) in lefts {
+                for (lk, lv, _) in lefts {
                     out.deltas.push(JoinDelta {
                         cause: 0,
                         weight: 1,
@@ -554,14 +672,15 @@ impl JoinState {
             }
         }
         if let Some(new) = new {
-            let lefts = self.matches(Side::Left, new.on.as_ref())?;
+            let mut lefts = self.matches(Side::Left, new.on.as_ref())?;
+            lefts.retain(|(_, _, t)| self.fits(*t, new.time));
             if left_join
                 && new
                     .on
                     .as_ref()
                     .is_some_and(|k| self.unmatched(Side::Right, k))
             {
-                for (lk, lv) in &lefts {
+                for (lk, lv, _) in &lefts {
                     out.deltas.push(JoinDelta {
                         cause: 0,
                         weight: -1,
@@ -573,7 +692,7 @@ impl JoinState {
                 }
             }
             self.index(Side::Right, pk, None, Some(new));
-            for (lk, lv) in lefts {
+            for (lk, lv, _) in lefts {
                 out.deltas.push(JoinDelta {
                     cause: 0,
                     weight: 1,
@@ -613,6 +732,7 @@ mod tests {
             change: JoinChange::Row {
                 on: vec![on.map(int).unwrap_or(Value::Null)],
                 values: vec![int(id), int(value)],
+                time: None,
             },
         }
     }
@@ -668,6 +788,82 @@ mod tests {
         }
         db.result.retain(|_, v| v.0 > 0);
         applied
+    }
+
+    fn timed(side: Side, id: i64, on: i64, time: i64, pos: u64) -> JoinInput {
+        let mut i = row(side, id, Some(on), id, pos);
+        if let JoinChange::Row { time: t, .. } = &mut i.change {
+            *t = Some(time);
+        }
+        i
+    }
+
+    /// Rows match only within the bound; the watermark makes a row late
+    /// once its own state would have expired; rows and their joins leave
+    /// the state without a retraction.
+    #[test]
+    fn an_interval_join_matches_within_its_bound_and_flags_late_rows() {
+        let (l, r) = (Side::Left, Side::Right);
+        let interval = IntervalSpec {
+            left_time: "t".into(),
+            right_time: "t".into(),
+            before: 10,
+            after: 5,
+            out_of_orderness: 2,
+            late: crate::operators::spec::LatePolicy::DeadLetter,
+        };
+        let mut state = JoinState::new(JoinKind::Inner).with_interval(Some(interval));
+        assert!(state.needs_watermarks());
+        state.load_watermarks(Watermarks::default());
+        let mut db = Db::default();
+        // left at 100 matches rights in [90, 105]
+        let batch = [
+            timed(l, 1, 7, 100, 1),
+            timed(r, 2, 7, 103, 2),
+            timed(r, 3, 7, 106, 3),
+            timed(r, 4, 7, 90, 4),
+            timed(r, 5, 7, 89, 5),
+        ];
+        let applied = run(&mut state, &mut db, &batch);
+        let mut matched: Vec<i64> = applied
+            .deltas
+            .iter()
+            .map(|d| match d.right.as_deref() {
+                Some([Value::Int(id), ..]) => *id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        matched.sort();
+        assert_eq!(matched, vec![2, 4]);
+        // expiry: left at 100 + after 5; right at t + before 10
+        let w = |i: &JoinInput| match i.change {
+            JoinChange::Row { time, .. } => time,
+            JoinChange::Delete => None,
+        };
+        let p = crate::operators::watermark::partition_key("t", 0);
+        let rows = state.advance(batch.iter().map(|i| (p.as_slice(), w(i))), &[]);
+        assert!(rows.is_some_and(|(parts, reached)| parts.len() == 1 && reached.is_some()));
+        assert_eq!(state.watermark(), Some(104));
+        let exp: HashMap<Vec<u8>, Option<i64>> = applied
+            .writes
+            .iter()
+            .map(|w| (w.row_key.clone(), w.expires))
+            .collect();
+        assert_eq!(exp[&pk(l, 1)], Some(105));
+        assert_eq!(exp[&pk(r, 3)], Some(116));
+        // a left row at 98 could match until 103 < 104: late; at 100 not
+        assert!(state.late(&timed(l, 9, 7, 98, 6)).is_some());
+        assert!(state.late(&timed(l, 9, 7, 100, 6)).is_none());
+        // a right row at 93 could match until 103: late
+        assert!(state
+            .late(&timed(r, 9, 7, 93, 6))
+            .unwrap()
+            .starts_with("late"));
+        // expired rows leave the state: a right row at 101 then matches no one
+        state.forget(l, &pk(l, 1));
+        db.rows.remove(&(l, pk(l, 1)));
+        let applied = run(&mut state, &mut db, &[timed(r, 6, 7, 101, 7)]);
+        assert!(applied.deltas.is_empty(), "{:?}", applied.deltas);
     }
 
     /// The stored side rows, and the join result maintained from deltas.
@@ -822,6 +1018,7 @@ mod tests {
                 live: Some(LiveRow {
                     on: None,
                     values: vec![Value::Null, int(3)],
+                    time: None,
                 }),
             },
             SideRow {
@@ -829,6 +1026,23 @@ mod tests {
                 live: Some(LiveRow {
                     on: Some(vec![1, 2, 3]),
                     values: vec![Value::Text("x".into())],
+                    time: None,
+                }),
+            },
+            SideRow {
+                order: Some(SourceOrder([9, 0, 0])),
+                live: Some(LiveRow {
+                    on: Some(vec![4]),
+                    values: vec![int(1)],
+                    time: Some(-5),
+                }),
+            },
+            SideRow {
+                order: None,
+                live: Some(LiveRow {
+                    on: None,
+                    values: Vec::new(),
+                    time: Some(1_700_000_000_000_000),
                 }),
             },
         ] {

@@ -11,6 +11,20 @@ use crate::model::{
     ChangeEvent, Column, ColumnType, DecimalParams, Op, SinkTable, SinkWrite, Value,
 };
 use crate::operators::codec::row_identity;
+use crate::operators::spec::LatePolicy;
+
+/// µs of an event time, or why the value cannot be one.
+fn micros(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Timestamp(t) | Value::LocalTimestamp(t) => Ok(*t),
+        Value::Date(d) => Ok(i64::from(*d) * 86_400_000_000),
+        Value::Null => Err("the event time is null".into()),
+        other => Err(format!(
+            "the event time must be a timestamp, local-timestamp or date, not {}",
+            other.natural_type().as_str()
+        )),
+    }
+}
 
 /// One table of a join: which rows (a table name or a full topic) and the
 /// columns they are joined on.
@@ -33,6 +47,46 @@ pub struct JoinColumn {
     pub decimal: Option<DecimalParams>,
 }
 
+/// An interval join's time bound: a left row (time `l`) and a right row
+/// (time `r`) match only when `l - before <= r <= l + after`, so each row's
+/// state can go once the watermark passes the last time a partner could
+/// still have (`l + after` for a left row, `r + before` for a right one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntervalSpec {
+    pub left_time: String,
+    pub right_time: String,
+    /// µs.
+    pub before: i64,
+    pub after: i64,
+    /// How far behind its partition's newest event time a row may arrive.
+    pub out_of_orderness: i64,
+    /// What happens to a row whose partners' state may be gone already.
+    pub late: LatePolicy,
+}
+
+impl IntervalSpec {
+    /// Whether rows at these times match.
+    pub fn fits(&self, left: i64, right: i64) -> bool {
+        left.saturating_sub(self.before) <= right && right <= left.saturating_add(self.after)
+    }
+
+    /// The event time after which a row of `side` at `t` can gain no
+    /// partner that is not late (its state expires then).
+    pub fn expiry(&self, side: Side, t: i64) -> i64 {
+        match side {
+            Side::Left => t.saturating_add(self.after),
+            Side::Right => t.saturating_add(self.before),
+        }
+    }
+
+    fn time_column(&self, side: Side) -> &str {
+        match side {
+            Side::Left => &self.left_time,
+            Side::Right => &self.right_time,
+        }
+    }
+}
+
 /// A join a plugin declared, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinSpec {
@@ -49,6 +103,8 @@ pub struct JoinSpec {
     /// The sink table the joined rows go to; `None` when only aggregations
     /// read them.
     pub output: Option<String>,
+    /// `None`: a regular join of both tables' current rows.
+    pub interval: Option<IntervalSpec>,
 }
 
 impl JoinSpec {
@@ -107,6 +163,23 @@ impl JoinSpec {
             if self.kind == JoinKind::Left && c.side == Side::Right {
                 return Err(format!(
                     "join `{name}`: key column `{k}` comes from the right side, which a left join may leave null"
+                ));
+            }
+        }
+        if let Some(i) = &self.interval {
+            if self.kind != JoinKind::Inner {
+                return Err(format!(
+                    "join `{name}`: interval joins are inner joins for now (a left interval join is not supported yet)"
+                ));
+            }
+            if i.before < 0 || i.after < 0 || i.out_of_orderness < 0 {
+                return Err(format!(
+                    "join `{name}`: the interval's before, after and out-of-orderness must not be negative"
+                ));
+            }
+            if i.left_time.trim().is_empty() || i.right_time.trim().is_empty() {
+                return Err(format!(
+                    "join `{name}`: an interval join names an event-time column on each side"
                 ));
             }
         }
@@ -176,12 +249,23 @@ impl JoinSpec {
                     Side::Left => &self.left,
                     Side::Right => &self.right,
                 };
+                let time = match &self.interval {
+                    None => None,
+                    Some(i) => {
+                        let name = i.time_column(side);
+                        let t = micros(&column(name)?).map_err(|e| {
+                            format!("interval join `{}`: column `{name}`: {e}", self.name)
+                        })?;
+                        Some(t)
+                    }
+                };
                 JoinChange::Row {
                     on: spec.on.iter().map(|c| column(c)).collect::<Result<_, _>>()?,
                     values: self
                         .kept(side)
                         .map(|c| column(&c.column))
                         .collect::<Result<_, _>>()?,
+                    time,
                 }
             }
             (op, None) => return Err(format!("{op:?} event without an `after` row")),
@@ -291,6 +375,7 @@ mod tests {
             ],
             key: vec!["order_id".into()],
             output: Some("orders_with_customer".into()),
+            interval: None,
         }
     }
 
@@ -332,6 +417,7 @@ mod tests {
             JoinChange::Row {
                 on: vec![Value::Int(7)],
                 values: vec![Value::Int(5), Value::Int(300)],
+                time: None,
             }
         );
         assert_eq!(

@@ -2,7 +2,7 @@
 //! lookups.
 
 use crate::model;
-use crate::operators::join::spec::{JoinColumn, JoinSideSpec, JoinSpec};
+use crate::operators::join::spec::{IntervalSpec, JoinColumn, JoinSideSpec, JoinSpec};
 use crate::operators::join::{JoinKind, Side};
 use crate::operators::spec::{
     AggregateFn, AggregationSpec, EmitMode, EventTimeSpec, LatePolicy, MeasureSpec, Semantics,
@@ -62,12 +62,6 @@ pub(super) fn info(i: wit::PluginInfo) -> Result<super::PluginInfo, String> {
 }
 
 fn join(j: wit::Join) -> Result<JoinSpec, String> {
-    if j.interval.is_some() {
-        return Err(format!(
-            "join `{}` is an interval join, which this host does not run yet",
-            j.name
-        ));
-    }
     let side_spec = |s: wit::JoinSide| JoinSideSpec {
         table: s.table,
         on: s.on,
@@ -100,6 +94,17 @@ fn join(j: wit::Join) -> Result<JoinSpec, String> {
             .collect(),
         key: j.key,
         output: j.output,
+        interval: j.interval.map(|i| IntervalSpec {
+            left_time: i.left_time,
+            right_time: i.right_time,
+            before: i.before_us,
+            after: i.after_us,
+            out_of_orderness: i.out_of_orderness_us,
+            late: match i.late {
+                wit::LatePolicy::Apply => LatePolicy::Apply,
+                wit::LatePolicy::DeadLetter => LatePolicy::DeadLetter,
+            },
+        }),
     })
 }
 

@@ -16,7 +16,7 @@
 
 use sha2::Digest as _;
 
-use super::state::{blob, key_value, read_state, write_state};
+use super::state::{blob, key_value, read_expired, read_state, write_state};
 use super::*;
 use crate::operators::aggregate::StateWrite;
 use crate::operators::codec::CorruptState;
@@ -170,6 +170,52 @@ pub(super) async fn load(
     Ok(())
 }
 
+/// Interval joins: delete the side rows no partner can reach any more
+/// (expiring before `watermark`) and their index entries, and drop them
+/// from `state`. Their joined rows stay: expiry is not a retraction.
+pub(super) async fn expire(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    operator: &str,
+    state: &mut JoinState,
+    watermark: i64,
+) -> anyhow::Result<()> {
+    for side in [Side::Left, Side::Right] {
+        let expired = read_expired(
+            conn,
+            d,
+            pipeline,
+            operator,
+            row_kind(side),
+            watermark.saturating_sub(1),
+        )
+        .await?;
+        let mut writes = Vec::with_capacity(expired.len() * 2);
+        for (k, v) in expired {
+            let row = SideRow::decode(&v)
+                .with_context(|| format!("reading the state of join {operator}"))?;
+            if let Some(on) = row.live.and_then(|l| l.on) {
+                writes.push(StateWrite {
+                    kind: index_kind(side),
+                    key: index_key(&on, &k),
+                    value: None,
+                    expires: None,
+                });
+            }
+            state.forget(side, &k);
+            writes.push(StateWrite {
+                kind: row_kind(side),
+                key: k,
+                value: None,
+                expires: None,
+            });
+        }
+        write_state(conn, d, pipeline, operator, &writes).await?;
+    }
+    Ok(())
+}
+
 /// Write the rows a batch changed and move their index entries.
 pub(super) async fn write(
     conn: &mut AnyConnection,
@@ -184,7 +230,7 @@ pub(super) async fn write(
             kind: row_kind(w.side),
             key: w.row_key.clone(),
             value: Some(w.row.encode()),
-            expires: None,
+            expires: w.expires,
         });
         let new_on = w.row.live.as_ref().and_then(|l| l.on.as_ref());
         if w.old_on.as_ref() == new_on {
@@ -302,6 +348,7 @@ mod tests {
                             JoinChange::Row {
                                 on: vec![on.map(on_value).unwrap_or(Value::Null)],
                                 values: vec![Value::Int(id), Value::Int(value)],
+                                time: None,
                             }
                         },
                     });

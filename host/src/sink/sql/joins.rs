@@ -7,15 +7,20 @@
 //! `operators::join`.
 
 use super::derived::DerivedOutputs;
-use super::join::{load, write};
-use super::state::{push_per_operator, sizes_by_id};
+use super::join::{expire, load, write};
+use super::state::{push_per_operator, read_kind, sizes_by_id, write_state};
 use super::*;
 use crate::model::{DeadLetter, Stage, Value};
-use crate::operators::aggregate::{output_table, AggregationOp, InputChange, OperatorInput};
+use crate::operators::aggregate::{
+    kind, output_table, watermark_writes, AggregationOp, InputChange, OperatorInput,
+};
 use crate::operators::codec;
-use crate::operators::join::{JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
+use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
+use crate::operators::spec::LatePolicy;
+use crate::operators::watermark::{partition_key, Watermarks};
 use crate::plugin::lazy::{isolating, LazyInstance};
 use crate::plugin::runtime::off_runtime;
+use crate::source::SourceSignal;
 
 /// The state of every join this sink has seen, cached between commits
 /// while this host holds the state turn.
@@ -37,6 +42,9 @@ pub(super) struct JoinReport {
     /// Aggregation inputs of joined rows, by the index of the event that
     /// caused them.
     pub(super) feeds: Vec<(usize, OperatorInput)>,
+    /// Interval joins: late rows applied, and dead-lettered.
+    pub(super) late_applied: u64,
+    pub(super) late_dead_lettered: u64,
 }
 
 impl JoinStates {
@@ -60,8 +68,16 @@ impl JoinStates {
         d: Dialect,
         pipeline: &str,
         events: &[EventWrites],
+        signals: &[SourceSignal],
     ) -> anyhow::Result<JoinReport> {
         let mut report = JoinReport::default();
+        let idle: Vec<Vec<u8>> = signals
+            .iter()
+            .filter_map(|s| match s {
+                SourceSignal::Idle { topic, partition } => Some(partition_key(topic, *partition)),
+                _ => None,
+            })
+            .collect();
         let mut per_op: Vec<(String, Vec<(usize, &JoinOpInput)>)> = Vec::new();
         for (e, ev) in events.iter().enumerate() {
             for input in &ev.joins {
@@ -73,15 +89,67 @@ impl JoinStates {
                 continue;
             };
             let op = first.op.clone();
-            let state = self
-                .joins
-                .entry(id.clone())
-                .or_insert_with(|| JoinState::new(op.spec.kind));
+            let state = self.joins.entry(id.clone()).or_insert_with(|| {
+                JoinState::new(op.spec.kind).with_interval(op.spec.interval.clone())
+            });
+            let mut inputs = inputs;
+            if let Some(interval) = &op.spec.interval {
+                if state.needs_watermarks() {
+                    let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
+                    let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|(_, v)| v);
+                    let w = Watermarks::from_rows(partitions, reached)
+                        .with_context(|| format!("reading the watermark of join {id}"))?;
+                    state.load_watermarks(w);
+                }
+                let mut on_time = Vec::with_capacity(inputs.len());
+                for (e, input) in inputs {
+                    match state.late(&input.input) {
+                        None => on_time.push((e, input)),
+                        Some(_) if interval.late == LatePolicy::Apply => {
+                            report.late_applied += 1;
+                            on_time.push((e, input));
+                        }
+                        Some(reason) => {
+                            report.late_dead_lettered += 1;
+                            let ev = &events[e];
+                            tracing::warn!(
+                                topic = %ev.record.id.topic, partition = ev.record.id.partition,
+                                offset = ev.record.id.offset, join = %id,
+                                "dead-lettered: {reason}"
+                            );
+                            report.outputs.dead.push(DeadLetter {
+                                record: ev.record.clone(),
+                                stage: Stage::Aggregate,
+                                plugin: Some(op.plugin.clone()),
+                                reason: format!("join `{}`: {reason}", op.spec.name),
+                            });
+                        }
+                    }
+                }
+                inputs = on_time;
+            }
             let refs: Vec<&JoinInput> = inputs.iter().map(|(_, i)| &i.input).collect();
             load(conn, d, pipeline, &id, state, &refs).await?;
             let applied = state.apply(&refs).with_context(|| format!("join {id}"))?;
             write(conn, d, pipeline, &id, &applied.writes).await?;
             report.outputs.duplicates += applied.duplicates;
+            let times = inputs.iter().map(|(_, i)| {
+                let time = match &i.input.change {
+                    JoinChange::Row { time, .. } => *time,
+                    JoinChange::Delete => None,
+                };
+                (i.partition.as_slice(), time)
+            });
+            if let Some(rows) = state.advance(times, &idle) {
+                write_state(conn, d, pipeline, &id, &watermark_writes(rows)).await?;
+                if let Some(w) = state.watermark() {
+                    expire(conn, d, pipeline, &id, state, w).await?;
+                }
+            }
             if op.writes_output() {
                 let mut per_event: Vec<(usize, Vec<SinkWrite>)> = Vec::new();
                 for (cause, w) in op.spec.sink_writes(&op.table, &applied.deltas) {

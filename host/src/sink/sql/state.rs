@@ -193,7 +193,7 @@ impl OperatorStates {
             // Windows the watermark passed: written (final mode), dropped
             // (nothing may change them any more).
             if let Some(before) = state.closing_before() {
-                let closing = read_expired(conn, d, pipeline, &id, before).await?;
+                let closing = read_expired(conn, d, pipeline, &id, kind::GROUP, before).await?;
                 if !closing.is_empty() {
                     let table = self.tables.get(&id);
                     let closed =
@@ -297,12 +297,14 @@ pub(super) async fn read_kind(
         .collect()
 }
 
-/// Groups whose window ends at or before `before` and are not yet closed.
-async fn read_expired(
+/// State rows of `kind` that expire at or before `before` (windows the
+/// watermark closes, interval-join rows no partner can reach any more).
+pub(super) async fn read_expired(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
     operator: &str,
+    kind: &str,
     before: i64,
 ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let sql = d
@@ -315,11 +317,11 @@ async fn read_expired(
     let rows = sqlx::query(&sql)
         .bind(pipeline)
         .bind(operator)
-        .bind(kind::GROUP)
+        .bind(kind)
         .bind(before)
         .fetch_all(&mut *conn)
         .await
-        .with_context(|| format!("reading the closing windows of aggregation {operator}"))?;
+        .with_context(|| format!("reading the expired state of {operator}"))?;
     rows.iter()
         .map(|r| Ok((blob(d, r, 0)?, blob(d, r, 1)?)))
         .collect()
