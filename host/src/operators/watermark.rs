@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::codec::{CorruptState, Reader, Writer};
+use crate::source::SourceSignal;
 
 /// One partition's progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,17 @@ pub struct Watermarks {
 /// The state rows of a watermark that changed: each partition's (key,
 /// value), and the watermark reached (its value) when it moved.
 pub type WatermarkRows = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// The partitions `signals` say went idle, encoded (`partition_key`).
+pub fn idle_partitions(signals: &[SourceSignal]) -> Vec<Vec<u8>> {
+    signals
+        .iter()
+        .filter_map(|s| match s {
+            SourceSignal::Idle { topic, partition } => Some(partition_key(topic, *partition)),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Encoded (topic, partition), the key of a partition's row.
 pub fn partition_key(topic: &str, partition: i32) -> Vec<u8> {

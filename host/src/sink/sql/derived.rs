@@ -5,6 +5,7 @@
 //! made rolls the attempt back to make it first.
 
 use super::*;
+use crate::model::RawRecord;
 
 /// Outputs made inside the transaction (by keyed plugins, by joins), per
 /// source record, with what was refused on the way.
@@ -21,6 +22,31 @@ pub(super) struct DerivedOutputs {
 }
 
 impl DerivedOutputs {
+    /// `plugin`'s writes for `record` (none: nothing to keep).
+    pub(super) fn written(&mut self, record: &RawRecord, plugin: &str, writes: Vec<SinkWrite>) {
+        if !writes.is_empty() {
+            self.outputs.push(EventWrites::written(
+                record.clone(),
+                Some(plugin.to_string()),
+                writes,
+            ));
+        }
+    }
+
+    /// `plugin` refused `record` (or trapped on it): a dead letter.
+    pub(super) fn refused(&mut self, record: &RawRecord, plugin: &str, reason: String) {
+        tracing::warn!(
+            topic = %record.id.topic, partition = record.id.partition,
+            offset = record.id.offset, plugin, "dead-lettered: {reason}"
+        );
+        self.dead.push(DeadLetter {
+            record: record.clone(),
+            stage: Stage::Plugin,
+            plugin: Some(plugin.to_string()),
+            reason,
+        });
+    }
+
     /// Add another stage's outputs after these.
     pub(super) fn extend(&mut self, other: DerivedOutputs) {
         self.outputs.extend(other.outputs);

@@ -8,16 +8,16 @@
 
 use super::derived::DerivedOutputs;
 use super::join::{expire, load, write};
-use super::state::{push_per_operator, read_kind, sizes_by_id, write_state};
+use super::state::{per_operator, read_kind, sizes_by_id, write_state};
 use super::*;
 use crate::model::{DeadLetter, Stage, Value};
 use crate::operators::aggregate::{
     kind, output_table, watermark_writes, AggregationOp, InputChange, OperatorInput,
 };
 use crate::operators::codec;
-use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
+use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinState};
 use crate::operators::spec::LatePolicy;
-use crate::operators::watermark::{partition_key, Watermarks};
+use crate::operators::watermark::{idle_partitions, Watermarks};
 use crate::plugin::lazy::{isolating, LazyInstance};
 use crate::plugin::runtime::off_runtime;
 use crate::source::SourceSignal;
@@ -71,20 +71,8 @@ impl JoinStates {
         signals: &[SourceSignal],
     ) -> anyhow::Result<JoinReport> {
         let mut report = JoinReport::default();
-        let idle: Vec<Vec<u8>> = signals
-            .iter()
-            .filter_map(|s| match s {
-                SourceSignal::Idle { topic, partition } => Some(partition_key(topic, *partition)),
-                _ => None,
-            })
-            .collect();
-        let mut per_op: Vec<(String, Vec<(usize, &JoinOpInput)>)> = Vec::new();
-        for (e, ev) in events.iter().enumerate() {
-            for input in &ev.joins {
-                push_per_operator(&mut per_op, &input.op.id, e, input);
-            }
-        }
-        for (id, inputs) in per_op {
+        let idle: Vec<Vec<u8>> = idle_partitions(signals);
+        for (id, inputs) in per_operator(events, |ev| &ev.joins, |i| &i.op.id) {
             let Some((_, first)) = inputs.first() else {
                 continue;
             };

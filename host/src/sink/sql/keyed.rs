@@ -6,9 +6,9 @@
 //! `operators::keyed`; this is the database and instance side.
 
 use super::derived::DerivedOutputs;
-use super::state::{push_per_operator, read_state, write_state};
+use super::state::{per_operator, read_state, write_state};
 use super::*;
-use crate::model::{ChangeEvent, DeadLetter, RecordId, Stage};
+use crate::model::{ChangeEvent, RecordId};
 use crate::operators::aggregate::StateWrite;
 use crate::operators::keyed::{self, KeyedCalls, KeyedInput, KeyedOutcome, RowState};
 use crate::plugin::bindings::KeyedAnswer;
@@ -33,12 +33,7 @@ impl KeyedPlugins {
     ) -> anyhow::Result<DerivedOutputs> {
         let mut report = DerivedOutputs::default();
         // Inputs per (plugin, state version), in batch order.
-        let mut per_op: Vec<(String, Vec<(usize, &KeyedInput)>)> = Vec::new();
-        for (e, ev) in events.iter().enumerate() {
-            for input in &ev.keyed {
-                push_per_operator(&mut per_op, &input.plugin.operator, e, input);
-            }
-        }
+        let per_op = per_operator(events, |ev| &ev.keyed, |i| &i.plugin.operator);
         for (op, inputs) in per_op {
             let Some((_, first)) = inputs.first() else {
                 continue;
@@ -68,24 +63,11 @@ impl KeyedPlugins {
                 let ev = &events[*e];
                 match outcome {
                     KeyedOutcome::Duplicate => report.duplicates += 1,
-                    KeyedOutcome::Applied(writes) if writes.is_empty() => {}
-                    KeyedOutcome::Applied(writes) => report.outputs.push(EventWrites::written(
-                        ev.record.clone(),
-                        Some(plugin.name.clone()),
-                        writes,
-                    )),
+                    KeyedOutcome::Applied(writes) => {
+                        report.written(&ev.record, &plugin.name, writes)
+                    }
                     KeyedOutcome::Rejected(reason) => {
-                        tracing::warn!(
-                            topic = %ev.record.id.topic, partition = ev.record.id.partition,
-                            offset = ev.record.id.offset, plugin = %plugin.name,
-                            "dead-lettered: {reason}"
-                        );
-                        report.dead.push(DeadLetter {
-                            record: ev.record.clone(),
-                            stage: Stage::Plugin,
-                            plugin: Some(plugin.name.clone()),
-                            reason,
-                        });
+                        report.refused(&ev.record, &plugin.name, reason)
                     }
                 }
             }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::derived::DerivedOutputs;
 use super::state::{read_kind, sizes_by_id, write_state};
 use super::*;
-use crate::model::{ChangeEvent, DeadLetter, RecordId, Stage};
+use crate::model::{ChangeEvent, RecordId};
 use crate::operators::aggregate::StateWrite;
 use crate::operators::lookup::{LookupAccess, LookupPlugin, StoredRow, TableRows, Tables};
 use crate::plugin::lazy::{isolating, LazyInstance};
@@ -173,27 +173,10 @@ impl LookupTables {
             })
         });
         for (&e, result) in waiting.iter().zip(results) {
-            let ev = &events[e];
+            let record = &events[e].record;
             match result {
-                Ok(writes) if writes.is_empty() => {}
-                Ok(writes) => report.outputs.push(EventWrites::written(
-                    ev.record.clone(),
-                    Some(plugin.name.clone()),
-                    writes,
-                )),
-                Err(reason) => {
-                    tracing::warn!(
-                        topic = %ev.record.id.topic, partition = ev.record.id.partition,
-                        offset = ev.record.id.offset, plugin = %plugin.name,
-                        "dead-lettered: {reason}"
-                    );
-                    report.dead.push(DeadLetter {
-                        record: ev.record.clone(),
-                        stage: Stage::Plugin,
-                        plugin: Some(plugin.name.clone()),
-                        reason,
-                    });
-                }
+                Ok(writes) => report.written(record, &plugin.name, writes),
+                Err(reason) => report.refused(record, &plugin.name, reason),
             }
         }
         Ok(())

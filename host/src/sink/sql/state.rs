@@ -9,7 +9,7 @@ use super::*;
 use crate::model::Value;
 use crate::operators::aggregate::{kind, AggregateState, AggregationOp, OperatorInput, StateWrite};
 use crate::operators::spec::AggregateFn;
-use crate::operators::watermark::partition_key;
+use crate::operators::watermark::idle_partitions;
 use crate::operators::{CustomCalls, NoCustom, StateUpdate};
 use crate::plugin::lazy::LazyInstance;
 use crate::plugin::runtime::{off_runtime, Instance};
@@ -96,13 +96,7 @@ impl OperatorStates {
     ) -> anyhow::Result<OperatorReport> {
         let BatchInputs { events, fed } = batch;
         let mut report = OperatorReport::default();
-        let idle: Vec<Vec<u8>> = signals
-            .iter()
-            .filter_map(|s| match s {
-                SourceSignal::Idle { topic, partition } => Some(partition_key(topic, *partition)),
-                _ => None,
-            })
-            .collect();
+        let idle: Vec<Vec<u8>> = idle_partitions(signals);
         // Inputs per aggregation, in batch order; with idle partitions,
         // every aggregation this sink knows (its watermark may move).
         let mut per_op: Vec<(String, Vec<(usize, &OperatorInput)>)> = Vec::new();
@@ -111,9 +105,10 @@ impl OperatorStates {
             known.sort();
             per_op.extend(known.into_iter().map(|id| (id.clone(), Vec::new())));
         }
-        for (e, ev) in events.iter().enumerate() {
-            for input in &ev.ops {
-                push_per_operator(&mut per_op, &input.op.id, e, input);
+        for (id, inputs) in per_operator(events, |ev| &ev.ops, |i| &i.op.id) {
+            match per_op.iter_mut().find(|(known, _)| *known == id) {
+                Some((_, v)) => v.extend(inputs),
+                None => per_op.push((id, inputs)),
             }
         }
         // joined rows (an aggregation reads a table or a join, not both)
@@ -227,6 +222,23 @@ pub(super) fn sizes_by_id<S>(
         .collect();
     out.sort();
     out
+}
+
+/// The inputs `of` each event, grouped by the operator `operator` names,
+/// operators in the order the batch first names them, inputs in batch order
+/// (with the index of their event).
+pub(super) fn per_operator<'a, T>(
+    events: &'a [EventWrites],
+    of: impl Fn(&'a EventWrites) -> &'a [T],
+    operator: impl Fn(&T) -> &str,
+) -> Vec<(String, Vec<(usize, &'a T)>)> {
+    let mut per_op = Vec::new();
+    for (e, ev) in events.iter().enumerate() {
+        for input in of(ev) {
+            push_per_operator(&mut per_op, operator(input), e, input);
+        }
+    }
+    per_op
 }
 
 /// Add an operator's input (of event `e`) to its operator's list, keeping
