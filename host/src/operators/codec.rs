@@ -8,6 +8,11 @@ use crate::model::{SourceOrder, Value};
 /// Layout version of every encoded state value.
 pub const VERSION: u8 = 1;
 
+/// State keys longer than this are stored as their SHA-256 (MySQL indexes
+/// at most 1024 bytes of the key): state whose keys are read back (whole
+/// tables, expiry) refuses longer ones.
+pub const MAX_KEY: usize = 1000;
+
 /// Why stored state could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("state is corrupt or from an unknown layout: {0}")]

@@ -38,6 +38,8 @@ pub struct LookupInput {
 pub struct TableChange {
     /// The table as plugins declared it.
     pub table: String,
+    /// The topic the change came from (one declared name, one topic).
+    pub topic: String,
     /// The primary key's values, encoded (`codec::key`).
     pub row_key: Vec<u8>,
     pub key_len: usize,
@@ -47,23 +49,37 @@ pub struct TableChange {
 }
 
 impl TableChange {
-    /// What `event` does to the looked-up `table`; `None` for changes that
-    /// carry no row (truncate) or no primary key.
-    pub fn of(table: &str, event: &ChangeEvent) -> Option<TableChange> {
+    /// What `event` does to the looked-up `table`, or why it cannot be
+    /// kept (the event is dead-lettered with that reason).
+    pub fn of(table: &str, event: &ChangeEvent) -> Result<TableChange, String> {
+        let what = || format!("looked-up table `{table}` ({})", event.table.topic);
         if event.key.is_empty() {
-            return None;
+            return Err(format!("{}: the event has no primary key", what()));
         }
-        let image = match event.op {
-            Op::Delete => None,
-            Op::Truncate => return None,
-            _ => Some(Image {
+        let row_key = codec::key(&event.key);
+        if row_key.len() > codec::MAX_KEY {
+            return Err(format!(
+                "{}: the primary key takes {} bytes encoded, more than the {} a lookup keeps",
+                what(),
+                row_key.len(),
+                codec::MAX_KEY
+            ));
+        }
+        let image = match (event.op, &event.after) {
+            (Op::Delete, _) => None,
+            (Op::Truncate, _) => {
+                return Err(format!("{}: TRUNCATE cannot be applied yet", what()));
+            }
+            (_, Some(after)) => Some(Image {
                 columns: Arc::from(event.table.columns.as_slice()),
-                values: event.after.clone()?,
+                values: after.clone(),
             }),
+            (op, None) => return Err(format!("{}: {op:?} event without an `after` row", what())),
         };
-        Some(TableChange {
+        Ok(TableChange {
             table: table.to_string(),
-            row_key: codec::key(&event.key),
+            topic: event.table.topic.clone(),
+            row_key,
             key_len: event.key.len(),
             order: event.source_order,
             image,
@@ -92,20 +108,41 @@ pub struct StoredRow {
     pub image: Option<Image>,
 }
 
-const TYPES: [ColumnType; 12] = [
-    ColumnType::Unknown,
-    ColumnType::Boolean,
-    ColumnType::Int,
-    ColumnType::Float,
-    ColumnType::Decimal,
-    ColumnType::Text,
-    ColumnType::Bytes,
-    ColumnType::Timestamp,
-    ColumnType::LocalTimestamp,
-    ColumnType::Date,
-    ColumnType::Time,
-    ColumnType::Json,
-];
+/// A column type's stored tag (the inverse of `type_of`).
+fn type_tag(t: ColumnType) -> u8 {
+    match t {
+        ColumnType::Unknown => 0,
+        ColumnType::Boolean => 1,
+        ColumnType::Int => 2,
+        ColumnType::Float => 3,
+        ColumnType::Decimal => 4,
+        ColumnType::Text => 5,
+        ColumnType::Bytes => 6,
+        ColumnType::Timestamp => 7,
+        ColumnType::LocalTimestamp => 8,
+        ColumnType::Date => 9,
+        ColumnType::Time => 10,
+        ColumnType::Json => 11,
+    }
+}
+
+fn type_of(tag: u8) -> Result<ColumnType, CorruptState> {
+    Ok(match tag {
+        0 => ColumnType::Unknown,
+        1 => ColumnType::Boolean,
+        2 => ColumnType::Int,
+        3 => ColumnType::Float,
+        4 => ColumnType::Decimal,
+        5 => ColumnType::Text,
+        6 => ColumnType::Bytes,
+        7 => ColumnType::Timestamp,
+        8 => ColumnType::LocalTimestamp,
+        9 => ColumnType::Date,
+        10 => ColumnType::Time,
+        11 => ColumnType::Json,
+        _ => return Err(CorruptState("lookup column type")),
+    })
+}
 
 impl StoredRow {
     pub fn encode(&self) -> Vec<u8> {
@@ -119,7 +156,7 @@ impl StoredRow {
                 w.u32(image.columns.len() as u32);
                 for c in image.columns.iter() {
                     w.str(&c.name);
-                    w.u8(TYPES.iter().position(|t| *t == c.ty).unwrap_or(0) as u8);
+                    w.u8(type_tag(c.ty));
                     w.u8(c.nullable as u8);
                     match c.decimal {
                         None => w.u8(0),
@@ -154,9 +191,7 @@ impl StoredRow {
                 let mut cols = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     let name = r.string()?;
-                    let ty = *TYPES
-                        .get(r.u8()? as usize)
-                        .ok_or(CorruptState("lookup column type"))?;
+                    let ty = type_of(r.u8()?)?;
                     let nullable = r.u8()? != 0;
                     let decimal = match r.u8()? {
                         0 => None,
@@ -197,12 +232,15 @@ pub struct TableRows {
     pub rows: HashMap<Vec<u8>, StoredRow>,
     /// The primary key's length, once a change showed it.
     pub key_len: Option<usize>,
+    /// The topic its changes come from, once one came (this host).
+    pub topic: Option<String>,
 }
 
 impl TableRows {
     /// Apply a change unless it is not newer than the stored row's (a
     /// re-delivery); true when applied.
     pub fn apply(&mut self, change: &TableChange) -> bool {
+        self.topic.get_or_insert_with(|| change.topic.clone());
         if let (Some(new), Some(old)) = (
             change.order,
             self.rows.get(&change.row_key).and_then(|r| r.order),
@@ -321,6 +359,7 @@ mod tests {
     fn rows_follow_changes_and_ignore_redeliveries() {
         let mut t = TableRows::default();
         let c = |op, seg, lsn| TableChange::of("customers", &event(op, 1, seg, lsn)).unwrap();
+        assert!(TableChange::of("customers", &event(Op::Truncate, 1, None, 1)).is_err());
         assert!(t.apply(&c(Op::Create, Some("smb"), 10)));
         assert!(t.apply(&c(Op::Update, Some("enterprise"), 20)));
         // a re-delivery of the first change changes nothing

@@ -130,6 +130,12 @@ fn check_joins(
                 j.name
             );
         }
+        if info.aggregations.iter().any(|a| a.output == j.name) {
+            anyhow::bail!(
+                "join `{}` has the name of an aggregation's output table: their state would share one name",
+                j.name
+            );
+        }
         for table in [&j.left.table, &j.right.table] {
             if !handles(info, table, table) {
                 anyhow::bail!(
@@ -249,7 +255,12 @@ impl PluginSet {
             for (i, (ev, _)) in events.iter().enumerate() {
                 if TableChange::names(table, ev) {
                     routed[i] = true;
-                    outcomes[i].tables.extend(TableChange::of(table, ev));
+                    match TableChange::of(table, ev) {
+                        Ok(change) => outcomes[i].tables.push(change),
+                        Err(reason) => outcomes[i]
+                            .rejections
+                            .push((format!("lookup:{table}"), reason)),
+                    }
                 }
             }
         }

@@ -514,7 +514,7 @@ impl SqlSink {
         let idle = signals
             .iter()
             .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
-        let joined = events.iter().any(|ev| !ev.joins.is_empty());
+        let joined = events.iter().any(|ev| !ev.joins.is_empty()) || (idle && joins.any_interval());
         let aggregated = events.iter().any(|ev| !ev.ops.is_empty()) || (idle && states.any());
         let looked_up = events
             .iter()

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use super::aggregate::AggregationOp;
 use super::codec::{self, CorruptState, Reader, Writer};
-use super::watermark::{WatermarkRows, Watermarks};
+use super::spec::LatePolicy;
+use super::watermark::{PartitionTime, WatermarkRows, Watermarks};
 use crate::model::{SinkTable, SourceOrder, TableDesc, Value};
 use spec::IntervalSpec;
 
@@ -247,6 +248,10 @@ pub struct JoinApplied {
     pub writes: Vec<JoinWrite>,
     /// Re-deliveries: not newer than the stored row.
     pub duplicates: u64,
+    /// Interval joins: late inputs not applied (policy dead-letter), by
+    /// input index, with the reason; and late inputs applied.
+    pub late: Vec<(usize, String)>,
+    pub late_applied: u64,
 }
 
 /// A row key, the values a side keeps of that row and its event time.
@@ -270,6 +275,15 @@ pub struct JoinState {
     by_key: [HashMap<Vec<u8>, BTreeSet<Vec<u8>>>; 2],
     /// Join keys whose rows, on both sides, are all loaded.
     loaded: HashSet<Vec<u8>>,
+}
+
+/// The watermark state key recording that a side was seen (never a
+/// partition key: those start with a topic's length).
+fn side_marker(side: Side) -> &'static [u8] {
+    match side {
+        Side::Left => b"\xffside:left",
+        Side::Right => b"\xffside:right",
+    }
 }
 
 /// The encoded join key of a row image; `None` when a join column is null.
@@ -318,19 +332,18 @@ impl JoinState {
         self.watermarks.as_ref().and_then(|w| w.emitted)
     }
 
-    /// Why an input of an interval join is late (its row's state would
-    /// already have expired: partners it could match may be gone), if it is.
+    /// Why an input of an interval join is late, if it is: its event time
+    /// is behind the watermark the batch started with, so partners it
+    /// could match may have expired already (a row at or after the
+    /// watermark finds every partner still kept: a partner's state goes
+    /// only once the watermark passes the last time it can match).
     pub fn late(&self, input: &JoinInput) -> Option<String> {
-        let (interval, watermark) = (self.interval.as_ref()?, self.watermark()?);
+        let watermark = self.watermark()?;
         let JoinChange::Row { time: Some(t), .. } = &input.change else {
             return None;
         };
-        let until = interval.expiry(input.side, *t);
-        (until < watermark).then(|| {
-            format!(
-                "late: the row's event time {t} µs could match partners only until {until} µs, and the watermark is at {watermark} µs (interval before {} µs, after {} µs)",
-                interval.before, interval.after
-            )
+        (*t < watermark).then(|| {
+            format!("late: the row's event time {t} µs is behind the watermark at {watermark} µs, past which partners leave the state")
         })
     }
 
@@ -339,34 +352,55 @@ impl JoinState {
     /// changed (as `Watermarks::changed_rows`).
     pub fn advance<'a>(
         &mut self,
-        times: impl Iterator<Item = (&'a [u8], Option<i64>)>,
+        times: impl Iterator<Item = (Side, &'a [u8], Option<i64>)>,
         idle: &[Vec<u8>],
     ) -> Option<WatermarkRows> {
         let interval = self.interval.as_ref()?;
         let mut w = self.watermarks.take().unwrap_or_default();
         let before = w.clone();
-        for (partition, time) in times {
+        for (side, partition, time) in times {
             match time {
-                Some(t) => w.saw(partition.to_vec(), t),
+                Some(t) => {
+                    w.saw(partition.to_vec(), t);
+                    // Which sides were seen (idle: never in the minimum).
+                    w.partitions.insert(
+                        side_marker(side).to_vec(),
+                        PartitionTime { max: t, idle: true },
+                    );
+                }
                 None => w.heard(partition),
             }
         }
         for p in idle {
             w.idle(p);
         }
-        w.advance(interval.out_of_orderness);
+        // Until both tables were seen, a watermark from one side alone
+        // would make the other side's rows late.
+        let both = [Side::Left, Side::Right]
+            .iter()
+            .all(|s| w.partitions.contains_key(side_marker(*s)));
+        if both {
+            w.advance(interval.out_of_orderness);
+        }
         let rows = w.changed_rows(&before);
         self.watermarks = Some(w);
         Some(rows)
     }
 
-    /// Drop an expired row from what is cached (its state was deleted).
+    /// Drop an expired row from what is cached (its state was deleted):
+    /// the next change of it reads the database again, and a join key
+    /// left without rows is no longer held as loaded.
     pub fn forget(&mut self, side: Side, pk: &[u8]) {
         let old = self.rows[side.index()]
-            .insert(pk.to_vec(), None)
+            .remove(pk)
             .flatten()
             .and_then(|r| r.live);
         self.index(side, pk, old.as_ref(), None);
+        if let Some(on) = old.and_then(|l| l.on) {
+            if self.by_key.iter().all(|m| !m.contains_key(&on)) {
+                self.loaded.remove(&on);
+            }
+        }
     }
 
     /// Whether rows at these event times may be joined (always, for a
@@ -517,6 +551,17 @@ impl JoinState {
                     continue;
                 }
             }
+            if let Some(reason) = self.late(input) {
+                if self
+                    .interval
+                    .as_ref()
+                    .is_some_and(|i| i.late == LatePolicy::DeadLetter)
+                {
+                    applied.late.push((idx, reason));
+                    continue;
+                }
+                applied.late_applied += 1;
+            }
             let old = stored.and_then(|s| s.live);
             let new = match &input.change {
                 JoinChange::Row { on, values, time } => Some(LiveRow {
@@ -559,9 +604,12 @@ impl JoinState {
             let row = self.rows[side.index()].get(&pk).cloned().flatten();
             let old_on = old_keys.remove(&(side, pk.clone())).flatten();
             if let Some(row) = row {
+                // A delete of a row whose time is unknown (expired, never
+                // seen) goes at the next expiry.
                 let expires = match (&self.interval, times.get(&(side, pk.clone()))) {
                     (Some(i), Some(t)) => Some(i.expiry(side, *t)),
-                    _ => None,
+                    (Some(_), None) => Some(self.watermark().unwrap_or(i64::MIN)),
+                    (None, _) => None,
                 };
                 applied.writes.push(JoinWrite {
                     side,
@@ -841,8 +889,8 @@ mod tests {
             JoinChange::Delete => None,
         };
         let p = crate::operators::watermark::partition_key("t", 0);
-        let rows = state.advance(batch.iter().map(|i| (p.as_slice(), w(i))), &[]);
-        assert!(rows.is_some_and(|(parts, reached)| parts.len() == 1 && reached.is_some()));
+        let rows = state.advance(batch.iter().map(|i| (i.side, p.as_slice(), w(i))), &[]);
+        assert!(rows.is_some_and(|(parts, reached)| parts.len() == 3 && reached.is_some()));
         assert_eq!(state.watermark(), Some(104));
         let exp: HashMap<Vec<u8>, Option<i64>> = applied
             .writes
@@ -851,19 +899,48 @@ mod tests {
             .collect();
         assert_eq!(exp[&pk(l, 1)], Some(105));
         assert_eq!(exp[&pk(r, 3)], Some(116));
-        // a left row at 98 could match until 103 < 104: late; at 100 not
-        assert!(state.late(&timed(l, 9, 7, 98, 6)).is_some());
-        assert!(state.late(&timed(l, 9, 7, 100, 6)).is_none());
-        // a right row at 93 could match until 103: late
+        // behind the watermark: late (a partner may have expired)
+        assert!(state.late(&timed(l, 9, 7, 103, 6)).is_some());
+        assert!(state.late(&timed(l, 9, 7, 104, 6)).is_none());
         assert!(state
             .late(&timed(r, 9, 7, 93, 6))
             .unwrap()
             .starts_with("late"));
-        // expired rows leave the state: a right row at 101 then matches no one
+        // time moves on: the left row at 100 expires (105 < 198) and goes;
+        // a late right row is dead-lettered, not applied
+        let later = [timed(l, 8, 9, 200, 7)];
+        run(&mut state, &mut db, &later);
+        state.advance(later.iter().map(|i| (i.side, p.as_slice(), w(i))), &[]);
+        assert_eq!(state.watermark(), Some(198));
         state.forget(l, &pk(l, 1));
         db.rows.remove(&(l, pk(l, 1)));
-        let applied = run(&mut state, &mut db, &[timed(r, 6, 7, 101, 7)]);
+        let applied = run(&mut state, &mut db, &[timed(r, 6, 7, 101, 8)]);
         assert!(applied.deltas.is_empty(), "{:?}", applied.deltas);
+        assert_eq!(applied.late.len(), 1);
+        assert!(applied.writes.is_empty());
+    }
+
+    /// A watermark from one table alone would make the other's rows late:
+    /// it waits for both.
+    #[test]
+    fn an_interval_join_watermark_waits_for_both_tables() {
+        let interval = IntervalSpec {
+            left_time: "t".into(),
+            right_time: "t".into(),
+            before: 0,
+            after: 0,
+            out_of_orderness: 0,
+            late: crate::operators::spec::LatePolicy::DeadLetter,
+        };
+        let mut state = JoinState::new(JoinKind::Inner).with_interval(Some(interval));
+        state.load_watermarks(Watermarks::default());
+        let p = crate::operators::watermark::partition_key("left", 0);
+        state.advance([(Side::Left, p.as_slice(), Some(500))].into_iter(), &[]);
+        assert_eq!(state.watermark(), None);
+        assert!(state.late(&timed(Side::Right, 1, 1, 10, 1)).is_none());
+        let q = crate::operators::watermark::partition_key("right", 0);
+        state.advance([(Side::Right, q.as_slice(), Some(10))].into_iter(), &[]);
+        assert_eq!(state.watermark(), Some(10));
     }
 
     /// The stored side rows, and the join result maintained from deltas.

@@ -270,9 +270,19 @@ impl JoinSpec {
             }
             (op, None) => return Err(format!("{op:?} event without an `after` row")),
         };
+        let row_key = row_identity(&ev.table.topic, &ev.key);
+        if self.interval.is_some() && row_key.len() > crate::operators::codec::MAX_KEY {
+            return Err(format!(
+                "interval join `{}`: the primary key of {} takes {} bytes encoded, more than the {} its expiring state keeps",
+                self.name,
+                ev.table.topic,
+                row_key.len(),
+                crate::operators::codec::MAX_KEY
+            ));
+        }
         Ok(JoinInput {
             side,
-            row_key: row_identity(&ev.table.topic, &ev.key),
+            row_key,
             order: ev.source_order,
             change,
         })

@@ -15,8 +15,7 @@ use crate::operators::aggregate::{
     kind, output_table, watermark_writes, AggregationOp, InputChange, OperatorInput,
 };
 use crate::operators::codec;
-use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinState};
-use crate::operators::spec::LatePolicy;
+use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
 use crate::operators::watermark::{idle_partitions, Watermarks};
 use crate::plugin::lazy::{isolating, LazyInstance};
 use crate::plugin::runtime::off_runtime;
@@ -32,7 +31,13 @@ pub(super) struct JoinStates {
     feed_tables: HashMap<String, Arc<SinkTable>>,
     /// Per plugin: an instance of the version that declared its joins.
     projectors: HashMap<String, LazyInstance>,
+    /// The interval joins this sink has run (idle partitions move their
+    /// watermarks in batches without their rows).
+    intervals: HashMap<String, Arc<JoinOp>>,
 }
+
+/// One join's inputs in a batch (by event index), with the join.
+type JoinBatch<'a> = (String, Arc<JoinOp>, Vec<(usize, &'a JoinOpInput)>);
 
 /// What the joins did in one attempt.
 #[derive(Default)]
@@ -56,6 +61,12 @@ impl JoinStates {
         }
     }
 
+    /// Whether an interval join ran here (an idle partition may move its
+    /// watermark).
+    pub(super) fn any_interval(&self) -> bool {
+        !self.intervals.is_empty()
+    }
+
     /// (join, side rows, bytes) cached per join, for the summary.
     pub(super) fn sizes(&self) -> Vec<(String, usize, usize)> {
         sizes_by_id(&self.joins, JoinState::size)
@@ -72,65 +83,71 @@ impl JoinStates {
     ) -> anyhow::Result<JoinReport> {
         let mut report = JoinReport::default();
         let idle: Vec<Vec<u8>> = idle_partitions(signals);
-        for (id, inputs) in per_operator(events, |ev| &ev.joins, |i| &i.op.id) {
-            let Some((_, first)) = inputs.first() else {
-                continue;
-            };
-            let op = first.op.clone();
+        let mut per_op: Vec<JoinBatch<'_>> = per_operator(events, |ev| &ev.joins, |i| &i.op.id)
+            .into_iter()
+            .filter_map(|(id, inputs)| Some((id, inputs.first()?.1.op.clone(), inputs)))
+            .collect();
+        // Idle partitions may move the watermark of interval joins this
+        // batch has no rows for (their expired rows go then).
+        if !idle.is_empty() {
+            let mut quiet: Vec<&Arc<JoinOp>> = self
+                .intervals
+                .iter()
+                .filter(|(id, _)| per_op.iter().all(|(seen, _, _)| seen != *id))
+                .map(|(_, op)| op)
+                .collect();
+            quiet.sort_by(|a, b| a.id.cmp(&b.id));
+            per_op.extend(
+                quiet
+                    .into_iter()
+                    .map(|op| (op.id.clone(), op.clone(), Vec::new())),
+            );
+        }
+        for (id, op, inputs) in per_op {
+            if op.spec.interval.is_some() {
+                self.intervals.insert(id.clone(), op.clone());
+            }
             let state = self.joins.entry(id.clone()).or_insert_with(|| {
                 JoinState::new(op.spec.kind).with_interval(op.spec.interval.clone())
             });
-            let mut inputs = inputs;
-            if let Some(interval) = &op.spec.interval {
-                if state.needs_watermarks() {
-                    let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
-                    let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
-                        .await?
-                        .into_iter()
-                        .next()
-                        .map(|(_, v)| v);
-                    let w = Watermarks::from_rows(partitions, reached)
-                        .with_context(|| format!("reading the watermark of join {id}"))?;
-                    state.load_watermarks(w);
-                }
-                let mut on_time = Vec::with_capacity(inputs.len());
-                for (e, input) in inputs {
-                    match state.late(&input.input) {
-                        None => on_time.push((e, input)),
-                        Some(_) if interval.late == LatePolicy::Apply => {
-                            report.late_applied += 1;
-                            on_time.push((e, input));
-                        }
-                        Some(reason) => {
-                            report.late_dead_lettered += 1;
-                            let ev = &events[e];
-                            tracing::warn!(
-                                topic = %ev.record.id.topic, partition = ev.record.id.partition,
-                                offset = ev.record.id.offset, join = %id,
-                                "dead-lettered: {reason}"
-                            );
-                            report.outputs.dead.push(DeadLetter {
-                                record: ev.record.clone(),
-                                stage: Stage::Aggregate,
-                                plugin: Some(op.plugin.clone()),
-                                reason: format!("join `{}`: {reason}", op.spec.name),
-                            });
-                        }
-                    }
-                }
-                inputs = on_time;
+            if state.needs_watermarks() {
+                let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
+                let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| v);
+                let w = Watermarks::from_rows(partitions, reached)
+                    .with_context(|| format!("reading the watermark of join {id}"))?;
+                state.load_watermarks(w);
             }
             let refs: Vec<&JoinInput> = inputs.iter().map(|(_, i)| &i.input).collect();
             load(conn, d, pipeline, &id, state, &refs).await?;
             let applied = state.apply(&refs).with_context(|| format!("join {id}"))?;
             write(conn, d, pipeline, &id, &applied.writes).await?;
             report.outputs.duplicates += applied.duplicates;
+            report.late_applied += applied.late_applied;
+            for (i, reason) in &applied.late {
+                report.late_dead_lettered += 1;
+                let ev = &events[inputs[*i].0];
+                tracing::warn!(
+                    topic = %ev.record.id.topic, partition = ev.record.id.partition,
+                    offset = ev.record.id.offset, join = %id,
+                    "dead-lettered: {reason}"
+                );
+                report.outputs.dead.push(DeadLetter {
+                    record: ev.record.clone(),
+                    stage: Stage::Aggregate,
+                    plugin: Some(op.plugin.clone()),
+                    reason: format!("join `{}`: {reason}", op.spec.name),
+                });
+            }
             let times = inputs.iter().map(|(_, i)| {
                 let time = match &i.input.change {
                     JoinChange::Row { time, .. } => *time,
                     JoinChange::Delete => None,
                 };
-                (i.partition.as_slice(), time)
+                (i.input.side, i.partition.as_slice(), time)
             });
             if let Some(rows) = state.advance(times, &idle) {
                 write_state(conn, d, pipeline, &id, &watermark_writes(rows)).await?;

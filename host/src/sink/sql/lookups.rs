@@ -41,9 +41,12 @@ impl LookupTables {
     /// not be what the database holds.
     pub(super) fn invalidate(&mut self) {
         self.loaded.clear();
-        if let Ok(mut tables) = self.tables.write() {
-            tables.clear();
-        }
+        let mut tables = self
+            .tables
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tables.clear();
+        self.tables.clear_poison();
     }
 
     /// (table, rows, bytes) cached, for the summary.
@@ -99,11 +102,19 @@ impl LookupTables {
                         self.run(plugin, &waiting, events, &mut report)?;
                     }
                 }
-                let applied = self
-                    .write_tables()?
-                    .entry(change.table.clone())
-                    .or_default()
-                    .apply(change);
+                let mut tables = self.write_tables()?;
+                let rows = tables.entry(change.table.clone()).or_default();
+                if let Some(topic) = rows.topic.as_ref().filter(|t| **t != change.topic) {
+                    let reason = format!(
+                        "looked-up table `{}` is fed by two topics ({topic} and {}): declare the full topic",
+                        change.table, change.topic
+                    );
+                    drop(tables);
+                    report.refused(&ev.record, &format!("lookup:{}", change.table), reason);
+                    continue;
+                }
+                let applied = rows.apply(change);
+                drop(tables);
                 if applied {
                     dirty
                         .entry(change.table.clone())

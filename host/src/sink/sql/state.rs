@@ -15,9 +15,7 @@ use crate::plugin::lazy::LazyInstance;
 use crate::plugin::runtime::{off_runtime, Instance};
 use crate::source::SourceSignal;
 
-/// Keys longer than this are stored as their SHA-256 (MySQL indexes at most
-/// 1024 bytes of this key).
-const MAX_KEY: usize = 1000;
+use crate::operators::codec::MAX_KEY;
 
 fn stored_key(k: &[u8]) -> Vec<u8> {
     if k.len() <= MAX_KEY {
