@@ -10,16 +10,39 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::derived::DerivedOutputs;
-use super::state::{read_kind, sizes_by_id, write_state};
+use super::state::{read_kind, read_state, sizes_by_id, write_state};
 use super::*;
-use crate::model::{ChangeEvent, RecordId};
+use crate::model::{ChangeEvent, RecordId, SourceOrder};
 use crate::operators::aggregate::StateWrite;
+use crate::operators::codec::{self, row_identity};
 use crate::operators::lookup::{LookupAccess, LookupPlugin, StoredRow, TableRows, Tables};
 use crate::plugin::lazy::{isolating, LazyInstance};
 use crate::plugin::runtime::off_runtime;
 
 /// State kind of a looked-up table's rows.
 const KIND: &str = "t";
+
+/// State kind of the last position a plugin with lookups was called for,
+/// per row of its own tables.
+const POSITION: &str = "p";
+
+/// The `sluice_state.operator` of a plugin's positions.
+fn positions_operator(plugin: &str) -> String {
+    format!("{plugin}#lookup")
+}
+
+/// Per plugin with lookups, the rows (topic and key) of its events.
+fn plugin_rows(events: &[EventWrites]) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let mut out: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for l in events.iter().flat_map(|ev| &ev.lookups) {
+        out.entry(l.plugin.name.clone())
+            .or_default()
+            .insert(row_identity(&l.event.table.topic, &l.event.key));
+    }
+    out.into_iter()
+        .map(|(p, keys)| (p, keys.into_iter().collect()))
+        .collect()
+}
 
 /// The `sluice_state.operator` of a looked-up table.
 fn operator(table: &str) -> String {
@@ -84,11 +107,49 @@ impl LookupTables {
             }
         }
         let mut report = DerivedOutputs::default();
+        // Per plugin: the last position of each row it was called for, so a
+        // re-delivered change is not processed again against a table that
+        // has moved on since.
+        let mut seen: BTreeMap<String, HashMap<Vec<u8>, Option<SourceOrder>>> = BTreeMap::new();
+        let mut changed: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for (plugin, keys) in plugin_rows(events) {
+            let op = positions_operator(&plugin);
+            let mut stored = HashMap::new();
+            for (k, v) in read_state(conn, d, pipeline, &op, POSITION, &keys).await? {
+                let order = match v {
+                    Some(v) => codec::Reader::new(&v)
+                        .order()
+                        .with_context(|| format!("reading the positions of {op}"))?,
+                    None => None,
+                };
+                stored.insert(k, order);
+            }
+            seen.insert(plugin, stored);
+        }
         // Per plugin, the events waiting for a call (in batch order).
         let mut pending: Vec<(Arc<LookupPlugin>, Vec<usize>)> = Vec::new();
         let mut dirty: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
         for (e, ev) in events.iter().enumerate() {
             for l in &ev.lookups {
+                let key = row_identity(&l.event.table.topic, &l.event.key);
+                let last = seen
+                    .entry(l.plugin.name.clone())
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default();
+                if let (Some(new), Some(old)) = (l.event.source_order, *last) {
+                    if new <= old {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                }
+                if l.event.source_order.is_some() {
+                    *last = l.event.source_order;
+                    changed
+                        .entry(l.plugin.name.clone())
+                        .or_default()
+                        .insert(key);
+                }
                 match pending.iter_mut().find(|(p, _)| p.name == l.plugin.name) {
                     Some((_, waiting)) => waiting.push(e),
                     None => pending.push((l.plugin.clone(), vec![e])),
@@ -129,6 +190,23 @@ impl LookupTables {
             if !waiting.is_empty() {
                 self.run(plugin, waiting, events, &mut report)?;
             }
+        }
+        for (plugin, keys) in changed {
+            let rows = &seen[&plugin];
+            let writes: Vec<StateWrite> = keys
+                .into_iter()
+                .map(|key| {
+                    let mut w = codec::Writer::default();
+                    w.order(rows.get(&key).copied().flatten());
+                    StateWrite {
+                        kind: POSITION,
+                        key,
+                        value: Some(w.buf),
+                        expires: None,
+                    }
+                })
+                .collect();
+            write_state(conn, d, pipeline, &positions_operator(&plugin), &writes).await?;
         }
         for (table, keys) in dirty {
             let writes: Vec<StateWrite> = {
