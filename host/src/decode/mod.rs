@@ -7,6 +7,7 @@
 //! (`[columns]` hints); what cannot be known is refused, never guessed.
 
 pub mod decimal;
+mod payload;
 pub mod schema;
 pub mod temporal;
 
@@ -20,9 +21,8 @@ use serde_json::Value as Json;
 use crate::config::{
     ColumnHint, ColumnHints, DecimalEncoding, DecimalHandling, HintType, TableKeys,
 };
-use crate::model::{
-    ChangeEvent, Column, ColumnType, Learned, Op, RawRecord, SourceOrder, TableDesc, Value,
-};
+use crate::model::{ChangeEvent, Column, ColumnType, Learned, Op, RawRecord, TableDesc, Value};
+use payload::{op_of, payload_error, split_known_schema, PayloadParts};
 use schema::{Encoding, RowSchema};
 use temporal::TimeUnit;
 
@@ -136,41 +136,63 @@ impl Decoder {
             return Ok(Decoded::Tombstone);
         };
         let err = |m: String| DecodeError(m);
-        let wrapper: Wrapper<'_> = serde_json::from_str(text)
-            .map_err(|e| err(format!("value is not a JSON object: {e}")))?;
-        let (schema_text, payload_text) = match (wrapper.schema, wrapper.payload) {
-            (schema, Some(p)) => (schema.map(|s| s.get()).filter(|s| *s != "null"), p.get()),
-            (_, None) => (None, text),
+        // The common case first: the topic's schema again, compared as bytes.
+        let known = self
+            .last_schema
+            .get(&*rec.id.topic)
+            .and_then(|(known, rs)| Some((split_known_schema(known, text)?, rs.clone())))
+            .and_then(|((_, payload), rs)| {
+                let parts: PayloadParts<'_> = serde_json::from_str(payload).ok()?;
+                Some((parts, rs))
+            });
+        let (parts, row_schema) = match known {
+            Some((parts, rs)) => (parts, Some(rs)),
+            None => {
+                let wrapper: Wrapper<'_> = serde_json::from_str(text)
+                    .map_err(|e| err(format!("value is not a JSON object: {e}")))?;
+                let (schema_text, payload_text) = match (wrapper.schema, wrapper.payload) {
+                    (schema, Some(p)) => {
+                        (schema.map(|s| s.get()).filter(|s| *s != "null"), p.get())
+                    }
+                    (_, None) => (None, text),
+                };
+                if payload_text == "null" {
+                    return Ok(Decoded::Tombstone);
+                }
+                let parts: PayloadParts<'_> =
+                    serde_json::from_str(payload_text).map_err(|e| err(payload_error(e)))?;
+                let row_schema = match schema_text {
+                    Some(s) => Some(self.row_schema(&rec.id.topic, s).map_err(err)?),
+                    None => None,
+                };
+                (parts, row_schema)
+            }
         };
-        if payload_text == "null" {
-            return Ok(Decoded::Tombstone);
-        }
-        let payload: Json = serde_json::from_str(payload_text)
-            .map_err(|e| err(format!("payload is not JSON: {e}")))?;
-        let obj = payload
-            .as_object()
-            .ok_or_else(|| err("payload is not a JSON object".into()))?;
-        let op = match obj.get("op").and_then(Json::as_str) {
-            Some("c") => Op::Create,
-            Some("u") => Op::Update,
-            Some("d") => Op::Delete,
-            Some("r") => Op::Read,
-            Some("t") => Op::Truncate,
-            Some(other) => return Err(err(format!("unknown Debezium op `{other}`"))),
+        let op = match op_of(parts.op).map_err(err)? {
+            Some(op) => op,
             None => {
                 return Err(err(
                     "payload has no `op`: not a Debezium change event (schema-change or heartbeat records need a pipeline that reads them)".into(),
                 ))
             }
         };
-        let before = obj.get("before").filter(|v| !v.is_null());
-        let after = obj.get("after").filter(|v| !v.is_null());
-        let source = obj.get("source");
-
-        let row_schema = match schema_text {
-            Some(s) => Some(self.row_schema(&rec.id.topic, s).map_err(err)?),
-            None => None,
+        let before_text = parts.before.filter(|v| v.get() != "null");
+        let after_text = parts.after.filter(|v| v.get() != "null");
+        // Without a schema, the images are read as JSON trees (their layout
+        // comes from their fields).
+        let tree = |raw: Option<&RawValue>| -> Result<Option<Json>, DecodeError> {
+            match (&row_schema, raw) {
+                (None, Some(r)) => serde_json::from_str(r.get())
+                    .map(Some)
+                    .map_err(|e| err(format!("payload is not JSON: {e}"))),
+                _ => Ok(None),
+            }
         };
+        let (before_tree, after_tree) = (tree(before_text)?, tree(after_text)?);
+        let before = before_tree.as_ref();
+        let after = after_tree.as_ref();
+        let (has_before, has_after) = (before_text.is_some(), after_text.is_some());
+
         let topic = rec.id.topic.clone();
         let layout = match &row_schema {
             Some(rs) => RowLayout {
@@ -183,7 +205,7 @@ impl Decoder {
 
         // A truncate concerns the whole table: no key. A delete without row
         // images (e.g. REPLICA IDENTITY NOTHING) takes its key from the Kafka key.
-        let mut key_only = op == Op::Delete && before.is_none() && after.is_none();
+        let mut key_only = op == Op::Delete && !has_before && !has_after;
         let key_names = if op == Op::Truncate {
             Arc::new(Vec::new())
         } else {
@@ -216,26 +238,32 @@ impl Decoder {
             self.gather_text_evidence(&topic, [before, after]);
         }
         let ctx = |image: &str| format!("{} ({image})", rec.id.topic);
-        let before_vals = match before.map(|b| self.row_values(&topic, &layout, b)) {
+        let image = |text: Option<&RawValue>, tree: Option<&Json>| match (text, tree) {
+            (_, Some(t)) => Some(self.row_values(&topic, &layout, t)),
+            (Some(t), None) => Some(payload::row_values(
+                &layout.columns,
+                &layout.encodings,
+                t.get(),
+            )),
+            (None, None) => None,
+        };
+        let before_vals = match image(before_text, before) {
             None => None,
             Some(Ok(v)) => Some(v),
             // A delete's `before` under PostgreSQL's default REPLICA IDENTITY
             // is the key plus placeholders for NOT NULL columns, which need
             // not be valid values (empty decimal bytes): the delete needs
             // only its key, so take that from the Kafka key instead.
-            Some(Err(e)) if op == Op::Delete && after.is_none() && key_object(rec).is_some() => {
+            Some(Err(e)) if op == Op::Delete && !has_after && key_object(rec).is_some() => {
                 tracing::debug!(topic = %rec.id.topic, "a delete's `before` does not decode ({e}); using the Kafka key");
                 key_only = true;
                 None
             }
             Some(Err(e)) => return Err(err(format!("{}: {e}", ctx("before")))),
         };
-        let after_vals = after
-            .map(|a| {
-                self.row_values(&topic, &layout, a)
-                    .map_err(|e| err(format!("{}: {e}", ctx("after"))))
-            })
-            .transpose()?;
+        let after_vals = image(after_text, after)
+            .transpose()
+            .map_err(|e| err(format!("{}: {e}", ctx("after"))))?;
 
         let key = if op == Op::Truncate {
             Vec::new()
@@ -295,18 +323,16 @@ impl Decoder {
         }
 
         let desc = self.intern_table(&topic, layout.columns, &key_names, key_idx);
-        let commit_time_ms = source
-            .and_then(|s| s.get("ts_ms"))
-            .or_else(|| obj.get("ts_ms"))
-            .and_then(Json::as_i64);
+        let source = parts.source.unwrap_or_default();
+        let commit_time_ms = payload::int_of(source.ts_ms).or_else(|| payload::int_of(parts.ts_ms));
         Ok(Decoded::Change(ChangeEvent {
             table: desc,
             op,
             key,
             before: before_vals,
             after: after_vals,
-            source_position: source.and_then(source_position),
-            source_order: source.and_then(source_order),
+            source_position: source.position(),
+            source_order: source.order(),
             commit_time_ms,
         }))
     }
@@ -593,38 +619,6 @@ pub fn split_topic(topic: &str) -> (String, String) {
         String::new()
     };
     (namespace, name)
-}
-
-fn source_position(source: &Json) -> Option<String> {
-    if let Some(lsn) = source.get("lsn").filter(|v| !v.is_null()) {
-        return Some(format!("lsn:{lsn}"));
-    }
-    if let Some(gtid) = source.get("gtid").and_then(Json::as_str) {
-        return Some(format!("gtid:{gtid}"));
-    }
-    let file = source.get("file").and_then(Json::as_str)?;
-    let pos = source.get("pos").map(|p| p.to_string()).unwrap_or_default();
-    let row = source.get("row").map(|p| p.to_string()).unwrap_or_default();
-    Some(format!("binlog:{file}:{pos}:{row}"))
-}
-
-/// The comparable position of a change (see `SourceOrder`): PostgreSQL's
-/// `lsn`; MySQL-family binlog file number, `pos` and `row`. A GTID alone
-/// orders transactions only, not the rows in them: no order then.
-fn source_order(source: &Json) -> Option<SourceOrder> {
-    let num = |v: &Json| {
-        v.as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
-    if let Some(lsn) = source.get("lsn").and_then(num) {
-        return Some(SourceOrder([lsn, 0, 0]));
-    }
-    let file = source.get("file").and_then(Json::as_str)?;
-    // `mysql-bin.000003`: the files of one server are numbered in order.
-    let index: u64 = file.rsplit('.').next()?.parse().ok()?;
-    let pos = source.get("pos").and_then(num)?;
-    let row = source.get("row").and_then(num).unwrap_or(0);
-    Some(SourceOrder([index, pos, row]))
 }
 
 /// A JSON integer that fits i64 (exact; serde_json keeps number text).

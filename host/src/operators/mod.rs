@@ -10,6 +10,7 @@ pub mod keyed;
 pub mod lookup;
 pub mod session;
 pub mod spec;
+pub mod table;
 pub mod watermark;
 pub mod window;
 

@@ -13,8 +13,9 @@ use crate::operators::aggregate::{self, AggregationOp, InputChange, OperatorInpu
 use crate::operators::codec::row_identity;
 use crate::operators::join::{JoinOp, JoinOpInput};
 use crate::operators::keyed::{KeyedInput, KeyedPlugin};
-use crate::operators::lookup::{LookupInput, LookupPlugin, TableChange};
+use crate::operators::lookup::{LookupInput, LookupPlugin};
 use crate::operators::spec::Semantics;
+use crate::operators::table::TableChange;
 use crate::operators::watermark;
 use crate::operators::Projection;
 
@@ -178,7 +179,7 @@ pub struct EventOutcome {
     /// The event for each plugin with lookups that handles it (run in the
     /// commit).
     pub lookups: Vec<LookupInput>,
-    /// The event as a change of each looked-up table it belongs to.
+    /// The event as a change of its stored table (joins and lookups read it).
     pub tables: Vec<TableChange>,
 }
 
@@ -245,23 +246,28 @@ impl PluginSet {
         let mut outcomes: Vec<EventOutcome> =
             events.iter().map(|_| EventOutcome::default()).collect();
         let mut routed = vec![false; events.len()];
-        // Tables plugins look up: kept from their events whoever handles them.
-        let looked_up: BTreeSet<&str> = self
+        // Stored tables (those plugins look up and regular joins read): kept
+        // from their events whoever handles them, one change per event.
+        let stored: BTreeSet<&str> = self
             .plugins
             .values()
-            .flat_map(|p| p.info.lookups.iter().map(String::as_str))
+            .flat_map(|p| {
+                let joined = p.joins.iter().filter(|j| j.spec.interval.is_none());
+                let sides =
+                    joined.flat_map(|j| [j.spec.left.table.as_str(), j.spec.right.table.as_str()]);
+                p.info.lookups.iter().map(String::as_str).chain(sides)
+            })
             .collect();
-        for table in looked_up {
-            for (i, (ev, _)) in events.iter().enumerate() {
-                if TableChange::names(table, ev) {
-                    routed[i] = true;
-                    match TableChange::of(table, ev) {
-                        Ok(change) => outcomes[i].tables.push(change),
-                        Err(reason) => outcomes[i]
-                            .rejections
-                            .push((format!("lookup:{table}"), reason)),
-                    }
-                }
+        for (i, (ev, _)) in events.iter().enumerate() {
+            if !stored.iter().any(|t| TableChange::names(t, ev)) {
+                continue;
+            }
+            routed[i] = true;
+            match TableChange::of(ev) {
+                Ok(change) => outcomes[i].tables.push(change),
+                Err(reason) => outcomes[i]
+                    .rejections
+                    .push((format!("table:{}", ev.table.topic), reason)),
             }
         }
         for plugin in self.plugins.values_mut() {

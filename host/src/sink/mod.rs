@@ -11,7 +11,8 @@ use crate::model::{DeadLetter, Learned, RawRecord, SinkWrite};
 use crate::operators::aggregate::OperatorInput;
 use crate::operators::join::JoinOpInput;
 use crate::operators::keyed::KeyedInput;
-use crate::operators::lookup::{LookupInput, TableChange};
+use crate::operators::lookup::LookupInput;
+use crate::operators::table::TableChange;
 use crate::source::SourceSignal;
 
 /// The writes one source record produced.
@@ -29,7 +30,7 @@ pub struct EventWrites {
     pub joins: Vec<JoinOpInput>,
     /// The record for plugins with lookups (run in the commit).
     pub lookups: Vec<LookupInput>,
-    /// The record as a change of looked-up tables (applied in the commit).
+    /// The record as a change of its stored table (applied in the commit).
     pub tables: Vec<TableChange>,
 }
 

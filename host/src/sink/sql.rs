@@ -35,6 +35,7 @@ mod offsets;
 mod outbox;
 mod rows;
 mod state;
+mod tables;
 mod turn;
 
 use std::collections::{HashMap, HashSet};
@@ -89,6 +90,8 @@ pub struct SqlSink {
     keyed: keyed::KeyedPlugins,
     /// Tables plugins look up, and the instances of those plugins.
     lookups: lookups::LookupTables,
+    /// The stored tables joins and lookups read.
+    store: tables::StoredTables,
     /// Tables keyed plugins or joins wrote that the sink refused, and why.
     refused: HashMap<SinkTable, String>,
 }
@@ -245,6 +248,7 @@ impl SqlSink {
             turn: turn::StateTurn::default(),
             keyed: keyed::KeyedPlugins::default(),
             lookups: lookups::LookupTables::default(),
+            store: tables::StoredTables::default(),
             refused: HashMap::new(),
         })
     }
@@ -411,7 +415,7 @@ impl SqlSink {
     fn forget_cached_state(&mut self) {
         self.states.invalidate();
         self.joins.invalidate();
-        self.lookups.invalidate();
+        self.store.invalidate();
         self.turn.invalidate();
     }
 
@@ -419,7 +423,7 @@ impl SqlSink {
     pub fn state_sizes(&self) -> Vec<(String, usize, usize)> {
         let mut sizes = self.states.sizes();
         sizes.extend(self.joins.sizes());
-        sizes.extend(self.lookups.sizes());
+        sizes.extend(self.store.sizes());
         sizes
     }
 
@@ -462,6 +466,7 @@ impl SqlSink {
             turn,
             keyed,
             lookups,
+            store,
             refused,
             tables,
             ..
@@ -522,18 +527,23 @@ impl SqlSink {
         if (joined || aggregated || looked_up) && !turn.take(&mut tx, d, pipeline).await? {
             states.invalidate();
             joins.invalidate();
-            lookups.invalidate();
+            store.invalidate();
         }
-        if looked_up {
-            derived.extend(lookups.apply(&mut tx, d, pipeline, events).await?);
-        }
+        // Joins read the stored tables as the batch found them, then the
+        // table pass applies the batch's changes (plugins with lookups run
+        // between them).
         let mut fed = Vec::new();
         if joined {
-            let run = joins.apply(&mut tx, d, pipeline, events, signals).await?;
+            let run = joins
+                .apply(&mut tx, d, pipeline, events, signals, store)
+                .await?;
             derived.extend(run.outputs);
             fed = run.feeds;
             report.late_applied += run.late_applied;
             report.late_dead_lettered += run.late_dead_lettered;
+        }
+        if looked_up {
+            derived.extend(lookups.apply(&mut tx, d, pipeline, events, store).await?);
         }
         let fed_tables = fed.iter().map(|(_, i)| &*i.output);
         let missing = derived::unprepared(&derived, fed_tables, refused, tables);

@@ -413,8 +413,15 @@ impl JoinState {
         }
     }
 
-    /// (side rows, encoded bytes) held in memory, for the summary.
+    /// (state rows, encoded bytes) held in memory, for the summary: an
+    /// interval join's side rows; a regular join's index entries (its rows
+    /// are the stored tables', counted there).
     pub fn size(&self) -> (usize, usize) {
+        if self.interval.is_none() {
+            let entries = self.by_key.iter().flat_map(|m| m.values().flatten());
+            // an entry: two 16-byte digests, the row key as its value
+            return entries.fold((0, 0), |(n, b), pk| (n + 1, b + 32 + pk.len()));
+        }
         let rows = self.rows.iter().flat_map(|m| m.values().flatten());
         rows.fold((0, 0), |(n, b), r| (n + 1, b + r.encode().len()))
     }

@@ -6,12 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{JoinChange, JoinDelta, JoinInput, JoinKind, Side};
+use super::{join_key, JoinChange, JoinDelta, JoinInput, JoinKind, LiveRow, Side, SideRow};
 use crate::model::{
     ChangeEvent, Column, ColumnType, DecimalParams, Op, SinkTable, SinkWrite, Value,
 };
 use crate::operators::codec::row_identity;
 use crate::operators::spec::LatePolicy;
+use crate::operators::table::{declares, StoredRow};
 
 /// µs of an event time, or why the value cannot be one.
 fn micros(v: &Value) -> Result<i64, String> {
@@ -110,7 +111,7 @@ pub struct JoinSpec {
 impl JoinSpec {
     /// Which sides a change of this table feeds (a self-join feeds both).
     pub fn sides_of(&self, topic: &str, table: &str) -> Vec<Side> {
-        let reads = |s: &JoinSideSpec| s.table == table || s.table == topic;
+        let reads = |s: &JoinSideSpec| declares(&s.table, topic, table);
         [(Side::Left, &self.left), (Side::Right, &self.right)]
             .into_iter()
             .filter(|(_, s)| reads(s))
@@ -218,9 +219,55 @@ impl JoinSpec {
         self.columns.iter().filter(move |c| c.side == side)
     }
 
+    /// The join columns' values, the kept columns' values and (interval
+    /// joins) the event time of a row image of `side`. A column the image
+    /// lacks is an error when `strict`, a null otherwise.
+    fn row_of(
+        &self,
+        side: Side,
+        columns: &[Column],
+        values: &[Value],
+        strict: bool,
+    ) -> Result<JoinChange, String> {
+        let column = |name: &str| -> Result<Value, String> {
+            match columns.iter().position(|c| c.name == name) {
+                Some(i) => Ok(values.get(i).cloned().unwrap_or(Value::Null)),
+                None if strict => Err(format!("join `{}`: no column `{name}`", self.name)),
+                None => Ok(Value::Null),
+            }
+        };
+        let spec = match side {
+            Side::Left => &self.left,
+            Side::Right => &self.right,
+        };
+        let time = match &self.interval {
+            None => None,
+            Some(i) => {
+                let name = i.time_column(side);
+                let t = micros(&column(name)?)
+                    .map_err(|e| format!("interval join `{}`: column `{name}`: {e}", self.name))?;
+                Some(t)
+            }
+        };
+        Ok(JoinChange::Row {
+            on: spec
+                .on
+                .iter()
+                .map(|c| column(c))
+                .collect::<Result<_, _>>()?,
+            values: self
+                .kept(side)
+                .map(|c| column(&c.column))
+                .collect::<Result<_, _>>()?,
+            time,
+        })
+    }
+
     /// What a change of `side` means to the join: its join-column values
     /// and the columns the output keeps, or a delete. `Err` says why it
-    /// cannot be applied (it goes to the dead-letter queue).
+    /// cannot be applied (it goes to the dead-letter queue). A regular
+    /// join's rows are the stored table's (`operators::table`), so it
+    /// refuses what a stored table refuses: keyless rows, over-long keys.
     pub fn input(&self, side: Side, ev: &ChangeEvent) -> Result<JoinInput, String> {
         let change = match (ev.op, &ev.after) {
             (Op::Truncate, _) => {
@@ -230,50 +277,21 @@ impl JoinSpec {
                 ))
             }
             (Op::Delete, _) => JoinChange::Delete,
-            (_, Some(after)) => {
-                let column = |name: &str| -> Result<Value, String> {
-                    let i = ev
-                        .table
-                        .columns
-                        .iter()
-                        .position(|c| c.name == name)
-                        .ok_or_else(|| {
-                            format!(
-                                "join `{}`: table {} has no column `{name}`",
-                                self.name, ev.table.topic
-                            )
-                        })?;
-                    Ok(after.get(i).cloned().unwrap_or(Value::Null))
-                };
-                let spec = match side {
-                    Side::Left => &self.left,
-                    Side::Right => &self.right,
-                };
-                let time = match &self.interval {
-                    None => None,
-                    Some(i) => {
-                        let name = i.time_column(side);
-                        let t = micros(&column(name)?).map_err(|e| {
-                            format!("interval join `{}`: column `{name}`: {e}", self.name)
-                        })?;
-                        Some(t)
-                    }
-                };
-                JoinChange::Row {
-                    on: spec.on.iter().map(|c| column(c)).collect::<Result<_, _>>()?,
-                    values: self
-                        .kept(side)
-                        .map(|c| column(&c.column))
-                        .collect::<Result<_, _>>()?,
-                    time,
-                }
-            }
+            (_, Some(after)) => self
+                .row_of(side, &ev.table.columns, after, true)
+                .map_err(|e| format!("{e} in table {}", ev.table.topic))?,
             (op, None) => return Err(format!("{op:?} event without an `after` row")),
         };
-        let row_key = row_identity(&ev.table.topic, &ev.key);
-        if self.interval.is_some() && row_key.len() > crate::operators::codec::MAX_KEY {
+        if ev.key.is_empty() {
             return Err(format!(
-                "interval join `{}`: the primary key of {} takes {} bytes encoded, more than the {} its expiring state keeps",
+                "join `{}`: the event of {} has no primary key",
+                self.name, ev.table.topic
+            ));
+        }
+        let row_key = row_identity(&ev.table.topic, &ev.key);
+        if row_key.len() > crate::operators::codec::MAX_KEY {
+            return Err(format!(
+                "join `{}`: the primary key of {} takes {} bytes encoded, more than the {} its state keeps",
                 self.name,
                 ev.table.topic,
                 row_key.len(),
@@ -284,6 +302,40 @@ impl JoinSpec {
             side,
             row_key,
             order: ev.source_order,
+            change,
+        })
+    }
+
+    /// A stored table's row as `side` of this (regular) join sees it: its
+    /// position, and its join key and kept values unless deleted. Columns
+    /// the image lacks read as nulls (the change that stored it was refused
+    /// by the join, not by the table).
+    pub fn side_row(&self, side: Side, row: &StoredRow) -> SideRow {
+        let live = match self.stored_input(side, &[], row).map(|i| i.change) {
+            Some(JoinChange::Row { on, values, time }) => Some(LiveRow {
+                on: join_key(&on),
+                values,
+                time,
+            }),
+            _ => None,
+        };
+        SideRow {
+            order: row.order,
+            live,
+        }
+    }
+
+    /// A live stored row as an input of `side` that adds it (a join that
+    /// starts over tables already stored adds their rows).
+    pub fn stored_input(&self, side: Side, row_key: &[u8], row: &StoredRow) -> Option<JoinInput> {
+        let image = row.image.as_ref()?;
+        let change = self
+            .row_of(side, &image.columns, &image.values, false)
+            .ok()?;
+        Some(JoinInput {
+            side,
+            row_key: row_key.to_vec(),
+            order: row.order,
             change,
         })
     }

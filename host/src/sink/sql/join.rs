@@ -1,13 +1,18 @@
 //! A join's state in `sluice_state`, read and written in the batch's
 //! transaction (what the operator does lives in `operators::join`).
 //!
-//! Per side, two kinds of rows:
-//! - the source row (`jl`/`jr`, keyed by the row's key): its last position
-//!   and image (a deleted row keeps its position: re-deliveries are known);
-//! - its entry in the join-key index (`il`/`ir`, keyed by 16 bytes of
-//!   SHA-256 of the join key, then 16 of the row key; the value is the row
-//!   key). Every row of a join key is one range read, whatever the key's
-//!   length, and the entry is only rewritten when the join key changes.
+//! Per side:
+//! - the source rows: a regular join reads the pipeline's stored tables
+//!   (`tables.rs`, shared with every other join and lookup of the table,
+//!   written by the commit's table pass); an interval join, whose rows
+//!   expire, keeps its own (`jl`/`jr`, keyed by the row's key: its last
+//!   position and image; a deleted row keeps its position, so
+//!   re-deliveries are known);
+//! - each live row's entry in the join's join-key index (`il`/`ir`, keyed
+//!   by 16 bytes of SHA-256 of the join key, then 16 of the row key; the
+//!   value is the row key). Every row of a join key is one range read,
+//!   whatever the key's length, and the entry is only rewritten when the
+//!   join key changes.
 //!
 //! The state lives in the sink, not with the partitions that feed it: two
 //! topics keyed differently (orders by order id, customers by customer id)
@@ -17,9 +22,11 @@
 use sha2::Digest as _;
 
 use super::state::{blob, key_value, read_expired, read_state, write_state};
+use super::tables::StoredTables;
 use super::*;
 use crate::operators::aggregate::StateWrite;
 use crate::operators::codec::CorruptState;
+use crate::operators::join::spec::JoinSpec;
 use crate::operators::join::{JoinInput, JoinState, JoinWrite, Side, SideRow};
 
 /// State kinds of a join's rows and index entries.
@@ -110,6 +117,45 @@ fn decode_rows(rows: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Vec<LoadedRow>, 
         .collect()
 }
 
+/// Where a join's side rows are: the stored tables (regular joins, seen
+/// through the join's spec), or the join's own state (interval joins).
+pub(super) enum SideRows<'a> {
+    Stored(&'a mut StoredTables, &'a JoinSpec),
+    Own,
+}
+
+impl SideRows<'_> {
+    /// The rows with these keys (`None`: not stored).
+    async fn read(
+        &mut self,
+        conn: &mut AnyConnection,
+        d: Dialect,
+        pipeline: &str,
+        operator: &str,
+        side: Side,
+        keys: &[Vec<u8>],
+    ) -> anyhow::Result<Vec<LoadedRow>> {
+        let context = || format!("reading the state of join {operator}");
+        match self {
+            SideRows::Own => {
+                let rows = read_state(conn, d, pipeline, operator, row_kind(side), keys).await?;
+                Ok(decode_rows(rows).with_context(context)?)
+            }
+            SideRows::Stored(tables, spec) => {
+                tables.load_rows(conn, d, pipeline, keys.iter()).await?;
+                let store = tables.write_store()?;
+                Ok(keys
+                    .iter()
+                    .map(|k| {
+                        let row = store.row(k).map(|r| spec.side_row(side, r));
+                        (k.clone(), row)
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 /// Load what `inputs` need into `state`: the rows they change, then every
 /// row of both sides under the join keys those rows had and get.
 pub(super) async fn load(
@@ -119,12 +165,14 @@ pub(super) async fn load(
     operator: &str,
     state: &mut JoinState,
     inputs: &[&JoinInput],
+    mut rows: SideRows<'_>,
 ) -> anyhow::Result<()> {
-    let context = || format!("reading the state of join {operator}");
     for side in [Side::Left, Side::Right] {
         let missing = state.missing_rows(side, inputs.iter().copied());
-        let rows = read_state(conn, d, pipeline, operator, row_kind(side), &missing).await?;
-        state.load_rows(side, decode_rows(rows).with_context(context)?);
+        let read = rows
+            .read(conn, d, pipeline, operator, side, &missing)
+            .await?;
+        state.load_rows(side, read);
     }
     let keys = state.missing_keys(inputs.iter().copied());
     if keys.is_empty() {
@@ -139,12 +187,15 @@ pub(super) async fn load(
     for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
         let entries = read_index(conn, d, pipeline, operator, side, &keys).await?;
         let row_keys: Vec<Vec<u8>> = entries.iter().map(|(_, v)| v.clone()).collect();
-        let rows = read_state(conn, d, pipeline, operator, row_kind(side), &row_keys).await?;
-        for ((entry, _), (row_key, row)) in entries.iter().zip(rows) {
+        let read = rows
+            .read(conn, d, pipeline, operator, side, &row_keys)
+            .await?;
+        for ((entry, _), (row_key, row)) in entries.iter().zip(read) {
             let Some(row) = row else {
-                anyhow::bail!("join {operator}: an index entry names a row that is not stored");
+                anyhow::bail!(
+                    "join {operator}: an index entry names a row that is not stored (state from a Sluice before stored tables, which kept a regular join's rows per join, must be rebuilt: clear the pipeline's state and offsets)"
+                );
             };
-            let row = SideRow::decode(&row).with_context(context)?;
             let prefix: [u8; 16] =
                 entry
                     .get(..16)
@@ -216,22 +267,26 @@ pub(super) async fn expire(
     Ok(())
 }
 
-/// Write the rows a batch changed and move their index entries.
+/// Move the index entries of the rows a batch changed, and write the rows
+/// themselves when the join keeps its own (`own_rows`: interval joins).
 pub(super) async fn write(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
     operator: &str,
     writes: &[JoinWrite],
+    own_rows: bool,
 ) -> anyhow::Result<()> {
     let mut state = Vec::with_capacity(writes.len() * 2);
     for w in writes {
-        state.push(StateWrite {
-            kind: row_kind(w.side),
-            key: w.row_key.clone(),
-            value: Some(w.row.encode()),
-            expires: w.expires,
-        });
+        if own_rows {
+            state.push(StateWrite {
+                kind: row_kind(w.side),
+                key: w.row_key.clone(),
+                value: Some(w.row.encode()),
+                expires: w.expires,
+            });
+        }
         let new_on = w.row.live.as_ref().and_then(|l| l.on.as_ref());
         if w.old_on.as_ref() == new_on {
             continue;
@@ -361,7 +416,7 @@ mod tests {
                 for attempt in 0..2 {
                     let mut state = JoinState::new(kind);
                     let refs: Vec<&JoinInput> = batch.iter().collect();
-                    load(&mut sink.conn, d, "p", op, &mut state, &refs)
+                    load(&mut sink.conn, d, "p", op, &mut state, &refs, SideRows::Own)
                         .await
                         .unwrap();
                     let applied = state.apply(&refs).unwrap();
@@ -374,7 +429,7 @@ mod tests {
                         assert_eq!(applied.duplicates, batch.len() as u64);
                         continue;
                     }
-                    write(&mut sink.conn, d, "p", op, &applied.writes)
+                    write(&mut sink.conn, d, "p", op, &applied.writes, true)
                         .await
                         .unwrap();
                     for delta in applied.deltas {

@@ -7,15 +7,18 @@
 //! `operators::join`.
 
 use super::derived::DerivedOutputs;
-use super::join::{expire, load, write};
-use super::state::{per_operator, read_kind, sizes_by_id, write_state};
+use super::join::{expire, load, write, SideRows};
+use super::state::{per_operator, read_kind, read_state, sizes_by_id, write_state};
+use super::tables::StoredTables;
 use super::*;
 use crate::model::{DeadLetter, Stage, Value};
 use crate::operators::aggregate::{
-    kind, output_table, watermark_writes, AggregationOp, InputChange, OperatorInput,
+    kind, output_table, watermark_writes, AggregationOp, InputChange, OperatorInput, StateWrite,
 };
 use crate::operators::codec;
-use crate::operators::join::{JoinChange, JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState};
+use crate::operators::join::{
+    join_key, JoinChange, JoinDelta, JoinInput, JoinOp, JoinOpInput, JoinState, Side,
+};
 use crate::operators::watermark::{idle_partitions, Watermarks};
 use crate::plugin::lazy::{isolating, LazyInstance};
 use crate::plugin::runtime::off_runtime;
@@ -34,7 +37,13 @@ pub(super) struct JoinStates {
     /// The interval joins this sink has run (idle partitions move their
     /// watermarks in batches without their rows).
     intervals: HashMap<String, Arc<JoinOp>>,
+    /// Regular joins known to have started (their index covers every
+    /// stored row of their tables).
+    started: HashSet<String>,
 }
+
+/// State kind of the mark a regular join leaves once it started.
+const STARTED: &str = "js";
 
 /// One join's inputs in a batch (by event index), with the join.
 type JoinBatch<'a> = (String, Arc<JoinOp>, Vec<(usize, &'a JoinOpInput)>);
@@ -59,6 +68,7 @@ impl JoinStates {
         for s in self.joins.values_mut() {
             s.clear();
         }
+        self.started.clear();
     }
 
     /// Whether an interval join ran here (an idle partition may move its
@@ -80,6 +90,7 @@ impl JoinStates {
         pipeline: &str,
         events: &[EventWrites],
         signals: &[SourceSignal],
+        tables: &mut StoredTables,
     ) -> anyhow::Result<JoinReport> {
         let mut report = JoinReport::default();
         let idle: Vec<Vec<u8>> = idle_partitions(signals);
@@ -121,10 +132,40 @@ impl JoinStates {
                     .with_context(|| format!("reading the watermark of join {id}"))?;
                 state.load_watermarks(w);
             }
-            let refs: Vec<&JoinInput> = inputs.iter().map(|(_, i)| &i.input).collect();
-            load(conn, d, pipeline, &id, state, &refs).await?;
-            let applied = state.apply(&refs).with_context(|| format!("join {id}"))?;
-            write(conn, d, pipeline, &id, &applied.writes).await?;
+            let regular = op.spec.interval.is_none();
+            // A regular join that starts over tables already stored (another
+            // join or a lookup reads them) first adds their rows.
+            let mut start = Vec::new();
+            if regular && !self.started.contains(&id) {
+                let marked = read_state(conn, d, pipeline, &id, STARTED, &[Vec::new()]).await?;
+                if marked.iter().all(|(_, v)| v.is_none()) {
+                    start = stored_inputs(conn, d, pipeline, &op, state, tables).await?;
+                    let mark = [StateWrite {
+                        kind: STARTED,
+                        key: Vec::new(),
+                        value: Some(vec![1]),
+                        expires: None,
+                    }];
+                    write_state(conn, d, pipeline, &id, &mark).await?;
+                }
+                self.started.insert(id.clone());
+            }
+            let refs: Vec<&JoinInput> = start
+                .iter()
+                .chain(inputs.iter().map(|(_, i)| &i.input))
+                .collect();
+            let rows = if regular {
+                SideRows::Stored(tables, &op.spec)
+            } else {
+                SideRows::Own
+            };
+            load(conn, d, pipeline, &id, state, &refs, rows).await?;
+            let mut applied = state.apply(&refs).with_context(|| format!("join {id}"))?;
+            // What the stored rows made is the first input's doing.
+            for delta in &mut applied.deltas {
+                delta.cause = delta.cause.saturating_sub(start.len());
+            }
+            write(conn, d, pipeline, &id, &applied.writes, !regular).await?;
             report.outputs.duplicates += applied.duplicates;
             report.late_applied += applied.late_applied;
             for (i, reason) in &applied.late {
@@ -207,6 +248,51 @@ impl JoinStates {
         }
         Ok(report)
     }
+}
+
+/// Inputs that add every live stored row of a regular join's tables, for
+/// a join that starts while they are stored; `state` learns that the join
+/// had none of them (its index is empty).
+async fn stored_inputs(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    op: &JoinOp,
+    state: &mut JoinState,
+    tables: &mut StoredTables,
+) -> anyhow::Result<Vec<JoinInput>> {
+    let mut out = Vec::new();
+    let mut keys = HashSet::new();
+    for (side, declared) in [
+        (Side::Left, &op.spec.left.table),
+        (Side::Right, &op.spec.right.table),
+    ] {
+        let topics = tables.load_whole(conn, d, pipeline, declared).await?;
+        let store = tables.write_store()?;
+        let mut absent = Vec::new();
+        for topic in topics {
+            let Some(rows) = store.tables.get(&topic) else {
+                continue;
+            };
+            for (k, row) in &rows.rows {
+                let Some(input) = op.spec.stored_input(side, k, row) else {
+                    continue;
+                };
+                if let JoinChange::Row { on, .. } = &input.change {
+                    keys.extend(join_key(on));
+                }
+                absent.push((k.clone(), None));
+                out.push(input);
+            }
+        }
+        state.load_rows(side, absent);
+    }
+    for key in keys {
+        state.load_key(key, Vec::new(), Vec::new());
+    }
+    // A stable order (the tables are hash maps): by side, then row.
+    out.sort_by(|a, b| (a.side as u8, &a.row_key).cmp(&(b.side as u8, &b.row_key)));
+    Ok(out)
 }
 
 /// The identity of a joined row, as the aggregations' row state knows it:
