@@ -449,7 +449,7 @@ def main():
     say(f"truths: {len(truth_rows)} source rows, {len(truth_windows)} windows, {len(truth_daily)} days")
 
     # COMPARE_ONLY=mirror-pg,spark-etl,... runs a subset (while debugging);
-    # COMPARE_BASE=<binary> also runs that Sluice build's mirror → PostgreSQL
+    # COMPARE_BASE=<binary> also runs that Sluice build on each Sluice system
     # (before/after figures from one run).
     only = set(filter(None, os.environ.get("COMPARE_ONLY", "").split(",")))
     base = os.environ.get("COMPARE_BASE")
@@ -503,12 +503,13 @@ def main():
             wrong.append(differ("PostgreSQL COPY + merge", pg_orders("cmp_copy"), truth_rows))
             runs["PostgreSQL COPY + merge"].append((secs, 0))
 
-        if base:
-            _, _, plugin, prepare, sink, read, truth = sluice_runs[0]
-            prepare()
-            secs, mb, _ = sluice(plugin, sink, f"cmp-base-mirror-pg-{r}", base)
-            wrong.append(differ("base mirror → PostgreSQL", read(), truth))
-            runs["sluice (base build) mirror → PostgreSQL"].append((secs, mb))
+        for key, label, plugin, prepare, sink, read, truth in sluice_runs:
+            if base and want(key):
+                prepare()
+                secs, mb, _ = sluice(plugin, sink, f"cmp-base-{key}-{r}", base)
+                base_label = label.replace("sluice", "sluice (base build)")
+                wrong.append(differ(base_label, read(), truth))
+                runs[base_label].append((secs, mb))
 
     wrong = [w for w in wrong if w]
     if wrong:
@@ -536,6 +537,14 @@ def main():
          "sluice orders_by_customer → PostgreSQL", "sluice orders_events_5m → PostgreSQL", "{:.2f}"),
         ("mirror → PostgreSQL vs the base build",
          "sluice mirror → PostgreSQL", "sluice (base build) mirror → PostgreSQL", "{:.2f}x"),
+        ("mirror → MariaDB vs the base build",
+         "sluice mirror → MariaDB", "sluice (base build) mirror → MariaDB", "{:.2f}x"),
+        ("mirror → SQLite vs the base build",
+         "sluice mirror → SQLite", "sluice (base build) mirror → SQLite", "{:.2f}x"),
+        ("orders_events_5m vs the base build",
+         "sluice orders_events_5m → PostgreSQL", "sluice (base build) orders_events_5m → PostgreSQL", "{:.2f}x"),
+        ("orders_by_customer vs the base build",
+         "sluice orders_by_customer → PostgreSQL", "sluice (base build) orders_by_customer → PostgreSQL", "{:.2f}x"),
     ]
     print("ratios (same run; > 1: the first is faster):")
     for label, a, b, fmt in wanted:

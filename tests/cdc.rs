@@ -568,8 +568,17 @@ fn sluice_kafka(s: &Scratch, topics: &str, name: &str, sink_url: &str) -> Comman
         .args(["--topics", topics, "--name", name, "--sink", sink_url])
         .arg("--plugins")
         .arg(s.path("plugins"));
+    // runs into an audited sink write every change (see `audited_sink`)
+    if s.path(AUDITED).exists() {
+        c.arg(s.path(AUDITED));
+    }
     c
 }
+
+/// The pipeline file of runs into an audited sink: every change is
+/// written (no consolidation per key within a batch), so the audit can
+/// count one row write per change event.
+const AUDITED: &str = "audited.toml";
 
 fn run_ok(mut c: Command) -> Output {
     let out = c.arg("--until-caught-up").output().unwrap();
@@ -836,6 +845,7 @@ async fn long_workload_while(rounds: i64, more: Arc<AtomicBool>) {
 /// in production). MariaDB has no event triggers: a first pipeline lets
 /// Sluice create the tables, they are emptied, then the triggers go in.
 async fn audited_sink(sink: &SinkDb, s: &Scratch) {
+    std::fs::write(s.path(AUDITED), "[batch]\nconsolidate = false\n").unwrap();
     let ddl: Vec<String> = match sink.db {
         Db::Pg => [
             "CREATE TABLE audit (tbl TEXT NOT NULL, kind TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (tbl, kind))",
@@ -1219,10 +1229,10 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
     let name = unique("group");
     let logs = s.path("logs");
     std::fs::create_dir(&logs).unwrap();
-    let long_batches = s.path("long-batches.toml");
+    // Every change written (the audit), in long batches.
     std::fs::write(
-        &long_batches,
-        "[batch]\nmax_records = 5000\nmax_wait = \"1500ms\"\n",
+        s.path(AUDITED),
+        "[batch]\nconsolidate = false\nmax_records = 5000\nmax_wait = \"1500ms\"\nlinger = \"1500ms\"\n",
     )
     .unwrap();
     let mut started = 0;
@@ -1233,7 +1243,6 @@ async fn hosts_sharing_a_pipeline_through_rebalances_apply_each_change_once() {
         // that moves meets a batch the fence must cut.
         sluice_kafka(&s, Db::Pg.topics(), &name, &sink.url())
             .args(["--instance-id", id])
-            .arg(&long_batches)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

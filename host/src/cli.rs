@@ -102,7 +102,8 @@ pub struct RunArgs {
     pub dlq_topic: Option<String>,
 
     /// Most records per batch (and per sink transaction) [default: 5000].
-    /// Batches fill up only while catching up; live, `max_wait` cuts them.
+    /// Batches fill up only while catching up; live, a batch ends as soon
+    /// as no record waits and the sink can take it (group commit).
     #[arg(long, value_name = "N")]
     pub max_batch: Option<usize>,
 }
@@ -233,6 +234,13 @@ fn summary_text(s: &RunSummary) -> String {
             ""
         }
     );
+    if g(&st.row_by_row) > 0 {
+        let _ = writeln!(
+            t,
+            "{} batches written again event by event after a row error in their bulk write",
+            g(&st.row_by_row)
+        );
+    }
     if g(&st.duplicates) > 0 {
         let _ = writeln!(
             t,

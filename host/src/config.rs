@@ -14,7 +14,7 @@ use crate::model::ColumnType;
 /// Records per batch unless configured: large enough that a catching-up
 /// pipeline writes its operator state once per few thousand changes (the
 /// state rows a batch touches are written once, however often it touched
-/// them); a live pipeline's batches are cut by `max_wait` long before.
+/// them); a live pipeline's batches end as soon as the sink can take them.
 pub const DEFAULT_MAX_BATCH: usize = 5000;
 
 /// A pipeline as written in `PIPELINE.toml`. Every field may also come from the CLI.
@@ -64,8 +64,17 @@ pub struct PipelineFile {
 pub struct BatchFile {
     /// Most records per batch (Spark's `maxOffsetsPerTrigger`).
     pub max_records: Option<usize>,
-    /// Longest a partial batch waits for more records, e.g. "200ms".
+    /// Longest a partial batch waits for more records while the stages
+    /// ahead are busy, e.g. "200ms".
     pub max_wait: Option<String>,
+    /// Shortest a batch waits for more records, even when the sink could
+    /// take it (Kafka producers' `linger.ms`): fewer, larger transactions
+    /// for latency. Default 0: group commit alone.
+    pub linger: Option<String>,
+    /// Write only the last change of each key in a batch (default true);
+    /// false writes every change in order, for triggers on the sink tables
+    /// that must see each one.
+    pub consolidate: Option<bool>,
 }
 
 /// `[limits]` section: sandbox limits per plugin instance.
@@ -190,6 +199,10 @@ pub struct Pipeline {
     pub until_caught_up: bool,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
+    /// See `BatchFile::linger`.
+    pub batch_linger: Duration,
+    /// See `BatchFile::consolidate`.
+    pub consolidate: bool,
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
     /// See `StreamingFile::idle_timeout`.
@@ -396,6 +409,13 @@ impl Pipeline {
             Some(s) => parse_duration(&s).context("key `batch.max_wait`")?,
             None => Duration::from_millis(200),
         };
+        let batch_linger = match pf.batch.linger {
+            Some(s) => parse_duration(&s).context("key `batch.linger`")?,
+            None => Duration::ZERO,
+        };
+        if batch_linger > max_batch_wait {
+            bail!("key `batch.linger` ({batch_linger:?}) must not be longer than `batch.max_wait` ({max_batch_wait:?})");
+        }
         let call_timeout = match pf.limits.call_timeout {
             Some(s) => parse_duration(&s).context("key `limits.call_timeout`")?,
             None => Duration::from_secs(5),
@@ -447,6 +467,8 @@ impl Pipeline {
             until_caught_up: ov.until_caught_up || pf.until_caught_up.unwrap_or(false),
             max_batch_records,
             max_batch_wait,
+            batch_linger,
+            consolidate: pf.batch.consolidate.unwrap_or(true),
             call_timeout,
             memory_limit_bytes: (memory_mib as usize) << 20,
             idle_timeout,
@@ -614,6 +636,8 @@ mod tests {
             [batch]
             max_records = 100
             max_wait = "50ms"
+            linger = "20ms"
+            consolidate = false
             [columns.orders]
             amount = { type = "decimal", scale = 2 }
             placed_at = { type = "local-timestamp", unit = "us" }
@@ -624,6 +648,13 @@ mod tests {
         assert_eq!(p.source, SourceSpec::File("/base/events.jsonl".into()));
         assert_eq!(p.plugins, PathBuf::from("/base/plugins"));
         assert_eq!(p.max_batch_wait, Duration::from_millis(50));
+        assert_eq!(p.batch_linger, Duration::from_millis(20));
+        assert!(!p.consolidate);
+        let e = parse("source = \"file:e\"\nsink = \"sqlite:o.db\"\nplugins = \"p\"\n[batch]\nmax_wait = \"50ms\"\nlinger = \"1s\"\n")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(e.contains("batch.linger"), "{e}");
         let h = p.hints.for_topic("pg.public.orders").unwrap();
         assert_eq!(h["amount"].scale, Some(2));
     }

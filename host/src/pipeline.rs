@@ -67,6 +67,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         }
     }
     let mut sink = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
+    sink.set_consolidate(p.consolidate);
     let resume = sink.load_offsets().await?;
     let learned = sink.load_learned().await?;
     if !resume.is_empty() {
@@ -158,6 +159,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 until_caught_up: p.until_caught_up,
                 max_batch: p.max_batch_records,
                 max_wait: p.max_batch_wait,
+                linger: p.batch_linger,
                 checkpoint: checkpoint.clone(),
                 idle_timeout: p.idle_timeout,
             }
@@ -217,6 +219,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 stats.add(&stats.skipped, report.stale);
                 stats.add(&stats.committed, records.saturating_sub(report.stale));
                 stats.add(&stats.batches, 1);
+                stats.add(&stats.row_by_row, report.row_by_row as u64);
                 {
                     let mut cp = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
                     for (topic, partition, next) in report.offsets {

@@ -32,6 +32,9 @@ pub struct Stats {
     /// in `dlq_aggregate`).
     pub late_dead_lettered: AtomicU64,
     pub batches: AtomicU64,
+    /// Batches written again event by event after a row error in the bulk
+    /// write (each costs a rollback and one statement per row).
+    pub row_by_row: AtomicU64,
     /// Dead letters copied to the DLQ topic.
     pub dlq_published: AtomicU64,
     /// Dead letters still waiting for the DLQ topic when the run ended (Kafka

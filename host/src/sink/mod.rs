@@ -86,6 +86,9 @@ pub struct SinkReport {
     /// Events aggregations and keyed plugins skipped as re-deliveries (not
     /// newer than the state holds for their row).
     pub duplicates: u64,
+    /// The bulk write met a row error, so the batch was written again event
+    /// by event (slower; the rows at fault were dead-lettered).
+    pub row_by_row: bool,
     /// The next offsets now committed (never lower than before).
     pub offsets: Vec<(Arc<str>, i32, i64)>,
 }

@@ -54,6 +54,8 @@ pub struct KafkaSource {
     pub until_caught_up: bool,
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// Shortest a batch waits for more records before it is handed over.
+    pub linger: Duration,
     pub checkpoint: Checkpoint,
     /// A partition with no record for this long (while this host polls) is
     /// signalled idle.
@@ -216,6 +218,9 @@ impl KafkaSource {
             .set("partition.assignment.strategy", ASSIGNOR)
             // librdkafka waits a whole second after a full local queue otherwise
             .set("fetch.queue.backoff.ms", "10")
+            // librdkafka prefetches up to 64 MB by default: a quarter keeps
+            // the fetcher ahead of the pipeline and the process small.
+            .set("queued.max.messages.kbytes", "16384")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))?;
@@ -261,11 +266,25 @@ impl KafkaSource {
                 tracing::info!("caught up with the end offsets seen at start");
                 break;
             }
-            let deadline = Instant::now() + self.max_wait;
+            let batch_started = Instant::now();
+            let deadline = batch_started + self.max_wait;
             while batch.len() < self.max_batch {
+                // Group commit: once the batch holds a record and the next
+                // stage can take it, a record not already waiting ends the
+                // batch. Live, each batch commits as soon as the previous one
+                // is done (latency: one commit, not `max_wait`); catching
+                // up, records wait while the stages ahead are busy, so
+                // batches grow towards `max_batch` by themselves.
+                let hand_over = !batch.is_empty() && out.capacity() > 0;
+                let until = if hand_over {
+                    (batch_started + self.linger).min(deadline)
+                } else {
+                    deadline
+                };
                 let msg = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    m = tokio::time::timeout_at(deadline, consumer.recv()) => match m {
+                    m = tokio::time::timeout_at(until, consumer.recv()) => match m {
+                        Err(_) if hand_over => break,
                         Err(_) => {
                             // Idle: the consumer's position moves past offsets that
                             // carry no message (transaction markers), which the

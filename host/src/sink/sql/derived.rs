@@ -112,6 +112,7 @@ pub(super) async fn write_outputs(
     tx: &mut AnyConnection,
     d: Dialect,
     sql: &mut HashMap<Arc<SinkTable>, TableSql>,
+    consolidate: bool,
     refused: &HashMap<SinkTable, String>,
     run: DerivedOutputs,
 ) -> anyhow::Result<DerivedCommitted> {
@@ -137,7 +138,8 @@ pub(super) async fn write_outputs(
         }
     }
     sqlx::query(DERIVED_SAVEPOINT[0]).execute(&mut *tx).await?;
-    match write_grouped(tx, d, sql, outputs.iter().flat_map(|o| &o.writes)).await {
+    let writes = outputs.iter().flat_map(|o| &o.writes);
+    match write_grouped(tx, d, sql, consolidate, writes).await {
         Ok(n) => {
             done.writes += n;
             sqlx::query(DERIVED_SAVEPOINT[2]).execute(&mut *tx).await?;

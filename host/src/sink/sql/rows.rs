@@ -1,7 +1,9 @@
-//! Row writes: grouped multi-row upserts and deletes per table (statements
-//! cached per declaration and size), and the event-by-event writes in
-//! savepoints when a grouped write meets a row error.
+//! Row writes: a batch's writes consolidated per table and key, then
+//! written in bulk (PostgreSQL: `bulk.rs`; the others: multi-row upserts and
+//! deletes, statements cached per declaration and size), and the
+//! event-by-event writes in savepoints when a bulk write meets a row error.
 
+use super::bulk;
 use super::*;
 
 /// The values a write binds, each with its column: the whole row for an
@@ -41,6 +43,10 @@ pub(super) struct TableSql {
     max_rows: usize,
     upserts: HashMap<usize, Arc<str>>,
     deletes: HashMap<usize, Arc<str>>,
+    /// PostgreSQL's bulk upsert and delete (`bulk.rs`), made on first use;
+    /// `None` inside when a column has no type to make an array of.
+    bulk_upsert: Option<Option<Arc<str>>>,
+    bulk_delete: Option<Option<Arc<str>>>,
 }
 
 impl TableSql {
@@ -50,7 +56,28 @@ impl TableSql {
             max_rows: d.max_rows(table.columns.len()),
             upserts: HashMap::new(),
             deletes: HashMap::new(),
+            bulk_upsert: None,
+            bulk_delete: None,
         }
+    }
+
+    /// PostgreSQL's bulk statement of this kind, if the table has one.
+    fn bulk(&mut self, upsert: bool) -> Option<Arc<str>> {
+        let t = &self.table;
+        let slot = if upsert {
+            &mut self.bulk_upsert
+        } else {
+            &mut self.bulk_delete
+        };
+        slot.get_or_insert_with(|| {
+            if upsert {
+                bulk::upsert_sql(t)
+            } else {
+                bulk::delete_sql(t)
+            }
+            .map(Arc::from)
+        })
+        .clone()
     }
 
     fn statement(&mut self, d: Dialect, upsert: bool, rows: usize) -> Arc<str> {
@@ -217,16 +244,20 @@ pub(super) fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
     }
 }
 
-/// The fast path: every table's writes in order, grouped into multi-row
-/// upserts and deletes. Writes are grouped by table name (different names
-/// never share a row, so their relative order does not matter); within a
-/// name a run ends where the kind or the declaration changes (a column added
-/// mid-batch, a second plugin) or a key repeats, so every row sees its
-/// writes in batch order.
+/// The fast path: each table's writes of the batch, consolidated to the
+/// last write per key (an upsert carries the whole row, so the last one
+/// wins; a delete after an upsert leaves just the delete), then deletes and
+/// upserts in bulk: PostgreSQL by `unnest` of one array per column
+/// (`bulk.rs`), the others by multi-row statements. Keys are unique after
+/// consolidation, so the order of writes no longer matters. A table written
+/// under two declarations in one batch (a column added mid-batch, a second
+/// plugin) keeps its writes in batch order instead (`write_in_order`), as
+/// does every table when `consolidate` is off.
 pub(super) async fn write_grouped<'w>(
     conn: &mut AnyConnection,
     d: Dialect,
     cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    consolidate: bool,
     writes: impl Iterator<Item = &'w SinkWrite>,
 ) -> Result<u64, sqlx::Error> {
     let mut order: Vec<Vec<&SinkWrite>> = Vec::new();
@@ -239,30 +270,95 @@ pub(super) async fn write_grouped<'w>(
         order[i].push(w);
     }
     let mut written = 0;
-    let mut key = Vec::new();
     for writes in order {
-        let mut start = 0;
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        for (i, w) in writes.iter().enumerate() {
-            key_bytes(w.table(), w, &mut key);
-            let (first, table) = (writes[start], w.table());
-            let changed = i > start
-                && (is_upsert(first) != is_upsert(w)
-                    || !(Arc::ptr_eq(first.table(), table) || **first.table() == **table));
-            let full = i - start == table_sql(cache, d, first.table()).max_rows;
-            if changed || full || seen.contains(&key) {
-                let ts = table_sql(cache, d, first.table());
-                execute_run(conn, d, ts, &writes[start..i]).await?;
-                start = i;
-                seen.clear();
-            }
-            seen.insert(key.clone());
-        }
-        let ts = table_sql(cache, d, writes[start].table());
-        execute_run(conn, d, ts, &writes[start..]).await?;
         written += writes.len() as u64;
+        let first = writes[0].table();
+        let one_declaration = writes
+            .iter()
+            .all(|w| Arc::ptr_eq(w.table(), first) || **w.table() == **first);
+        if !(consolidate && one_declaration) {
+            write_in_order(conn, d, cache, &writes).await?;
+            continue;
+        }
+        let (upserts, deletes): (Vec<&SinkWrite>, Vec<&SinkWrite>) = last_per_key(&writes)
+            .into_iter()
+            .partition(|w| is_upsert(w));
+        let ts = table_sql(cache, d, first);
+        write_unique(conn, d, ts, &deletes).await?;
+        write_unique(conn, d, ts, &upserts).await?;
     }
     Ok(written)
+}
+
+/// The last write of each key, in the order of those last writes.
+fn last_per_key<'w>(writes: &[&'w SinkWrite]) -> Vec<&'w SinkWrite> {
+    let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(writes.len());
+    let mut keys = Vec::with_capacity(writes.len());
+    let mut key = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        key_bytes(w.table(), w, &mut key);
+        keys.push(key.clone());
+        last.insert(key.clone(), i);
+    }
+    keys.iter()
+        .enumerate()
+        .filter(|(i, k)| last.get(*k) == Some(i))
+        .map(|(i, _)| writes[i])
+        .collect()
+}
+
+/// Writes of one kind to one table, one per key: in bulk.
+async fn write_unique(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    ts: &mut TableSql,
+    rows: &[&SinkWrite],
+) -> Result<(), sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    if d == Dialect::Postgres {
+        if let Some(sql) = ts.bulk(is_upsert(first)) {
+            for chunk in rows.chunks(bulk::BULK_ROWS) {
+                bulk::bind_arrays(sqlx::query(&sql), &ts.table, chunk)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            return Ok(());
+        }
+    }
+    execute_run(conn, d, ts, rows).await
+}
+
+/// A table's writes in batch order, grouped into multi-row statements: a
+/// run ends where the kind or the declaration changes or a key repeats, so
+/// every row sees its writes in batch order.
+async fn write_in_order(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    cache: &mut HashMap<Arc<SinkTable>, TableSql>,
+    writes: &[&SinkWrite],
+) -> Result<(), sqlx::Error> {
+    let mut key = Vec::new();
+    let mut start = 0;
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    for (i, w) in writes.iter().enumerate() {
+        key_bytes(w.table(), w, &mut key);
+        let (first, table) = (writes[start], w.table());
+        let changed = i > start
+            && (is_upsert(first) != is_upsert(w)
+                || !(Arc::ptr_eq(first.table(), table) || **first.table() == **table));
+        let full = i - start == table_sql(cache, d, first.table()).max_rows;
+        if changed || full || seen.contains(&key) {
+            let ts = table_sql(cache, d, first.table());
+            execute_run(conn, d, ts, &writes[start..i]).await?;
+            start = i;
+            seen.clear();
+        }
+        seen.insert(key.clone());
+    }
+    let ts = table_sql(cache, d, writes[start].table());
+    execute_run(conn, d, ts, &writes[start..]).await
 }
 
 pub(super) fn is_upsert(w: &SinkWrite) -> bool {

@@ -17,7 +17,7 @@ use crate::source::SourceSignal;
 
 use crate::operators::codec::MAX_KEY;
 
-fn stored_key(k: &[u8]) -> Vec<u8> {
+pub(super) fn stored_key(k: &[u8]) -> Vec<u8> {
     if k.len() <= MAX_KEY {
         return k.to_vec();
     }
@@ -347,7 +347,16 @@ pub(super) async fn read_state(
     keys: &[Vec<u8>],
 ) -> anyhow::Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
     let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
+    if d == Dialect::Postgres {
+        let stored: Vec<Vec<u8>> = keys.iter().map(|k| stored_key(k)).collect();
+        for row in super::bulk::read_state(conn, pipeline, operator, kind, &stored)
+            .await
+            .with_context(|| format!("reading the state of aggregation {operator}"))?
+        {
+            found.insert(blob(d, &row, 0)?, blob(d, &row, 1)?);
+        }
+    }
+    for chunk in keys.chunks(CHUNK).filter(|_| d != Dialect::Postgres) {
         let sql = d.sql(&format!(
             "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
             key_value(d),
@@ -385,6 +394,11 @@ pub(super) async fn write_state(
     operator: &str,
     writes: &[StateWrite],
 ) -> anyhow::Result<()> {
+    if d == Dialect::Postgres {
+        return super::bulk::write_state(conn, pipeline, operator, writes)
+            .await
+            .with_context(|| format!("writing the state of aggregation {operator}"));
+    }
     let (upserts, deletes): (Vec<&StateWrite>, Vec<&StateWrite>) =
         writes.iter().partition(|w| w.value.is_some());
     let cols: Vec<String> = ["pipeline", "operator", "kind", "k", "v", "expires"]
