@@ -69,7 +69,7 @@ pub struct BatchFile {
     pub max_wait: Option<String>,
     /// Shortest a batch waits for more records, even when the sink could
     /// take it (Kafka producers' `linger.ms`): fewer, larger transactions
-    /// for latency. Default 0: group commit alone.
+    /// at the cost of latency. Default 0: group commit alone.
     pub linger: Option<String>,
     /// Write only the last change of each key in a batch (default true);
     /// false writes every change in order, for triggers on the sink tables

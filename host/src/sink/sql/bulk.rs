@@ -16,38 +16,36 @@ use crate::operators::aggregate::StateWrite;
 /// Rows per bulk statement, at most: bounds one statement's memory on both sides.
 pub(super) const BULK_ROWS: usize = 20_000;
 
-/// The element type of each column's array, if PostgreSQL has one for every column.
-fn array_types(t: &SinkTable, cols: impl Iterator<Item = usize>) -> Option<Vec<String>> {
-    cols.map(|i| {
-        let c = &t.columns[i];
-        Dialect::Postgres
-            .placeholder(1, Some(c))
-            .split_once("::")
-            .map(|(_, ty)| format!("{ty}[]"))
-    })
-    .collect()
+/// `$1::T1[], $2::T2[], …`: one typed array parameter per column, if
+/// PostgreSQL has a type for every column.
+fn array_params(t: &SinkTable, cols: impl Iterator<Item = usize>) -> Option<String> {
+    let params: Option<Vec<String>> = cols
+        .enumerate()
+        .map(|(n, i)| {
+            let c = &t.columns[i];
+            Dialect::Postgres
+                .placeholder(n + 1, Some(c))
+                .split_once("::")
+                .map(|(p, ty)| format!("{p}::{ty}[]"))
+        })
+        .collect();
+    Some(params?.join(", "))
 }
 
 /// `INSERT … SELECT * FROM unnest(…) ON CONFLICT …` for `t`, if every column has a type.
 pub(super) fn upsert_sql(t: &SinkTable) -> Option<String> {
     let d = Dialect::Postgres;
-    let types = array_types(t, 0..t.columns.len())?;
+    let arrays = array_params(t, 0..t.columns.len())?;
     let cols: Vec<String> = t.columns.iter().map(|c| d.quote(&c.name)).collect();
     let key: Vec<String> = t.key.iter().map(|&k| cols[k as usize].clone()).collect();
     let non_key: Vec<String> = (0..cols.len())
         .filter(|i| !t.key.contains(&(*i as u32)))
         .map(|i| cols[i].clone())
         .collect();
-    let arrays: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| format!("${}::{ty}", i + 1))
-        .collect();
     Some(format!(
-        "INSERT INTO {} ({}) SELECT * FROM unnest({}){}",
+        "INSERT INTO {} ({}) SELECT * FROM unnest({arrays}){}",
         d.quote(&t.name),
         cols.join(", "),
-        arrays.join(", "),
         d.upsert_clause(&key, &non_key)
     ))
 }
@@ -56,18 +54,12 @@ pub(super) fn upsert_sql(t: &SinkTable) -> Option<String> {
 pub(super) fn delete_sql(t: &SinkTable) -> Option<String> {
     let d = Dialect::Postgres;
     let key_cols = || t.key.iter().map(|&k| k as usize);
-    let types = array_types(t, key_cols())?;
+    let arrays = array_params(t, key_cols())?;
     let names: Vec<String> = key_cols().map(|i| d.quote(&t.columns[i].name)).collect();
-    let arrays: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| format!("${}::{ty}", i + 1))
-        .collect();
     Some(format!(
-        "DELETE FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))",
+        "DELETE FROM {} WHERE ({}) IN (SELECT * FROM unnest({arrays}))",
         d.quote(&t.name),
         names.join(", "),
-        arrays.join(", ")
     ))
 }
 
