@@ -292,17 +292,18 @@ pub(super) async fn write_grouped<'w>(
 
 /// The last write of each key, in the order of those last writes.
 fn last_per_key<'w>(writes: &[&'w SinkWrite]) -> Vec<&'w SinkWrite> {
-    let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(writes.len());
-    let mut keys = Vec::with_capacity(writes.len());
-    let mut key = Vec::new();
-    for (i, w) in writes.iter().enumerate() {
-        key_bytes(w.table(), w, &mut key);
-        keys.push(key.clone());
-        last.insert(key.clone(), i);
-    }
+    let keys: Vec<Vec<u8>> = writes
+        .iter()
+        .map(|w| {
+            let mut key = Vec::new();
+            key_bytes(w.table(), w, &mut key);
+            key
+        })
+        .collect();
+    let last: HashMap<&[u8], usize> = keys.iter().enumerate().map(|(i, k)| (&k[..], i)).collect();
     keys.iter()
         .enumerate()
-        .filter(|(i, k)| last.get(*k) == Some(i))
+        .filter(|(i, k)| last.get(&k[..]) == Some(i))
         .map(|(i, _)| writes[i])
         .collect()
 }

@@ -347,42 +347,36 @@ pub(super) async fn read_state(
     keys: &[Vec<u8>],
 ) -> anyhow::Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
     let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let stored: Vec<Vec<u8>> = keys.iter().map(|k| stored_key(k)).collect();
+    let context = || format!("reading the state of aggregation {operator}");
     if d == Dialect::Postgres {
-        let stored: Vec<Vec<u8>> = keys.iter().map(|k| stored_key(k)).collect();
         for row in super::bulk::read_state(conn, pipeline, operator, kind, &stored)
             .await
-            .with_context(|| format!("reading the state of aggregation {operator}"))?
+            .with_context(context)?
         {
             found.insert(blob(d, &row, 0)?, blob(d, &row, 1)?);
         }
-    }
-    for chunk in keys.chunks(CHUNK).filter(|_| d != Dialect::Postgres) {
-        let sql = d.sql(&format!(
-            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
-            key_value(d),
-            vec!["?"; chunk.len()].join(", ")
-        ))
-        .into_owned();
-        let mut q = sqlx::query(&sql).bind(pipeline).bind(operator).bind(kind);
-        for k in chunk {
-            q = q.bind(stored_key(k));
-        }
-        for row in q
-            .fetch_all(&mut *conn)
-            .await
-            .with_context(|| format!("reading the state of aggregation {operator}"))?
-        {
-            let k = blob(d, &row, 0)?;
-            let v = blob(d, &row, 1)?;
-            found.insert(k, v);
+    } else {
+        for chunk in stored.chunks(CHUNK) {
+            let sql = d.sql(&format!(
+                "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
+                key_value(d),
+                vec!["?"; chunk.len()].join(", ")
+            ))
+            .into_owned();
+            let mut q = sqlx::query(&sql).bind(pipeline).bind(operator).bind(kind);
+            for k in chunk {
+                q = q.bind(&k[..]);
+            }
+            for row in q.fetch_all(&mut *conn).await.with_context(context)? {
+                found.insert(blob(d, &row, 0)?, blob(d, &row, 1)?);
+            }
         }
     }
     Ok(keys
         .iter()
-        .map(|k| {
-            let v = found.remove(&stored_key(k));
-            (k.clone(), v)
-        })
+        .zip(&stored)
+        .map(|(k, s)| (k.clone(), found.remove(s)))
         .collect())
 }
 
