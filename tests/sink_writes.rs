@@ -217,6 +217,86 @@ async fn consolidated_writes_equal_writes_applied_in_order_mariadb() {
     consolidated_writes_equal_writes_applied_in_order("mariadb").await;
 }
 
+/// A batch of more distinct keys than one statement may bind (40,000 rows
+/// of three columns, then deletes of two-column keys): every database's
+/// parameter limit (SQLite 32,766, MariaDB and PostgreSQL 65,535) is
+/// passed, so the writes must be cut into statements that fit.
+async fn a_batch_of_many_keys_is_written_in_statements_that_fit(kind: &str) {
+    if kind != "sqlite" && !stack_ready() {
+        return;
+    }
+    const N: i64 = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, db) = fresh(kind, "many", &dir).await;
+    let mut sink = SqlSink::open(&url, kind, "p").await.unwrap();
+    let t = pairs();
+    let key = |i: i64| (i, format!("k{}", i % 13));
+    let upserts = (0..N)
+        .map(|i| {
+            let (a, b) = key(i);
+            let values = vec![Value::Int(a), Value::Text(b), Value::Int(i * 7)];
+            event(
+                i,
+                vec![SinkWrite::Upsert {
+                    table: t.clone(),
+                    values,
+                }],
+            )
+        })
+        .collect();
+    let report = sink.commit(batch(upserts)).await.unwrap();
+    assert!(!report.row_by_row, "{kind}: the bulk upsert failed");
+    // Delete every odd key in one batch.
+    let deletes = (0..N)
+        .filter(|i| i % 2 == 1)
+        .map(|i| {
+            let (a, b) = key(i);
+            let key = vec![Value::Int(a), Value::Text(b)];
+            event(
+                N + i,
+                vec![SinkWrite::Delete {
+                    table: t.clone(),
+                    key,
+                }],
+            )
+        })
+        .collect();
+    let report = sink.commit(batch(deletes)).await.unwrap();
+    assert!(!report.row_by_row, "{kind}: the bulk delete failed");
+    let mut c = AnyConnection::connect(&url).await.unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query("SELECT a, v FROM pairs")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.try_get(0).unwrap(), r.try_get(1).unwrap()))
+        .collect();
+    let evens = (0..N).filter(|i| i % 2 == 0);
+    assert_eq!(rows.len() as i64, N / 2, "{kind}: rows left");
+    let sum_a: i64 = rows.iter().map(|r| r.0).sum();
+    let sum_v: i64 = rows.iter().map(|r| r.1).sum();
+    assert_eq!(sum_a, evens.clone().sum::<i64>(), "{kind}: keys left");
+    assert_eq!(sum_v, evens.map(|i| i * 7).sum::<i64>(), "{kind}: values");
+    drop(c);
+    drop(sink);
+    drop_db(kind, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_keys_is_written_in_statements_that_fit_sqlite() {
+    a_batch_of_many_keys_is_written_in_statements_that_fit("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_keys_is_written_in_statements_that_fit_postgres() {
+    a_batch_of_many_keys_is_written_in_statements_that_fit("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_keys_is_written_in_statements_that_fit_mariadb() {
+    a_batch_of_many_keys_is_written_in_statements_that_fit("mariadb").await;
+}
+
 /// Every value type through PostgreSQL's bulk path, with the texts an
 /// array literal must escape, read back as PostgreSQL renders them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

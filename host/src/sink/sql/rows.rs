@@ -366,7 +366,9 @@ pub(super) fn is_upsert(w: &SinkWrite) -> bool {
     matches!(w, SinkWrite::Upsert { .. })
 }
 
-/// Write a run of same-kind writes to one table in power-of-two chunks.
+/// Write a run of same-kind writes to one table in power-of-two chunks of
+/// at most the table's `max_rows`, so no statement binds more parameters
+/// than the database allows, however long the run.
 pub(super) async fn execute_run(
     conn: &mut AnyConnection,
     d: Dialect,
@@ -374,7 +376,7 @@ pub(super) async fn execute_run(
     mut run: &[&SinkWrite],
 ) -> Result<(), sqlx::Error> {
     while let Some(first) = run.first() {
-        let rows = power_of_two_at_most(run.len());
+        let rows = power_of_two_at_most(run.len().min(ts.max_rows));
         let sql = ts.statement(d, is_upsert(first), rows);
         let mut q = sqlx::query(&sql);
         for w in &run[..rows] {
