@@ -1360,6 +1360,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
                         key: None,
                         value: Some(String::new()),
                         headers: Vec::new(),
+                        schema: None,
                     },
                     None,
                     vec![SinkWrite::Upsert {

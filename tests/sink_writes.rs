@@ -58,6 +58,7 @@ fn event(offset: i64, writes: Vec<SinkWrite>) -> EventWrites {
             key: None,
             value: Some(String::new()),
             headers: Vec::new(),
+            schema: None,
         },
         None,
         writes,

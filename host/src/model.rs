@@ -135,10 +135,26 @@ pub struct RawRecord {
     pub id: RecordId,
     /// Kafka key as text (JSON for Debezium), if any.
     pub key: Option<String>,
-    /// Kafka value as text; `None` is a tombstone.
+    /// Kafka value as text; `None` is a tombstone. When `schema` is set,
+    /// only the payload of the value's JSON envelope (`value_text` gives
+    /// the whole value).
     pub value: Option<String>,
     /// Kafka headers, in order (passed on to the DLQ topic).
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The schema of the value's `{"schema":…,"payload":…}` envelope, shared
+    /// by the topic's records (`source::envelope`), when the source split it.
+    pub schema: Option<Arc<str>>,
+}
+
+impl RawRecord {
+    /// The value exactly as it was read.
+    pub fn value_text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let value = self.value.as_deref()?;
+        Some(match &self.schema {
+            Some(schema) => crate::source::envelope::join(schema, value).into(),
+            None => value.into(),
+        })
+    }
 }
 
 /// One decoded change event.

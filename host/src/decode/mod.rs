@@ -132,19 +132,39 @@ impl Decoder {
 
     /// Decode one record.
     pub fn decode(&mut self, rec: &RawRecord) -> Result<Decoded, DecodeError> {
-        let Some(text) = rec.value.as_deref() else {
+        if rec.value.is_none() {
             return Ok(Decoded::Tombstone);
-        };
+        }
         let err = |m: String| DecodeError(m);
+        // The source split the envelope (`source::envelope`): the schema is
+        // known, the value is the payload. A payload that does not parse
+        // alone is decoded whole, as it was read.
+        let split = match (&rec.schema, rec.value.as_deref()) {
+            (Some(schema), Some(payload)) if payload != "null" => {
+                match serde_json::from_str::<PayloadParts<'_>>(payload) {
+                    Ok(parts) => Some((parts, self.row_schema(&rec.id.topic, schema))),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let whole = match &split {
+            Some(_) => None,
+            None => rec.value_text(),
+        };
+        let text = whole.as_deref().unwrap_or_default();
         // The common case first: the topic's schema again, compared as bytes.
-        let known = self
-            .last_schema
-            .get(&*rec.id.topic)
-            .and_then(|(known, rs)| Some((split_known_schema(known, text)?, rs.clone())))
-            .and_then(|((_, payload), rs)| {
-                let parts: PayloadParts<'_> = serde_json::from_str(payload).ok()?;
-                Some((parts, rs))
-            });
+        let known = match split {
+            Some((parts, rs)) => Some((parts, rs.map_err(err)?)),
+            None => self
+                .last_schema
+                .get(&*rec.id.topic)
+                .and_then(|(known, rs)| Some((split_known_schema(known, text)?, rs.clone())))
+                .and_then(|((_, payload), rs)| {
+                    let parts: PayloadParts<'_> = serde_json::from_str(payload).ok()?;
+                    Some((parts, rs))
+                }),
+        };
         let (parts, row_schema) = match known {
             Some((parts, rs)) => (parts, Some(rs)),
             None => {

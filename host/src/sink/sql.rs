@@ -759,6 +759,7 @@ mod tests {
                 key: None,
                 value: Some(String::new()),
                 headers: Vec::new(),
+                schema: None,
             },
             plugins: None,
             ops: Vec::new(),

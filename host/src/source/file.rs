@@ -47,6 +47,7 @@ impl KcatLine {
             key: self.key,
             value: self.payload,
             headers: Vec::new(),
+            schema: None,
         }
     }
 }
@@ -88,6 +89,7 @@ impl FileSource {
         // Partitions seen so far: when their last line was read, and whether
         // they were signalled idle since.
         let mut seen: HashMap<(Arc<str>, i32), (Instant, bool)> = HashMap::new();
+        let mut envelopes = super::envelope::SchemaSharing::default();
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -162,6 +164,13 @@ impl FileSource {
                             }));
                         }
                     }
+                    let (schema, value) = match k.payload {
+                        Some(v) => {
+                            let (schema, payload) = envelopes.split_text(&topic, v);
+                            (schema, Some(payload))
+                        }
+                        None => (None, None),
+                    };
                     SourceItem::Record(RawRecord {
                         id: RecordId {
                             topic,
@@ -169,8 +178,9 @@ impl FileSource {
                             offset: k.offset,
                         },
                         key: k.key,
-                        value: k.payload,
+                        value,
                         headers: Vec::new(),
+                        schema,
                     })
                 }
                 Err(_) if at_eof => {
@@ -196,6 +206,7 @@ impl FileSource {
                             key: None,
                             value: Some(text.to_string()),
                             headers: Vec::new(),
+                            schema: None,
                         },
                         reason: format!("line {line_no} is not a kcat -J record: {e}"),
                     }

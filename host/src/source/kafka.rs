@@ -257,6 +257,7 @@ impl KafkaSource {
         };
 
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+        let mut envelopes = super::envelope::SchemaSharing::default();
         let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
         let mut last_commit = Instant::now();
         let mut last_sink_read = Instant::now();
@@ -343,12 +344,20 @@ impl KafkaSource {
                     .transpose()
                 };
                 let headers = headers(&msg);
-                let item = match (text(msg.key(), "key"), text(msg.payload(), "value")) {
+                let (schema, payload) = match msg.payload() {
+                    Some(v) => {
+                        let (schema, payload) = envelopes.split(&id.topic, v);
+                        (schema, Some(payload))
+                    }
+                    None => (None, None),
+                };
+                let item = match (text(msg.key(), "key"), text(payload, "value")) {
                     (Ok(key), Ok(value)) => SourceItem::Record(RawRecord {
                         id,
                         key,
                         value,
                         headers,
+                        schema,
                     }),
                     (k, v) => {
                         let reason = [k.err(), v.err()]
@@ -364,6 +373,7 @@ impl KafkaSource {
                                     .payload()
                                     .map(|b| String::from_utf8_lossy(b).into_owned()),
                                 headers,
+                                schema: None,
                             },
                             reason,
                         }

@@ -2,6 +2,7 @@
 //! stages after them: what travels in a source batch is records and, in
 //! band with them, what happened to the partitions they come from.
 
+pub mod envelope;
 pub mod file;
 pub mod kafka;
 

@@ -126,6 +126,11 @@ pub struct AggregateState {
     sessions: HashMap<Vec<u8>, Option<SessionState>>,
     /// Per-partition event times and the watermark; `None` until loaded.
     watermarks: Option<Watermarks>,
+    /// Every state row of this aggregation in the database is cached here
+    /// (it had none when first loaded, and this host wrote all there is
+    /// since): a key not cached is known absent and needs no read. A fresh
+    /// pipeline catching up reads no state at all.
+    complete: bool,
 }
 
 impl AggregateState {
@@ -136,7 +141,19 @@ impl AggregateState {
             groups: HashMap::new(),
             sessions: HashMap::new(),
             watermarks: None,
+            complete: false,
         }
+    }
+
+    /// The database holds no state of this aggregation (checked when the
+    /// state is first loaded): every key not cached is absent.
+    pub fn mark_complete(&mut self) {
+        self.complete = true;
+    }
+
+    /// Whether keys not cached are known absent (see `mark_complete`).
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// Whether the watermark state must be read before `apply`.
@@ -218,6 +235,7 @@ impl AggregateState {
         self.groups.clear();
         self.sessions.clear();
         self.watermarks = None;
+        self.complete = false;
     }
 
     /// (state rows, encoded bytes) held in memory, for the summary.

@@ -34,7 +34,7 @@ pub(super) async fn write_dead_letters(
             .bind(dl.record.id.partition)
             .bind(dl.record.id.offset)
             .bind(dl.record.key.as_deref())
-            .bind(dl.record.value.as_deref())
+            .bind(dl.record.value_text().map(String::from))
             .bind(encode_headers(&dl.record.headers))
             .bind(dl.stage.as_str())
             .bind(dl.plugin.as_deref())

@@ -140,6 +140,9 @@ impl OperatorStates {
             };
             let context = || format!("reading the state of aggregation {id}");
             if state.needs_watermarks() {
+                if holds_no_state(conn, d, pipeline, &id).await? {
+                    state.mark_complete();
+                }
                 let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
                 let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
                     .await?
@@ -150,12 +153,13 @@ impl OperatorStates {
                     .load_watermarks(partitions, reached)
                     .with_context(context)?;
             }
+            let complete = state.is_complete();
             let missing = state.missing_rows(inputs.iter().map(|(_, i)| *i));
-            let loaded = read_state(conn, d, pipeline, &id, kind::ROW, &missing).await?;
-            state.load_rows(loaded).with_context(context)?;
+            let loaded = read_unless_absent(conn, d, pipeline, &id, kind::ROW, missing, complete);
+            state.load_rows(loaded.await?).with_context(context)?;
             let missing = state.missing_groups(inputs.iter().map(|(_, i)| *i));
-            let loaded = read_state(conn, d, pipeline, &id, kind::GROUP, &missing).await?;
-            state.load_groups(loaded).with_context(context)?;
+            let loaded = read_unless_absent(conn, d, pipeline, &id, kind::GROUP, missing, complete);
+            state.load_groups(loaded.await?).with_context(context)?;
             let refs: Vec<&OperatorInput> = inputs.iter().map(|(_, i)| *i).collect();
             let applied = off_runtime(|| state.apply(&refs, &idle, calls));
             if !applied.failures.is_empty() {
@@ -279,6 +283,40 @@ pub(super) fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Res
         }
         _ => Ok(row.try_get(i)?),
     }
+}
+
+/// Whether the database holds no state row of `operator` at all.
+async fn holds_no_state(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    operator: &str,
+) -> anyhow::Result<bool> {
+    let sql = d.sql("SELECT 1 FROM sluice_state WHERE pipeline = ? AND operator = ? LIMIT 1");
+    let found = sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(operator)
+        .fetch_optional(&mut *conn)
+        .await
+        .with_context(|| format!("looking for the state of {operator}"))?;
+    Ok(found.is_none())
+}
+
+/// `read_state`, or when the cache is `complete` (see
+/// `AggregateState::mark_complete`), every key absent without a read.
+async fn read_unless_absent(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    pipeline: &str,
+    operator: &str,
+    kind: &str,
+    keys: Vec<Vec<u8>>,
+    complete: bool,
+) -> anyhow::Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    if complete {
+        return Ok(keys.into_iter().map(|k| (k, None)).collect());
+    }
+    read_state(conn, d, pipeline, operator, kind, &keys).await
 }
 
 /// Every state row of one kind (the partitions of a watermark).
