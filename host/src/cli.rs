@@ -234,6 +234,16 @@ fn summary_text(s: &RunSummary) -> String {
             ""
         }
     );
+    let secs = |c: &std::sync::atomic::AtomicU64| g(c) as f64 / 1e6;
+    let _ = writeln!(
+        t,
+        "time: decode {:.2}s, plugins {:.2}s, sink commits {:.2}s; the source waited {:.2}s for the stages ahead, the sink {:.2}s for batches",
+        secs(&st.decode_us),
+        secs(&st.plugin_us),
+        secs(&st.commit_us),
+        secs(&st.source_blocked_us),
+        secs(&st.sink_idle_us)
+    );
     if g(&st.row_by_row) > 0 {
         let _ = writeln!(
             t,

@@ -204,10 +204,16 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         _ => None,
     };
     let mut sink_error = None;
+    let mut waiting = Instant::now();
     while let Some(batch) = sink_rx.recv().await {
+        stats.time(&stats.sink_idle_us, waiting);
         let records = batch.records;
         let had_dead = !batch.dead.is_empty();
-        match sink.commit(batch).await {
+        let committing = Instant::now();
+        let result = sink.commit(batch).await;
+        stats.time(&stats.commit_us, committing);
+        waiting = Instant::now();
+        match result {
             Ok(report) => {
                 stats.add(&stats.writes, report.writes);
                 stats.add(&stats.dlq_sink, report.dlq_sink);
@@ -467,6 +473,7 @@ fn process_batch(
     };
     let mut offsets: HashMap<(Arc<str>, i32), i64> = HashMap::new();
     let mut decoded = Vec::with_capacity(items.len());
+    let decoding = Instant::now();
     for item in items {
         if let Some(id) = item.id() {
             let next = offsets.entry((id.topic.clone(), id.partition)).or_insert(0);
@@ -490,9 +497,12 @@ fn process_batch(
             },
         }
     }
+    stats.time(&stats.decode_us, decoding);
+    let calling = Instant::now();
     let refs: Vec<_> = decoded.iter().map(|(r, ev)| (ev, &r.id)).collect();
     let outcomes = plugins.process(&refs);
     drop(refs);
+    stats.time(&stats.plugin_us, calling);
     for ((record, _ev), outcome) in decoded.into_iter().zip(outcomes) {
         if outcome.unrouted {
             stats.add(&stats.unrouted, 1);

@@ -41,11 +41,25 @@ pub struct Stats {
     /// refused them); sent at the next start.
     pub dlq_unsent: AtomicU64,
     pub reloads: AtomicU64,
+    /// Where the time went, per stage (µs): decoding, plugin calls, sink
+    /// commits; the source waiting for the stages ahead to take a batch
+    /// (the pipeline is slower than the source), the sink waiting for a
+    /// batch (the source or processor is slower than the sink).
+    pub decode_us: AtomicU64,
+    pub plugin_us: AtomicU64,
+    pub commit_us: AtomicU64,
+    pub source_blocked_us: AtomicU64,
+    pub sink_idle_us: AtomicU64,
 }
 
 impl Stats {
     pub fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add the time since `since` to a `_us` counter.
+    pub fn time(&self, counter: &AtomicU64, since: impl Into<std::time::Instant>) {
+        self.add(counter, since.into().elapsed().as_micros() as u64);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

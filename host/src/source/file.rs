@@ -216,8 +216,12 @@ impl FileSource {
             stats.add(&stats.read, 1);
             batch.push(item);
             let full = batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait;
-            if full && out.send(std::mem::take(&mut batch)).await.is_err() {
-                return Ok(());
+            if full {
+                let sending = Instant::now();
+                if out.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(());
+                }
+                stats.time(&stats.source_blocked_us, sending);
             }
         }
         if !batch.is_empty() {
