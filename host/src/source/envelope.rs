@@ -22,12 +22,14 @@ pub struct SchemaSharing {
     last: HashMap<Arc<str>, Arc<str>>,
 }
 
+/// What a value must hold to be split: both halves (the payload is only
+/// checked for, `payload_after` cuts it out).
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
     schema: &'a RawValue,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+    #[serde(borrow, rename = "payload")]
+    _payload: &'a RawValue,
 }
 
 impl SchemaSharing {
@@ -84,7 +86,6 @@ fn first_sight(value: &[u8]) -> Option<&str> {
     }
     let env: Envelope<'_> = serde_json::from_slice(value).ok()?;
     let schema = env.schema.get();
-    let _ = env.payload;
     (schema != "null").then_some(schema)
 }
 
