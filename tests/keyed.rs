@@ -162,3 +162,54 @@ fn refused_and_trapping_changes_are_dead_lettered_and_leave_the_state_as_it_was(
         );
     }
 }
+
+/// A row the sink refuses (here a CHECK constraint of the user's on the
+/// plugin's table: at most two versions) sends the batch's keyed outputs
+/// event by event: each refused change is dead-lettered at stage `sink`,
+/// every other row lands, and the summary counts the batch.
+#[test]
+fn a_keyed_output_the_sink_refuses_is_dead_lettered_alone_and_counted() {
+    let stream = lines(&fixture("pg_events.schemas.jsonl"));
+    let expected = order_history_rows(&stream);
+    let (fits, refused): (Vec<Json>, Vec<Json>) = expected
+        .into_iter()
+        .partition(|r| r["versions"].as_i64() < Some(3));
+    assert!(
+        !fits.is_empty() && !refused.is_empty(),
+        "the fixture needs both"
+    );
+    let s = Scratch::new(&[("order_history", "order_history")]);
+    execute(
+        &s.db(),
+        &[
+            "CREATE TABLE order_history (order_id INTEGER NOT NULL PRIMARY KEY,
+           first_status TEXT, status TEXT, status_changes INTEGER NOT NULL,
+           versions INTEGER NOT NULL CHECK (versions < 3))",
+        ],
+    );
+    let summary = run(&s, &fixture("pg_events.schemas.jsonl"), "10000");
+    let dlq = query(&s.db(), "SELECT stage, plugin, reason FROM sluice_dlq");
+    assert!(dlq.len() >= refused.len(), "{dlq:?}\n{summary}");
+    for r in &dlq {
+        assert_eq!(r["stage"], "sink", "{r:?}");
+        assert_eq!(r["plugin"], "order_history", "{r:?}");
+        assert!(r["reason"].as_str().unwrap().contains("CHECK"), "{r:?}");
+    }
+    let got = query(&s.db(), "SELECT order_id, versions FROM order_history");
+    assert!(
+        got.iter().all(|r| r["versions"].as_i64() < Some(3)),
+        "{got:?}"
+    );
+    for want in &fits {
+        let row = got.iter().find(|r| r["order_id"] == want["order_id"]);
+        assert_eq!(
+            row.map(|r| &r["versions"]),
+            Some(&want["versions"]),
+            "{want:?}"
+        );
+    }
+    assert!(
+        summary.contains("batches written again event by event"),
+        "the fallback is counted:\n{summary}"
+    );
+}

@@ -580,6 +580,7 @@ impl SqlSink {
             derived::write_outputs(&mut tx, d, sql, consolidate, refused, derived).await?;
         report.writes += derived_out.writes;
         report.duplicates += derived_out.duplicates;
+        report.row_by_row |= derived_out.row_by_row;
         report.dlq_plugin = derived_out.refused_at(Stage::Plugin);
 
         // Aggregations last: they see exactly the events that commit.

@@ -64,6 +64,8 @@ pub(super) struct DerivedCommitted {
     pub(super) sink_rejects: u64,
     pub(super) writes: u64,
     pub(super) duplicates: u64,
+    /// The grouped write met a row error: the outputs went event by event.
+    pub(super) row_by_row: bool,
 }
 
 impl DerivedCommitted {
@@ -145,6 +147,10 @@ pub(super) async fn write_outputs(
             sqlx::query(DERIVED_SAVEPOINT[2]).execute(&mut *tx).await?;
         }
         Err(e) if d.retry_event_by_event(&e) => {
+            tracing::debug!(
+                "a bulk write of derived rows failed ({e}); writing them event by event"
+            );
+            done.row_by_row = true;
             sqlx::query(DERIVED_SAVEPOINT[1]).execute(&mut *tx).await?;
             sqlx::query(DERIVED_SAVEPOINT[2]).execute(&mut *tx).await?;
             for out in outputs {

@@ -286,13 +286,28 @@ pub(super) fn blob(d: Dialect, row: &sqlx::any::AnyRow, i: usize) -> anyhow::Res
 }
 
 /// Whether the database holds no state row of `operator` at all.
+///
+/// On MySQL/MariaDB a locking read: InnoDB's REPEATABLE READ snapshot may
+/// predate the state turn (a keyed plugin's read before it), and a host
+/// that waited for the turn while another committed this operator's first
+/// state must not take that old snapshot for "nothing there" (it would
+/// overwrite the other host's groups). A locking read sees the latest
+/// commit; no other host writes this pipeline's state while the turn is held.
 async fn holds_no_state(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
     operator: &str,
 ) -> anyhow::Result<bool> {
-    let sql = d.sql("SELECT 1 FROM sluice_state WHERE pipeline = ? AND operator = ? LIMIT 1");
+    let lock = match d {
+        Dialect::MySql { .. } => " LOCK IN SHARE MODE",
+        _ => "",
+    };
+    let sql = d
+        .sql(&format!(
+            "SELECT 1 FROM sluice_state WHERE pipeline = ? AND operator = ? LIMIT 1{lock}"
+        ))
+        .into_owned();
     let found = sqlx::query(&sql)
         .bind(pipeline)
         .bind(operator)
