@@ -536,11 +536,9 @@ impl SqlSink {
 
         // Keyed plugins, then joins: over the events that commit, before
         // aggregations (which joins may feed). Joins and aggregations share
-        // the pipeline's state turn: taken once, before either reads state.
-        let mut derived = derived::DerivedOutputs::default();
-        if events.iter().any(|ev| !ev.keyed.is_empty()) {
-            derived.extend(keyed.apply(&mut tx, d, pipeline, events).await?);
-        }
+        // the pipeline's state turn: taken once, before anything reads
+        // state — on MySQL/MariaDB the transaction's first plain read fixes
+        // its REPEATABLE READ snapshot, which must not predate the turn.
         let idle = signals
             .iter()
             .any(|s| matches!(s, crate::source::SourceSignal::Idle { .. }));
@@ -553,6 +551,10 @@ impl SqlSink {
             states.invalidate();
             joins.invalidate();
             store.invalidate();
+        }
+        let mut derived = derived::DerivedOutputs::default();
+        if events.iter().any(|ev| !ev.keyed.is_empty()) {
+            derived.extend(keyed.apply(&mut tx, d, pipeline, events).await?);
         }
         // Joins read the stored tables as the batch found them, then the
         // table pass applies the batch's changes (plugins with lookups run
