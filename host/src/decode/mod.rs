@@ -55,7 +55,7 @@ pub struct Decoder {
     base64_decimals_possible: bool,
     schemas: HashMap<String, Arc<RowSchema>>,
     /// The schema text last seen per topic, checked before hashing into `schemas`.
-    last_schema: HashMap<Arc<str>, (String, Arc<RowSchema>)>,
+    last_schema: HashMap<Arc<str>, (Arc<str>, Arc<RowSchema>)>,
     key_schemas: HashMap<String, Arc<Vec<String>>>,
     tables: HashMap<TableKey, Arc<TableDesc>>,
     /// Key column names last seen per topic, for records whose key is unreadable.
@@ -142,7 +142,9 @@ impl Decoder {
         let split = match (&rec.schema, rec.value.as_deref()) {
             (Some(schema), Some(payload)) if payload != "null" => {
                 match serde_json::from_str::<PayloadParts<'_>>(payload) {
-                    Ok(parts) => Some((parts, self.row_schema(&rec.id.topic, schema))),
+                    Ok(parts) => {
+                        Some((parts, self.row_schema(&rec.id.topic, schema, Some(schema))))
+                    }
                     Err(_) => None,
                 }
             }
@@ -182,7 +184,7 @@ impl Decoder {
                 let parts: PayloadParts<'_> =
                     serde_json::from_str(payload_text).map_err(|e| err(payload_error(e)))?;
                 let row_schema = match schema_text {
-                    Some(s) => Some(self.row_schema(&rec.id.topic, s).map_err(err)?),
+                    Some(s) => Some(self.row_schema(&rec.id.topic, s, None).map_err(err)?),
                     None => None,
                 };
                 (parts, row_schema)
@@ -357,29 +359,32 @@ impl Decoder {
         }))
     }
 
+    /// The row schema of `schema_text`; `shared` is the same text as the
+    /// source shares it (`RawRecord::schema`), kept so that the next record
+    /// carrying it is known by pointer, without comparing bytes again.
     fn row_schema(
         &mut self,
         topic: &Arc<str>,
         schema_text: &str,
+        shared: Option<&Arc<str>>,
     ) -> Result<Arc<RowSchema>, String> {
         // Fast path: a topic's schema rarely changes, and comparing bytes is
         // several times cheaper than hashing them for the map.
         if let Some((text, rs)) = self.last_schema.get(topic) {
-            if text.as_str() == schema_text {
+            if shared.is_some_and(|s| Arc::ptr_eq(s, text)) || **text == *schema_text {
                 return Ok(rs.clone());
             }
         }
+        let text: Arc<str> = shared.cloned().unwrap_or_else(|| schema_text.into());
         if let Some(rs) = self.schemas.get(schema_text) {
-            self.last_schema
-                .insert(topic.clone(), (schema_text.to_string(), rs.clone()));
+            self.last_schema.insert(topic.clone(), (text, rs.clone()));
             return Ok(rs.clone());
         }
         let schema: Json =
             serde_json::from_str(schema_text).map_err(|e| format!("schema is not JSON: {e}"))?;
         let rs = Arc::new(schema::parse_envelope_schema(&schema)?);
         self.schemas.insert(schema_text.to_string(), rs.clone());
-        self.last_schema
-            .insert(topic.clone(), (schema_text.to_string(), rs.clone()));
+        self.last_schema.insert(topic.clone(), (text, rs.clone()));
         Ok(rs)
     }
 

@@ -15,16 +15,17 @@ use serde_json::Value as Json;
 use super::schema::Encoding;
 use super::{decimal, natural_value, temporal, typed_value};
 use crate::model::{Column, Op, SourceOrder, Value};
+use crate::source::envelope;
 
 /// `{"schema":S,"payload":P}` as the JSON converter writes it, where S is
 /// `known` byte for byte: (S, P), found without parsing S. `None` for any
 /// other layout (the caller parses it the general way).
+/// Trailing whitespace is allowed (the sources split only exact envelopes:
+/// `source::envelope`, which owns the layout).
 pub(super) fn split_known_schema<'t>(known: &str, text: &'t str) -> Option<(&'t str, &'t str)> {
-    let rest = text.strip_prefix("{\"schema\":")?;
-    let after = rest.strip_prefix(known)?;
-    let payload = after.strip_prefix(",\"payload\":")?;
-    let payload = payload.trim_end().strip_suffix('}')?;
-    Some((&rest[..known.len()], payload))
+    let payload = envelope::payload_in(known, text.trim_end())?;
+    let schema = text.get(envelope::HEAD.len()..envelope::HEAD.len() + known.len())?;
+    Some((schema, payload))
 }
 
 /// The parts of a Debezium payload Sluice reads, borrowed from its text.

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-const HEAD: &[u8] = b"{\"schema\":";
-const MIDDLE: &[u8] = b",\"payload\":";
-const TAIL: &[u8] = b"}";
+/// The envelope around the schema and the payload, as the JSON converter
+/// writes it: `HEAD` S `MIDDLE` P `TAIL`.
+pub const HEAD: &str = "{\"schema\":";
+pub const MIDDLE: &str = ",\"payload\":";
+pub const TAIL: &str = "}";
 
 /// Each topic's last schema text, to split the next record against.
 #[derive(Default)]
@@ -57,9 +59,7 @@ impl SchemaSharing {
             None => (None, value),
         }
     }
-}
 
-impl SchemaSharing {
     /// `split` for a value already read as text.
     pub fn split_text(&mut self, topic: &Arc<str>, value: String) -> (Option<Arc<str>>, String) {
         let (schema, payload) = self.split(topic, value.as_bytes());
@@ -73,15 +73,24 @@ impl SchemaSharing {
 
 /// The payload of `value` if it is exactly the envelope of `schema`.
 fn payload_after<'v>(schema: &str, value: &'v [u8]) -> Option<&'v [u8]> {
-    let rest = value.strip_prefix(HEAD)?;
+    let rest = value.strip_prefix(HEAD.as_bytes())?;
     let rest = rest.strip_prefix(schema.as_bytes())?;
-    let payload = rest.strip_prefix(MIDDLE)?.strip_suffix(TAIL)?;
+    let payload = rest
+        .strip_prefix(MIDDLE.as_bytes())?
+        .strip_suffix(TAIL.as_bytes())?;
     (!payload.is_empty()).then_some(payload)
+}
+
+/// `payload_after` for a value that is text.
+pub fn payload_in<'v>(schema: &str, value: &'v str) -> Option<&'v str> {
+    let payload = payload_after(schema, value.as_bytes())?;
+    let start = HEAD.len() + schema.len() + MIDDLE.len();
+    value.get(start..start + payload.len())
 }
 
 /// The schema text of an envelope not seen before (a JSON scan).
 fn first_sight(value: &[u8]) -> Option<&str> {
-    if !value.starts_with(HEAD) {
+    if !value.starts_with(HEAD.as_bytes()) {
         return None;
     }
     let env: Envelope<'_> = serde_json::from_slice(value).ok()?;
@@ -92,13 +101,12 @@ fn first_sight(value: &[u8]) -> Option<&str> {
 /// The record's value as it was read: `{"schema":S,"payload":P}` again
 /// when the source split it.
 pub fn join(schema: &str, payload: &str) -> String {
-    let mut out =
-        String::with_capacity(HEAD.len() + schema.len() + MIDDLE.len() + payload.len() + 1);
-    out.push_str("{\"schema\":");
-    out.push_str(schema);
-    out.push_str(",\"payload\":");
-    out.push_str(payload);
-    out.push('}');
+    let mut out = String::with_capacity(
+        HEAD.len() + schema.len() + MIDDLE.len() + payload.len() + TAIL.len(),
+    );
+    for part in [HEAD, schema, MIDDLE, payload, TAIL] {
+        out.push_str(part);
+    }
     out
 }
 

@@ -349,8 +349,8 @@ async fn write_in_order(
         let changed = i > start
             && (is_upsert(first) != is_upsert(w)
                 || !(Arc::ptr_eq(first.table(), table) || **first.table() == **table));
-        let full = i - start == table_sql(cache, d, first.table()).max_rows;
-        if changed || full || seen.contains(&key) {
+        // (`execute_run` cuts a long run into statements that fit.)
+        if changed || seen.contains(&key) {
             let ts = table_sql(cache, d, first.table());
             execute_run(conn, d, ts, &writes[start..i]).await?;
             start = i;
