@@ -1359,7 +1359,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
                         },
                         key: None,
                         value: Some(String::new()),
-                        headers: Vec::new(),
+                        headers: Default::default(),
                         schema: None,
                     },
                     None,

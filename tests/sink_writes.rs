@@ -57,7 +57,7 @@ fn event(offset: i64, writes: Vec<SinkWrite>) -> EventWrites {
             },
             key: None,
             value: Some(String::new()),
-            headers: Vec::new(),
+            headers: Default::default(),
             schema: None,
         },
         None,

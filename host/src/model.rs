@@ -129,6 +129,11 @@ pub struct RecordId {
     pub offset: i64,
 }
 
+/// A record's Kafka headers, in order: shared, since a connector's records
+/// usually all carry the same ones (the Kafka source reuses the previous
+/// record's when they are equal, instead of copying them per record).
+pub type Headers = Arc<[(String, Option<Vec<u8>>)]>;
+
 /// A record as the source delivered it, kept for the dead-letter queue.
 #[derive(Clone, Debug)]
 pub struct RawRecord {
@@ -140,7 +145,7 @@ pub struct RawRecord {
     /// the whole value).
     pub value: Option<String>,
     /// Kafka headers, in order (passed on to the DLQ topic).
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Headers,
     /// The schema of the value's `{"schema":…,"payload":…}` envelope, shared
     /// by the topic's records (`source::envelope`), when the source split it.
     pub schema: Option<Arc<str>>,

@@ -57,7 +57,14 @@ pub struct Decoder {
     /// The schema text last seen per topic, checked before hashing into `schemas`.
     last_schema: HashMap<Arc<str>, (Arc<str>, Arc<RowSchema>)>,
     key_schemas: HashMap<String, Arc<Vec<String>>>,
+    /// The key schema text last seen per topic and its names: a key that
+    /// carries it again is known by comparing bytes, without parsing it.
+    last_key: HashMap<Arc<str>, (String, Arc<Vec<String>>)>,
     tables: HashMap<TableKey, Arc<TableDesc>>,
+    /// What the last record of each topic decoded with a schema resolved
+    /// to; the next one with the same row schema and key names reuses it
+    /// instead of building its layout and interning its table again.
+    last_table: HashMap<Arc<str>, TopicLayout>,
     /// Key column names last seen per topic, for records whose key is unreadable.
     known_keys: HashMap<Arc<str>, Arc<Vec<String>>>,
     /// Schemaless columns proven to hold text: they carried a string that is
@@ -74,7 +81,18 @@ struct TableKey {
     key: Vec<String>,
 }
 
+/// A topic's resolved row: for records whose row schema and key names are
+/// the same `Arc`s as the previous record's.
+struct TopicLayout {
+    schema: Arc<RowSchema>,
+    key_names: Arc<Vec<String>>,
+    layout: Arc<RowLayout>,
+    key_idx: Vec<u32>,
+    desc: Arc<TableDesc>,
+}
+
 /// Column names, types and converters of one record's row.
+#[derive(Clone)]
 struct RowLayout {
     columns: Vec<Column>,
     encodings: Vec<Option<Encoding>>,
@@ -89,7 +107,9 @@ impl Decoder {
             schemas: HashMap::new(),
             last_schema: HashMap::new(),
             key_schemas: HashMap::new(),
+            last_key: HashMap::new(),
             tables: HashMap::new(),
+            last_table: HashMap::new(),
             known_keys: HashMap::new(),
             proven_text: HashMap::new(),
             learned: Vec::new(),
@@ -216,14 +236,20 @@ impl Decoder {
         let (has_before, has_after) = (before_text.is_some(), after_text.is_some());
 
         let topic = rec.id.topic.clone();
-        let layout = match &row_schema {
-            Some(rs) => RowLayout {
+        // The topic's last layout, when this record has the same row schema.
+        let cached = row_schema.as_ref().and_then(|rs| {
+            self.last_table
+                .get(&topic)
+                .filter(|c| Arc::ptr_eq(&c.schema, rs))
+        });
+        let mut layout = match (&row_schema, cached) {
+            (_, Some(c)) => c.layout.clone(),
+            (Some(rs), None) => Arc::new(RowLayout {
                 columns: rs.fields.iter().map(|f| f.column.clone()).collect(),
                 encodings: rs.fields.iter().map(|f| Some(f.encoding.clone())).collect(),
-            },
-            None => self.schemaless_layout(&topic, before, after)?,
+            }),
+            (None, _) => Arc::new(self.schemaless_layout(&topic, before, after)?),
         };
-        let mut layout = layout;
 
         // A truncate concerns the whole table: no key. A delete without row
         // images (e.g. REPLICA IDENTITY NOTHING) takes its key from the Kafka key.
@@ -236,6 +262,7 @@ impl Decoder {
         if key_only && row_schema.is_none() {
             for k in key_names.iter() {
                 if !layout.columns.iter().any(|c| &c.name == k) {
+                    let layout = Arc::make_mut(&mut layout);
                     layout.columns.push(Column {
                         name: k.clone(),
                         ty: ColumnType::Unknown,
@@ -246,15 +273,29 @@ impl Decoder {
                 }
             }
         }
-        let mut key_idx = Vec::with_capacity(key_names.len());
-        for k in key_names.iter() {
-            let i = layout
-                .columns
-                .iter()
-                .position(|c| &c.name == k)
-                .ok_or_else(|| err(format!("key column `{k}` is not a column of the row")))?;
-            key_idx.push(i as u32);
-        }
+        let cached = row_schema.as_ref().and_then(|rs| {
+            self.last_table
+                .get(&topic)
+                .filter(|c| Arc::ptr_eq(&c.schema, rs) && Arc::ptr_eq(&c.key_names, &key_names))
+        });
+        let key_idx = match cached {
+            Some(c) => c.key_idx.clone(),
+            None => {
+                let mut key_idx = Vec::with_capacity(key_names.len());
+                for k in key_names.iter() {
+                    let i = layout
+                        .columns
+                        .iter()
+                        .position(|c| &c.name == k)
+                        .ok_or_else(|| {
+                            err(format!("key column `{k}` is not a column of the row"))
+                        })?;
+                    key_idx.push(i as u32);
+                }
+                key_idx
+            }
+        };
+        let cached_desc = cached.map(|c| c.desc.clone());
 
         if row_schema.is_none() {
             self.gather_text_evidence(&topic, [before, after]);
@@ -344,7 +385,26 @@ impl Decoder {
             )));
         }
 
-        let desc = self.intern_table(&topic, layout.columns, &key_names, key_idx);
+        let desc = match cached_desc {
+            Some(desc) => desc,
+            None => {
+                let desc =
+                    self.intern_table(&topic, layout.columns.clone(), &key_names, key_idx.clone());
+                if let Some(schema) = row_schema {
+                    self.last_table.insert(
+                        topic.clone(),
+                        TopicLayout {
+                            schema,
+                            key_names,
+                            layout,
+                            key_idx,
+                            desc: desc.clone(),
+                        },
+                    );
+                }
+                desc
+            }
+        };
         let source = parts.source.unwrap_or_default();
         let commit_time_ms = payload::int_of(source.ts_ms).or_else(|| payload::int_of(parts.ts_ms));
         Ok(Decoded::Change(ChangeEvent {
@@ -516,7 +576,7 @@ impl Decoder {
         columns: &[Column],
     ) -> Result<Arc<Vec<String>>, DecodeError> {
         let topic = &rec.id.topic;
-        let parsed = rec.key.as_deref().map(|k| self.parse_key(k));
+        let parsed = rec.key.as_deref().map(|k| self.parse_key(topic, k));
         if !matches!(parsed, Some(Ok(_))) {
             if let Some(names) = self.keys.for_topic(topic) {
                 if let Some(missing) = names
@@ -533,13 +593,20 @@ impl Decoder {
         }
         match parsed {
             Some(Ok(names)) => {
-                let names = Arc::new(names);
-                if self.known_keys.get(topic) != Some(&names) {
-                    self.known_keys.insert(topic.clone(), names.clone());
-                    self.learned.push(Learned::Key {
-                        topic: topic.to_string(),
-                        columns: names.as_ref().clone(),
-                    });
+                match self.known_keys.get(topic) {
+                    Some(known) if Arc::ptr_eq(known, &names) => {}
+                    // The same names (restored, or from another key schema):
+                    // nothing to learn; keep this `Arc` to know it by pointer.
+                    Some(known) if known == &names => {
+                        self.known_keys.insert(topic.clone(), names.clone());
+                    }
+                    _ => {
+                        self.known_keys.insert(topic.clone(), names.clone());
+                        self.learned.push(Learned::Key {
+                            topic: topic.to_string(),
+                            columns: names.as_ref().clone(),
+                        });
+                    }
                 }
                 Ok(names)
             }
@@ -557,17 +624,30 @@ impl Decoder {
         }
     }
 
-    fn parse_key(&mut self, key: &str) -> Result<Vec<String>, String> {
+    fn parse_key(&mut self, topic: &Arc<str>, key: &str) -> Result<Arc<Vec<String>>, String> {
+        // The common case: the topic's key schema again, compared as bytes.
+        if let Some((known, names)) = self.last_key.get(topic) {
+            if split_known_schema(known, key).is_some() {
+                return Ok(names.clone());
+            }
+        }
         let wrapper: Wrapper<'_> =
             serde_json::from_str(key).map_err(|e| format!("not JSON: {e}"))?;
         if let (Some(s), Some(_)) = (wrapper.schema, wrapper.payload) {
-            if let Some(names) = self.key_schemas.get(s.get()) {
-                return Ok(names.as_ref().clone());
-            }
-            let schema: Json = serde_json::from_str(s.get()).map_err(|e| e.to_string())?;
-            if let Some(names) = schema::key_field_names(&schema) {
-                self.key_schemas
-                    .insert(s.get().to_string(), Arc::new(names.clone()));
+            let names = match self.key_schemas.get(s.get()) {
+                Some(names) => Some(names.clone()),
+                None => {
+                    let schema: Json = serde_json::from_str(s.get()).map_err(|e| e.to_string())?;
+                    schema::key_field_names(&schema).map(|names| {
+                        let names = Arc::new(names);
+                        self.key_schemas.insert(s.get().to_string(), names.clone());
+                        names
+                    })
+                }
+            };
+            if let Some(names) = names {
+                self.last_key
+                    .insert(topic.clone(), (s.get().to_string(), names.clone()));
                 return Ok(names);
             }
         }
@@ -577,8 +657,8 @@ impl Decoder {
         };
         let v: Json = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
         match v {
-            Json::Object(m) => Ok(m.keys().cloned().collect()),
-            Json::Null => Ok(Vec::new()),
+            Json::Object(m) => Ok(Arc::new(m.keys().cloned().collect())),
+            Json::Null => Ok(Arc::new(Vec::new())),
             _ => Err("not a JSON object".into()),
         }
     }

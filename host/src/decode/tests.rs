@@ -20,7 +20,7 @@ fn raw(topic: &str, key: Option<&str>, value: &str) -> RawRecord {
         },
         key: key.map(str::to_string),
         value: Some(value.to_string()),
-        headers: Vec::new(),
+        headers: Default::default(),
         schema: None,
     }
 }
@@ -451,4 +451,58 @@ fn split_envelopes_decode_like_whole_records() {
         assert_eq!(got, want, "{line}");
     }
     assert!(split > 100, "split {split} records");
+}
+
+#[test]
+fn a_changed_schema_or_key_schema_is_not_served_from_the_topic_cache() {
+    use serde_json::json;
+    let mut dec = Decoder::new(ColumnHints::default());
+    let line = SCHEMAS
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let rec = record(line);
+    let first = change(dec.decode(&rec).unwrap());
+    let again = change(dec.decode(&rec).unwrap());
+    assert!(Arc::ptr_eq(&first.table, &again.table));
+
+    // The value's row schema gains a column.
+    let mut value: Json = serde_json::from_str(&rec.value_text().unwrap()).unwrap();
+    for f in value["schema"]["fields"].as_array_mut().unwrap() {
+        if f["field"] == "after" || f["field"] == "before" {
+            f["fields"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "string", "optional": true, "field": "extra"}));
+        }
+    }
+    value["payload"]["after"]["extra"] = json!("x");
+    let wider = RawRecord {
+        value: Some(value.to_string()),
+        schema: None,
+        ..rec.clone()
+    };
+    let c = change(dec.decode(&wider).unwrap());
+    assert_eq!(c.table.columns.len(), first.table.columns.len() + 1);
+    assert_eq!(c.after.unwrap().last(), Some(&Value::Text("x".into())));
+
+    // The key's schema gains a column: the row identity follows it.
+    let mut key: Json = serde_json::from_str(rec.key.as_deref().unwrap()).unwrap();
+    key["schema"]["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "int64", "optional": false, "field": "customer_id"}));
+    key["payload"]["customer_id"] = value["payload"]["after"]["customer_id"].clone();
+    let two = RawRecord {
+        key: Some(key.to_string()),
+        ..wider.clone()
+    };
+    let c = change(dec.decode(&two).unwrap());
+    assert_eq!(c.table.key.len(), 2);
+    assert_eq!(c.key.len(), 2);
+
+    // Back to the first layout and key: the first table again.
+    let c = change(dec.decode(&rec).unwrap());
+    assert!(Arc::ptr_eq(&c.table, &first.table));
+    assert_eq!(c.key, first.key);
 }

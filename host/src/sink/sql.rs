@@ -761,7 +761,7 @@ mod tests {
                 },
                 key: None,
                 value: Some(String::new()),
-                headers: Vec::new(),
+                headers: Default::default(),
                 schema: None,
             },
             plugins: None,

@@ -46,7 +46,7 @@ impl KcatLine {
             },
             key: self.key,
             value: self.payload,
-            headers: Vec::new(),
+            headers: Default::default(),
             schema: None,
         }
     }
@@ -179,7 +179,7 @@ impl FileSource {
                         },
                         key: k.key,
                         value,
-                        headers: Vec::new(),
+                        headers: Default::default(),
                         schema,
                     })
                 }
@@ -205,7 +205,7 @@ impl FileSource {
                             },
                             key: None,
                             value: Some(text.to_string()),
-                            headers: Vec::new(),
+                            headers: Default::default(),
                             schema: None,
                         },
                         reason: format!("line {line_no} is not a kcat -J record: {e}"),

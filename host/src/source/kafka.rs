@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{SourceItem, SourceSignal};
-use crate::model::{RawRecord, RecordId};
+use crate::model::{Headers, RawRecord, RecordId};
 use crate::stats::Stats;
 
 /// Next offset per (topic, partition) as committed in the sink; shared with
@@ -260,6 +260,7 @@ impl KafkaSource {
 
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
         let mut envelopes = super::envelope::SchemaSharing::default();
+        let mut last_headers = Headers::default();
         let mut batch: Vec<SourceItem> = Vec::with_capacity(self.max_batch);
         let mut last_commit = Instant::now();
         let mut last_sink_read = Instant::now();
@@ -345,7 +346,7 @@ impl KafkaSource {
                     })
                     .transpose()
                 };
-                let headers = headers(&msg);
+                let headers = headers(&msg, &mut last_headers);
                 let (schema, payload) = match msg.payload() {
                     Some(v) => {
                         let (schema, payload) = envelopes.split(&id.topic, v);
@@ -539,13 +540,27 @@ fn fatal(consumer: &StreamConsumer<ResumeFromSink>, instance: &str) -> anyhow::R
     }
 }
 
-/// A message's headers, kept for the DLQ topic.
-fn headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
-    msg.headers().map_or_else(Vec::new, |hs| {
-        hs.iter()
-            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-            .collect()
-    })
+/// A message's headers, kept for the DLQ topic: `last` (the previous
+/// record's) again when they are equal, else a copy that becomes `last`.
+fn headers(msg: &BorrowedMessage<'_>, last: &mut Headers) -> Headers {
+    let same = match msg.headers() {
+        None => last.is_empty(),
+        Some(hs) => {
+            hs.count() == last.len()
+                && hs
+                    .iter()
+                    .zip(last.iter())
+                    .all(|(h, (k, v))| h.key == k && h.value == v.as_deref())
+        }
+    };
+    if !same {
+        *last = msg.headers().map_or_else(Headers::default, |hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        });
+    }
+    last.clone()
 }
 
 /// Raise `reached` to the consumer's position of each assigned partition.
