@@ -76,6 +76,11 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 
 /// µs UTC → `2024-02-11T01:30:00.000000Z`.
 pub fn format_timestamp(us: i64) -> String {
+    let mut out = String::with_capacity(27);
+    if write_iso(&mut out, us) {
+        out.push('Z');
+        return out;
+    }
     match DateTime::from_timestamp_micros(us) {
         Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         None => us.to_string(),
@@ -84,6 +89,10 @@ pub fn format_timestamp(us: i64) -> String {
 
 /// µs → `2025-03-22T17:41:47.580457`.
 pub fn format_local(us: i64) -> String {
+    let mut out = String::with_capacity(26);
+    if write_iso(&mut out, us) {
+        return out;
+    }
     match DateTime::from_timestamp_micros(us) {
         Some(dt) => dt.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
         None => us.to_string(),
@@ -92,9 +101,75 @@ pub fn format_local(us: i64) -> String {
 
 /// Days → `2023-12-11`.
 pub fn format_date(days: i32) -> String {
+    if let Some(ymd) = civil(days as i64) {
+        let mut out = String::with_capacity(10);
+        push_date(&mut out, ymd);
+        return out;
+    }
     match EPOCH_DATE.checked_add_signed(chrono::Duration::days(days as i64)) {
         Some(d) => d.format("%Y-%m-%d").to_string(),
         None => days.to_string(),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffff` of µs since the epoch, written by hand
+/// (sinks bind every timestamp as text; chrono's formatter took a twentieth
+/// of an aggregation's commit). `false` for years outside 0000–9999, which
+/// take chrono's signed, wider form.
+fn write_iso(out: &mut String, us: i64) -> bool {
+    let days = us.div_euclid(86_400_000_000);
+    let Some(ymd) = civil(days) else {
+        return false;
+    };
+    let in_day = us.rem_euclid(86_400_000_000);
+    let secs = in_day / 1_000_000;
+    push_date(out, ymd);
+    out.push('T');
+    push_digits(out, (secs / 3600) as u32, 2);
+    out.push(':');
+    push_digits(out, ((secs / 60) % 60) as u32, 2);
+    out.push(':');
+    push_digits(out, (secs % 60) as u32, 2);
+    out.push('.');
+    push_digits(out, (in_day % 1_000_000) as u32, 6);
+    true
+}
+
+/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian;
+/// Howard Hinnant's `civil_from_days`), for years 0000–9999 only.
+fn civil(days: i64) -> Option<(u32, u32, u32)> {
+    // 0000-03-01 .. 9999-12-31 (earlier days of year 0 take the general path).
+    if !(-719_468..=2_932_896).contains(&days) {
+        return None;
+    }
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (0..=9999)
+        .contains(&y)
+        .then_some((y as u32, m as u32, d as u32))
+}
+
+fn push_date(out: &mut String, (y, m, d): (u32, u32, u32)) {
+    push_digits(out, y, 4);
+    out.push('-');
+    push_digits(out, m, 2);
+    out.push('-');
+    push_digits(out, d, 2);
+}
+
+/// `v` in exactly `width` decimal digits (zero-padded; `v` fits).
+fn push_digits(out: &mut String, v: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (v / div % 10) as u8));
+        div /= 10;
     }
 }
 
@@ -141,5 +216,30 @@ mod tests {
         assert!(TimeUnit::Ns.to_micros(1_001).is_err());
         assert_eq!(TimeUnit::Ns.to_micros(2_000).unwrap(), 2);
         assert!(parse_zoned("2024-02-11T01:30:00.000000001Z").is_err());
+    }
+
+    #[test]
+    fn hand_written_formats_equal_chrono_s() {
+        let chrono_local = |us: i64| match DateTime::from_timestamp_micros(us) {
+            Some(dt) => dt.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            None => us.to_string(),
+        };
+        let first: i64 = -62_167_219_200_000_000; // 0000-01-01
+        let last: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999
+        let step = 86_399_999_999 * 37 + 123_457;
+        let mut us = first - 400 * 86_400_000_000;
+        while us <= last + 400 * 86_400_000_000 {
+            assert_eq!(format_local(us), chrono_local(us), "{us}");
+            assert_eq!(format_timestamp(us), chrono_local(us) + "Z", "{us}");
+            let days = us.div_euclid(86_400_000_000) as i32;
+            let want = (EPOCH_DATE + chrono::Duration::days(days as i64))
+                .format("%Y-%m-%d")
+                .to_string();
+            assert_eq!(format_date(days), want, "{days}");
+            us += step;
+        }
+        for us in [first, first - 1, last, last + 1, i64::MIN, i64::MAX, 0, -1] {
+            assert_eq!(format_local(us), chrono_local(us), "{us}");
+        }
     }
 }

@@ -36,20 +36,6 @@ impl SessionState {
         }
     }
 
-    /// Whether a row at `t` with `args` can be added or retracted.
-    pub fn check(
-        &self,
-        measures: &[MeasureSpec],
-        t: i64,
-        args: &[Value],
-        weight: i64,
-    ) -> Result<(), String> {
-        match self.times.get(&t) {
-            Some(acc) => acc.check(args, weight),
-            None => GroupAcc::new(measures).check(args, weight),
-        }
-    }
-
     pub fn apply(&mut self, measures: &[MeasureSpec], t: i64, args: &[Value], weight: i64) {
         let acc = self
             .times

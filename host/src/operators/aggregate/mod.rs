@@ -8,7 +8,7 @@
 //! database is the truth: whichever host of the pipeline committed last,
 //! the next commit reads its state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::accumulate::GroupAcc;
@@ -65,6 +65,16 @@ pub struct OperatorInput {
     /// The source partition (`watermark::partition_key`): watermarks are
     /// kept per partition.
     pub partition: Vec<u8>,
+}
+
+/// `keys` without repeats, in the order first seen.
+fn distinct(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
+    let first: Vec<bool> = keys.iter().map(|k| seen.insert(k.as_slice())).collect();
+    drop(seen);
+    let mut first = first.into_iter();
+    keys.retain(|_| first.next().unwrap_or(false));
+    keys
 }
 
 /// The state writes of a watermark's changed rows (kinds `w` and `m`).
@@ -503,12 +513,12 @@ impl AggregateState {
             );
             dirty_rows.push(input.row_key.clone());
         }
-        let mut seen = BTreeSet::new();
-        for k in dirty_rows {
-            if !seen.insert(k.clone()) {
-                continue;
-            }
-            let value = self.rows.get(&k).cloned().flatten().map(|r| r.encode());
+        for k in distinct(dirty_rows) {
+            let value = self
+                .rows
+                .get(&k)
+                .and_then(Option::as_ref)
+                .map(RowState::encode);
             applied.state.push(StateWrite {
                 kind: kind::ROW,
                 key: k,
@@ -535,13 +545,9 @@ impl AggregateState {
             );
             return applied;
         }
-        let mut seen = BTreeSet::new();
-        for k in dirty_groups {
-            if !seen.insert(k.clone()) {
-                continue;
-            }
-            let group = self.groups.get(&k).cloned().flatten();
-            let (value, expires) = match &group {
+        for k in distinct(dirty_groups) {
+            let group = self.groups.get(&k).and_then(Option::as_ref);
+            let (value, expires) = match group {
                 // A closed window's state that stays (late rows applied) no
                 // longer expires.
                 Some(g) if g.acc.rows > 0 && self.closed(g.window.1, watermark) => {
@@ -550,23 +556,24 @@ impl AggregateState {
                 Some(g) if g.acc.rows > 0 => (Some(g.encode()), self.expiry(g.window.1)),
                 _ => (None, None),
             };
-            if value.is_none() {
-                self.groups.insert(k.clone(), None);
-            }
-            applied.state.push(StateWrite {
-                kind: kind::GROUP,
-                key: k.clone(),
-                value,
-                expires,
-            });
+            let emptied = value.is_none();
             if let (Some(table), Some(g)) = (&output_table, group) {
                 if self.spec.emit == EmitMode::Update || corrected.contains(&k) {
-                    match output_row(&self.spec, table, &g, calls) {
+                    match output_row(&self.spec, table, g, calls) {
                         Ok(w) => applied.outputs.push(w),
                         Err(e) => applied.failures.push(e),
                     }
                 }
             }
+            if emptied {
+                self.groups.insert(k.clone(), None);
+            }
+            applied.state.push(StateWrite {
+                kind: kind::GROUP,
+                key: k,
+                value,
+                expires,
+            });
         }
         let _ = LatePolicy::Apply;
         applied
@@ -622,15 +629,23 @@ impl AggregateState {
                 steps.push((Self::session_key(c), c, t, weight));
             }
         }
-        let mut scratch: HashMap<&[u8], SessionState> = HashMap::new();
+        // Check step by step against copies of the accumulators at the
+        // steps' times only (a group's state holds all its rows' times).
+        let measures = &self.spec.measures;
+        let mut scratch: HashMap<(&[u8], i64), GroupAcc> = HashMap::new();
         for (k, c, t, weight) in &steps {
-            let s = scratch.entry(k.as_slice()).or_insert_with(|| {
-                self.sessions.get(k).cloned().flatten().unwrap_or_else(|| {
-                    SessionState::new(c.group.clone(), c.time.clone().unwrap_or(Value::Null))
-                })
+            let acc = scratch.entry((k.as_slice(), *t)).or_insert_with(|| {
+                self.sessions
+                    .get(k)
+                    .and_then(|s| s.as_ref()?.times.get(t).cloned())
+                    .unwrap_or_else(|| GroupAcc::new(measures))
             });
-            s.check(&self.spec.measures, *t, &c.args, *weight)?;
-            s.apply(&self.spec.measures, *t, &c.args, *weight);
+            acc.check(&c.args, *weight)?;
+            acc.apply(&c.args, *weight);
+            // As `SessionState::apply`: a time without rows starts afresh.
+            if acc.rows == 0 {
+                *acc = GroupAcc::new(measures);
+            }
         }
         let mut touched = Vec::new();
         for (k, c, t, weight) in steps {
@@ -662,52 +677,66 @@ impl AggregateState {
         applied: &mut Applied,
         calls: &mut dyn CustomCalls,
     ) {
-        let mut seen = BTreeSet::new();
-        for k in dirty {
-            if !seen.insert(k.clone()) {
-                continue;
-            }
-            let state = self.sessions.get(&k).cloned().flatten();
-            let value = state.as_ref().filter(|s| !s.is_empty()).map(|s| s.encode());
-            if value.is_none() {
-                self.sessions.insert(k.clone(), None);
-            }
+        for k in distinct(dirty) {
+            let state = self.sessions.get(&k).and_then(Option::as_ref);
+            let value = state.filter(|s| !s.is_empty()).map(|s| s.encode());
+            let emptied = value.is_none();
             applied.state.push(StateWrite {
                 kind: kind::GROUP,
                 key: k.clone(),
                 value,
                 expires: None,
             });
-            let (Some(table), Some(state)) = (&table, state) else {
-                continue;
-            };
-            if self.spec.emit != EmitMode::Update {
-                continue;
+            if let (Some(table), Some(state), EmitMode::Update) = (&table, state, self.spec.emit) {
+                Self::session_outputs(
+                    &self.spec,
+                    table,
+                    state,
+                    before.remove(&k).unwrap_or_default(),
+                    gap,
+                    applied,
+                    calls,
+                );
             }
-            let after = state.sessions(&self.spec.measures, gap);
-            let old = before.remove(&k).unwrap_or_default();
-            let row = |s: &Session| GroupState {
-                group: state.group.clone(),
-                window: (s.start, s.end),
-                bounds: Some((bound(&state.like, s.start), bound(&state.like, s.end))),
-                acc: s.acc.clone(),
-            };
-            for gone in old
-                .iter()
-                .filter(|o| !after.iter().any(|a| a.start == o.start))
-            {
-                let mut g = row(gone);
-                g.acc.rows = 0;
-                match output_row(&self.spec, table, &g, calls) {
-                    Ok(w) => applied.outputs.push(w),
-                    Err(e) => applied.failures.push(e),
-                }
+            if emptied {
+                self.sessions.insert(k, None);
             }
-            for s in after.iter().filter(|a| !old.contains(a)) {
-                match output_row(&self.spec, table, &row(s), calls) {
-                    Ok(w) => applied.outputs.push(w),
-                    Err(e) => applied.failures.push(e),
-                }
+        }
+    }
+
+    /// The output rows of one session group's change: rows of sessions
+    /// gone are deleted (as zero-row groups), new and changed ones upserted.
+    fn session_outputs(
+        spec: &AggregationSpec,
+        table: &Arc<SinkTable>,
+        state: &SessionState,
+        old: Vec<Session>,
+        gap: i64,
+        applied: &mut Applied,
+        calls: &mut dyn CustomCalls,
+    ) {
+        let after = state.sessions(&spec.measures, gap);
+        let row = |s: &Session| GroupState {
+            group: state.group.clone(),
+            window: (s.start, s.end),
+            bounds: Some((bound(&state.like, s.start), bound(&state.like, s.end))),
+            acc: s.acc.clone(),
+        };
+        for gone in old
+            .iter()
+            .filter(|o| !after.iter().any(|a| a.start == o.start))
+        {
+            let mut g = row(gone);
+            g.acc.rows = 0;
+            match output_row(spec, table, &g, calls) {
+                Ok(w) => applied.outputs.push(w),
+                Err(e) => applied.failures.push(e),
+            }
+        }
+        for s in after.iter().filter(|a| !old.contains(a)) {
+            match output_row(spec, table, &row(s), calls) {
+                Ok(w) => applied.outputs.push(w),
+                Err(e) => applied.failures.push(e),
             }
         }
     }
@@ -737,9 +766,7 @@ impl AggregateState {
             let acc = scratch.entry(k.as_slice()).or_insert_with(|| {
                 self.groups
                     .get(k)
-                    .cloned()
-                    .flatten()
-                    .map(|g| g.acc)
+                    .and_then(|g| Some(g.as_ref()?.acc.clone()))
                     .unwrap_or_else(|| GroupAcc::new(&self.spec.measures))
             });
             acc.check(&c.args, *weight)?;
