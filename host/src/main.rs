@@ -6,6 +6,32 @@ use clap::Parser as _;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `arena_eager_commit` option (4 in its `mi_option_t`, v2
+/// and v3 alike).
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+
+unsafe extern "C" {
+    /// From the mimalloc library linked in by the `mimalloc` crate.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Runs from `.init_array`, before `main` and before the first allocation
+/// reserves mimalloc's first arena (an option set in `main` came too late).
+extern "C" fn lazy_arena_commit() {
+    // Commit arena memory as it is used, not the whole arena up front: on
+    // Linux, eager commit backs the arena with transparent huge pages, and
+    // a mirror pipeline's peak RSS went from ~115 MB to ~145 MB with it
+    // (same speed). An explicit MIMALLOC_ARENA_EAGER_COMMIT still wins.
+    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+        // SAFETY: sets a process-wide allocator option.
+        unsafe { mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
+
 fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
     sluice::cli::init_logging(&cli.log_format);

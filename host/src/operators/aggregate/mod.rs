@@ -428,15 +428,9 @@ impl AggregateState {
         let mut output_table: Option<Arc<SinkTable>> = None;
         for (idx, input) in inputs.iter().enumerate() {
             output_table = Some(input.output.clone());
-            let stored = self.rows.get(&input.row_key).cloned().flatten();
-            if let (
-                Some(new),
-                Some(RowState {
-                    order: Some(old), ..
-                }),
-            ) = (input.order, &stored)
-            {
-                if new <= *old {
+            let stored = self.rows.get(&input.row_key).and_then(Option::as_ref);
+            if let (Some(new), Some(old)) = (input.order, stored.and_then(|s| s.order)) {
+                if new <= old {
                     applied.duplicates += 1;
                     continue;
                 }
@@ -449,7 +443,7 @@ impl AggregateState {
                 }
             };
             let old = match self.spec.semantics {
-                Semantics::Changelog => stored.as_ref().and_then(|s| s.contribution.clone()),
+                Semantics::Changelog => stored.and_then(|s| s.contribution.as_deref().cloned()),
                 // Append: every event counts once; nothing is retracted.
                 Semantics::Append => None,
             };
@@ -498,7 +492,7 @@ impl AggregateState {
                 }
             }
             let contribution = match self.spec.semantics {
-                Semantics::Changelog => new,
+                Semantics::Changelog => new.map(Box::new),
                 Semantics::Append => None,
             };
             // A row without a source position (a joined row: the join

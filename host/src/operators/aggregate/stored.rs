@@ -31,7 +31,9 @@ pub(super) struct Contribution {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct RowState {
     pub(super) order: Option<SourceOrder>,
-    pub(super) contribution: Option<Contribution>,
+    /// Boxed: an append-mode row keeps none, and the cache holds a row
+    /// state per source row (the map's slots stay small).
+    pub(super) contribution: Option<Box<Contribution>>,
 }
 
 impl RowState {
@@ -79,12 +81,12 @@ impl RowState {
                     2 => Some(r.bytes()?.to_vec()),
                     _ => None,
                 };
-                Some(Contribution {
+                Some(Box::new(Contribution {
                     group,
                     time,
                     args,
                     partition,
-                })
+                }))
             }
         };
         Ok(RowState {
