@@ -8,8 +8,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `arena_eager_commit` option (4 in its `mi_option_t`, v2
 /// and v3 alike).
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
+#[cfg(target_os = "linux")]
 unsafe extern "C" {
     /// From the mimalloc library linked in by the `mimalloc` crate.
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -17,6 +19,7 @@ unsafe extern "C" {
 
 /// Runs from `.init_array`, before `main` and before the first allocation
 /// reserves mimalloc's first arena (an option set in `main` came too late).
+#[cfg(target_os = "linux")]
 extern "C" fn lazy_arena_commit() {
     // Commit arena memory as it is used, not the whole arena up front: on
     // Linux, eager commit backs the arena with transparent huge pages, and
@@ -28,6 +31,7 @@ extern "C" fn lazy_arena_commit() {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
