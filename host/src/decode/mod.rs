@@ -594,12 +594,8 @@ impl Decoder {
         match parsed {
             Some(Ok(names)) => {
                 match self.known_keys.get(topic) {
-                    Some(known) if Arc::ptr_eq(known, &names) => {}
-                    // The same names (restored, or from another key schema):
-                    // nothing to learn; keep this `Arc` to know it by pointer.
-                    Some(known) if known == &names => {
-                        self.known_keys.insert(topic.clone(), names.clone());
-                    }
+                    // Known (by pointer when the key schema was cached).
+                    Some(known) if Arc::ptr_eq(known, &names) || known == &names => {}
                     _ => {
                         self.known_keys.insert(topic.clone(), names.clone());
                         self.learned.push(Learned::Key {
