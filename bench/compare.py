@@ -273,15 +273,18 @@ def maria_orders(db):
 
 def sqlite_orders(path):
     import sqlite3
+    from contextlib import closing
     from datetime import datetime, timezone
 
-    con = sqlite3.connect(path)
     rows = []
-    for oid, cust, amount, status, placed, note in con.execute(
-            "SELECT order_id, customer_id, amount, status, placed_at, note FROM orders"):
-        dt = datetime.fromisoformat(placed.rstrip("Z")).replace(tzinfo=timezone.utc)
-        us = int(dt.timestamp()) * 1_000_000 + dt.microsecond
-        rows.append((oid, cust, str(amount), status, us, "<null>" if note is None else note))
+    # closed here: an open reader would keep the WAL files the next run's
+    # fresh database must not inherit
+    with closing(sqlite3.connect(path)) as con:
+        for oid, cust, amount, status, placed, note in con.execute(
+                "SELECT order_id, customer_id, amount, status, placed_at, note FROM orders"):
+            dt = datetime.fromisoformat(placed.rstrip("Z")).replace(tzinfo=timezone.utc)
+            us = int(dt.timestamp()) * 1_000_000 + dt.microsecond
+            rows.append((oid, cust, str(amount), status, us, "<null>" if note is None else note))
     return normalise(rows)
 
 
@@ -370,6 +373,12 @@ def timed(cmd, env=None, log=None):
 def fresh_pg(db):
     psql("postgres", f"DROP DATABASE IF EXISTS {db}")
     psql("postgres", f"CREATE DATABASE {db}")
+
+
+def fresh_sqlite(path):
+    # the database and its WAL files: a WAL left beside a new file breaks it
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
 
 
 def fresh_maria(db):
@@ -468,7 +477,7 @@ def main():
          pgurl + "cmp_mirror_pg", lambda: pg_orders("cmp_mirror_pg"), truth_rows),
         ("mirror-maria", "sluice mirror → MariaDB", "mirror", lambda: fresh_maria("cmp_mirror_maria"),
          myurl + "cmp_mirror_maria", lambda: maria_orders("cmp_mirror_maria"), truth_rows),
-        ("mirror-sqlite", "sluice mirror → SQLite", "mirror", lambda: sqlite_db.unlink(missing_ok=True),
+        ("mirror-sqlite", "sluice mirror → SQLite", "mirror", lambda: fresh_sqlite(sqlite_db),
          f"sqlite:{sqlite_db}", lambda: sqlite_orders(sqlite_db), truth_rows),
         ("win", "sluice orders_events_5m → PostgreSQL", "orders_events_5m", lambda: fresh_pg("cmp_win_pg"),
          pgurl + "cmp_win_pg", lambda: pg_windows("cmp_win_pg"), truth_windows),
