@@ -24,11 +24,42 @@ extern "C" fn lazy_arena_commit() {
     // Commit arena memory as it is used, not the whole arena up front: on
     // Linux, eager commit backs the arena with transparent huge pages, and
     // a mirror pipeline's peak RSS went from ~115 MB to ~145 MB with it
-    // (same speed). An explicit MIMALLOC_ARENA_EAGER_COMMIT still wins.
-    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+    // (same speed). An explicit MIMALLOC_ARENA_EAGER_COMMIT (or its older
+    // name, MIMALLOC_EAGER_REGION_COMMIT) still wins.
+    if !eager_commit_set_by_user() {
         // SAFETY: sets a process-wide allocator option.
         unsafe { mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
     }
+}
+
+/// Whether the environment names the option as mimalloc reads it: either
+/// name, any case. Reads `environ` without allocating (before `main`, an
+/// allocation would reserve the arena this option is for).
+#[cfg(target_os = "linux")]
+fn eager_commit_set_by_user() -> bool {
+    unsafe extern "C" {
+        static environ: *const *const std::ffi::c_char;
+    }
+    const NAMES: [&[u8]; 2] = [
+        b"MIMALLOC_ARENA_EAGER_COMMIT=",
+        b"MIMALLOC_EAGER_REGION_COMMIT=",
+    ];
+    // SAFETY: `environ` is the C runtime's NUL-terminated array of
+    // NUL-terminated strings; nothing changes it before `main`.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let var = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if NAMES
+                .iter()
+                .any(|n| var.len() >= n.len() && var[..n.len()].eq_ignore_ascii_case(n))
+            {
+                return true;
+            }
+            entry = entry.add(1);
+        }
+    }
+    false
 }
 
 #[cfg(target_os = "linux")]

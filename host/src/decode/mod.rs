@@ -622,9 +622,13 @@ impl Decoder {
 
     fn parse_key(&mut self, topic: &Arc<str>, key: &str) -> Result<Arc<Vec<String>>, String> {
         // The common case: the topic's key schema again, compared as bytes.
+        // The payload must still be one JSON value, and not null (a null
+        // payload reads as a plain object below), as the general path asks.
         if let Some((known, names)) = self.last_key.get(topic) {
-            if split_known_schema(known, key).is_some() {
-                return Ok(names.clone());
+            if let Some((_, payload)) = split_known_schema(known, key) {
+                if payload != "null" && serde_json::from_str::<&RawValue>(payload).is_ok() {
+                    return Ok(names.clone());
+                }
             }
         }
         let wrapper: Wrapper<'_> =

@@ -506,3 +506,48 @@ fn a_changed_schema_or_key_schema_is_not_served_from_the_topic_cache() {
     assert!(Arc::ptr_eq(&c.table, &first.table));
     assert_eq!(c.key, first.key);
 }
+
+#[test]
+fn a_cached_key_schema_decodes_a_key_like_the_general_path() {
+    let line = SCHEMAS
+        .lines()
+        .find(|l| l.contains("\"pgserver1.public.orders\""))
+        .unwrap();
+    let good = record(line);
+    let key: Json = serde_json::from_str(good.key.as_deref().unwrap()).unwrap();
+    let schema = key["schema"].to_string();
+    let outcome = |d: Result<Decoded, DecodeError>| match d {
+        Ok(Decoded::Change(c)) => Ok(c.key),
+        Ok(Decoded::Tombstone) => Err("tombstone".to_string()),
+        Err(e) => Err(e.0),
+    };
+    // Keys that carry the cached schema text but whose payload is null or
+    // not one JSON value: the cache must answer as the general path does.
+    for payload in [
+        "{\"order_id\":1000}",
+        "null",
+        "{\"order_id\":1}}",
+        " ",
+        "{\"order_id\":1},\"schema\":null",
+    ] {
+        let odd = RawRecord {
+            key: Some(format!("{{\"schema\":{schema},\"payload\":{payload}}}")),
+            ..good.clone()
+        };
+        let mut cached = Decoder::new(ColumnHints::default());
+        let mut general = Decoder::new(ColumnHints::default());
+        for d in [&mut cached, &mut general] {
+            change(d.decode(&good).unwrap());
+            d.take_learned();
+        }
+        general.last_key.clear();
+        assert!(!cached.last_key.is_empty());
+        let (c, g) = (outcome(cached.decode(&odd)), outcome(general.decode(&odd)));
+        assert_eq!(c, g, "key payload {payload}");
+        assert_eq!(
+            format!("{:?}", cached.take_learned()),
+            format!("{:?}", general.take_learned()),
+            "key payload {payload}"
+        );
+    }
+}
