@@ -64,7 +64,7 @@ pub struct Decoder {
     /// What the last record of each topic decoded with a schema resolved
     /// to; the next one with the same row schema and key names reuses it
     /// instead of building its layout and interning its table again.
-    last_table: HashMap<Arc<str>, TopicLayout>,
+    last_table: HashMap<Arc<str>, Arc<TopicLayout>>,
     /// Key column names last seen per topic, for records whose key is unreadable.
     known_keys: HashMap<Arc<str>, Arc<Vec<String>>>,
     /// Schemaless columns proven to hold text: they carried a string that is
@@ -236,13 +236,15 @@ impl Decoder {
         let (has_before, has_after) = (before_text.is_some(), after_text.is_some());
 
         let topic = rec.id.topic.clone();
-        // The topic's last layout, when this record has the same row schema.
+        // The topic's last resolution, when this record has the same row
+        // schema (looked up once: `key_names` below needs `self`).
         let cached = row_schema.as_ref().and_then(|rs| {
             self.last_table
                 .get(&topic)
                 .filter(|c| Arc::ptr_eq(&c.schema, rs))
+                .cloned()
         });
-        let mut layout = match (&row_schema, cached) {
+        let mut layout = match (&row_schema, &cached) {
             (_, Some(c)) => c.layout.clone(),
             (Some(rs), None) => Arc::new(RowLayout {
                 columns: rs.fields.iter().map(|f| f.column.clone()).collect(),
@@ -273,13 +275,11 @@ impl Decoder {
                 }
             }
         }
-        let cached = row_schema.as_ref().and_then(|rs| {
-            self.last_table
-                .get(&topic)
-                .filter(|c| Arc::ptr_eq(&c.schema, rs) && Arc::ptr_eq(&c.key_names, &key_names))
-        });
-        let key_idx = match cached {
-            Some(c) => c.key_idx.clone(),
+        // ... and the same key names: its key indexes and table too.
+        let cached = cached.filter(|c| Arc::ptr_eq(&c.key_names, &key_names));
+        let computed_idx;
+        let key_idx: &[u32] = match &cached {
+            Some(c) => &c.key_idx,
             None => {
                 let mut key_idx = Vec::with_capacity(key_names.len());
                 for k in key_names.iter() {
@@ -292,10 +292,10 @@ impl Decoder {
                         })?;
                     key_idx.push(i as u32);
                 }
-                key_idx
+                computed_idx = key_idx;
+                &computed_idx
             }
         };
-        let cached_desc = cached.map(|c| c.desc.clone());
 
         if row_schema.is_none() {
             self.gather_text_evidence(&topic, [before, after]);
@@ -338,7 +338,7 @@ impl Decoder {
                 ))
             })?;
             let mut key = Vec::with_capacity(key_idx.len());
-            for &i in &key_idx {
+            for &i in key_idx {
                 let col = &layout.columns[i as usize];
                 let v = key_obj.get(&col.name).ok_or_else(|| {
                     err(format!(
@@ -385,21 +385,21 @@ impl Decoder {
             )));
         }
 
-        let desc = match cached_desc {
-            Some(desc) => desc,
+        let desc = match &cached {
+            Some(c) => c.desc.clone(),
             None => {
                 let desc =
-                    self.intern_table(&topic, layout.columns.clone(), &key_names, key_idx.clone());
+                    self.intern_table(&topic, layout.columns.clone(), &key_names, key_idx.to_vec());
                 if let Some(schema) = row_schema {
                     self.last_table.insert(
                         topic.clone(),
-                        TopicLayout {
+                        Arc::new(TopicLayout {
                             schema,
                             key_names,
                             layout,
-                            key_idx,
+                            key_idx: key_idx.to_vec(),
                             desc: desc.clone(),
-                        },
+                        }),
                     );
                 }
                 desc
