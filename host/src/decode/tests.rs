@@ -25,6 +25,16 @@ fn raw(topic: &str, key: Option<&str>, value: &str) -> RawRecord {
     }
 }
 
+/// The first `orders` record of a fixture stream.
+fn first_order(stream: &str) -> RawRecord {
+    record(
+        stream
+            .lines()
+            .find(|l| l.contains("\"pgserver1.public.orders\""))
+            .expect("the fixture has orders"),
+    )
+}
+
 fn change(d: Decoded) -> ChangeEvent {
     match d {
         Decoded::Change(c) => c,
@@ -35,11 +45,8 @@ fn change(d: Decoded) -> ChangeEvent {
 #[test]
 fn schema_stream_types_every_column() {
     let mut dec = Decoder::new(ColumnHints::default());
-    let first_order = SCHEMAS
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let c = change(dec.decode(&record(first_order)).unwrap());
+    let order = first_order(SCHEMAS);
+    let c = change(dec.decode(&order).unwrap());
     assert_eq!(c.op, Op::Read);
     assert_eq!(c.table.name, "orders");
     assert_eq!(c.table.namespace, "public");
@@ -102,11 +109,8 @@ fn precise_decimal_without_schema_is_refused_with_reason() {
         )]),
     );
     let mut dec = Decoder::new(ColumnHints::new(hints));
-    let line = PRECISE
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let err = dec.decode(&record(line)).unwrap_err().to_string();
+    let order = first_order(PRECISE);
+    let err = dec.decode(&order).unwrap_err().to_string();
     assert!(
         err.contains("scale is unknown") && err.contains("amount"),
         "{err}"
@@ -129,11 +133,8 @@ fn precise_decimal_with_configured_scale_decodes_exactly() {
         )]),
     );
     let mut dec = Decoder::new(ColumnHints::new(hints));
-    let line = PRECISE
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let c = change(dec.decode(&record(line)).unwrap());
+    let order = first_order(PRECISE);
+    let c = change(dec.decode(&order).unwrap());
     assert!(c.after.unwrap().contains(&Value::Decimal("247.75".into())));
 }
 
@@ -334,11 +335,8 @@ fn topic_split() {
 #[test]
 fn undeclared_base64_column_is_refused_until_proven_text() {
     let mut dec = Decoder::new(ColumnHints::default());
-    let line = PRECISE
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let err = dec.decode(&record(line)).unwrap_err().to_string();
+    let order = first_order(PRECISE);
+    let err = dec.decode(&order).unwrap_err().to_string();
     assert!(
         err.contains("amount") && err.contains("refusing to guess"),
         "{err}"
@@ -457,11 +455,7 @@ fn split_envelopes_decode_like_whole_records() {
 fn a_changed_schema_or_key_schema_is_not_served_from_the_topic_cache() {
     use serde_json::json;
     let mut dec = Decoder::new(ColumnHints::default());
-    let line = SCHEMAS
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let rec = record(line);
+    let rec = first_order(SCHEMAS);
     let first = change(dec.decode(&rec).unwrap());
     let again = change(dec.decode(&rec).unwrap());
     assert!(Arc::ptr_eq(&first.table, &again.table));
@@ -509,11 +503,7 @@ fn a_changed_schema_or_key_schema_is_not_served_from_the_topic_cache() {
 
 #[test]
 fn a_cached_key_schema_decodes_a_key_like_the_general_path() {
-    let line = SCHEMAS
-        .lines()
-        .find(|l| l.contains("\"pgserver1.public.orders\""))
-        .unwrap();
-    let good = record(line);
+    let good = first_order(SCHEMAS);
     let key: Json = serde_json::from_str(good.key.as_deref().unwrap()).unwrap();
     let schema = key["schema"].to_string();
     let outcome = |d: Result<Decoded, DecodeError>| match d {
