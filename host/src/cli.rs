@@ -101,9 +101,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "TOPIC")]
     pub dlq_topic: Option<String>,
 
-    /// Most records per batch (and per sink transaction) [default: 5000].
-    /// Batches fill up only while catching up; live, a batch ends as soon
-    /// as no record waits and the sink can take it (group commit).
+    /// Most records per sink transaction [default: 10000]. Transactions
+    /// fill up only while catching up (the sink takes every batch that
+    /// queued during its last commit); live, a batch ends as soon as no
+    /// record waits and the sink can take it (group commit).
     #[arg(long, value_name = "N")]
     pub max_batch: Option<usize>,
 }

@@ -11,11 +11,14 @@ use serde::Deserialize;
 use crate::decode::temporal::TimeUnit;
 use crate::model::ColumnType;
 
-/// Records per batch unless configured: large enough that a catching-up
-/// pipeline writes its operator state once per few thousand changes (the
-/// state rows a batch touches are written once, however often it touched
-/// them); a live pipeline's batches end as soon as the sink can take them.
-pub const DEFAULT_MAX_BATCH: usize = 5000;
+/// Records per commit unless configured: large enough that a catching-up
+/// pipeline writes its rows and operator state once per several thousand
+/// changes (a row a commit touches is written once, however often it
+/// changed); a live pipeline commits as soon as the sink can take a batch.
+/// 10,000 against 5,000, measured (305k events into PostgreSQL):
+/// `orders_events_5m` 7.0–8.0 s against 8.7–9.3 s, at 167 MB peak RSS
+/// against 130 (source batches are a quarter of it, see `pipeline.rs`).
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
 
 /// A pipeline as written in `PIPELINE.toml`. Every field may also come from the CLI.
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +65,7 @@ pub struct PipelineFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchFile {
-    /// Most records per batch (Spark's `maxOffsetsPerTrigger`).
+    /// Most records per commit (Spark's `maxOffsetsPerTrigger`).
     pub max_records: Option<usize>,
     /// Longest a partial batch waits for more records while the stages
     /// ahead are busy, e.g. "200ms".

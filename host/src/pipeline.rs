@@ -42,6 +42,39 @@ fn channel_batches(max_batch: usize) -> usize {
     (CHANNEL_RECORDS / max_batch.max(1)).clamp(1, 4)
 }
 
+/// Source batches per commit, at most: the source reads and the processor
+/// decodes in parts of a commit, and the sink takes as many parts as have
+/// queued while it committed the last ones (up to the most records per
+/// commit). A sink that keeps up commits each part as it comes (live: low
+/// latency); one that falls behind (catching up) commits them together,
+/// which writes each touched row and state row once for all of them. Only
+/// the commit and the parts queued for the next one are whole commits in
+/// memory, not every stage's batch.
+const PARTS_PER_COMMIT: usize = 4;
+
+/// The most records per source batch for commits of at most `max_commit`.
+fn part_records(max_commit: usize) -> usize {
+    (max_commit / PARTS_PER_COMMIT).max(1)
+}
+
+/// The next commit: `first` and the batches queued behind it, while they
+/// fit in `max_records` and may share a commit (`SinkBatch::takes_more`);
+/// a queued batch that does not fit is handed back to start the next one.
+fn gather(
+    mut batch: SinkBatch,
+    queued: &mut mpsc::Receiver<SinkBatch>,
+    max_records: usize,
+) -> (SinkBatch, Option<SinkBatch>) {
+    while batch.takes_more() && (batch.records as usize) < max_records {
+        match queued.try_recv() {
+            Ok(next) if (batch.records + next.records) as usize <= max_records => batch.merge(next),
+            Ok(next) => return (batch, Some(next)),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
+}
+
 /// What a finished run reports.
 #[derive(Debug)]
 pub struct RunSummary {
@@ -118,9 +151,12 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     }
     tracing::info!(plugins = ?set.summary(), "plugins ready");
 
-    let depth = channel_batches(p.max_batch_records);
+    let part = part_records(p.max_batch_records);
+    let depth = channel_batches(part);
     let (raw_tx, raw_rx) = mpsc::channel::<Vec<SourceItem>>(depth);
-    let (sink_tx, mut sink_rx) = mpsc::channel::<SinkBatch>(depth);
+    // Deep enough to hold the parts of one whole commit (see `gather`).
+    let (sink_tx, mut sink_rx) =
+        mpsc::channel::<SinkBatch>(depth.max(p.max_batch_records.div_ceil(part)));
     // The sink's checkpoint, updated after every commit; the Kafka source
     // resumes assigned partitions from it.
     let checkpoint: Checkpoint = Arc::new(std::sync::Mutex::new(resume.clone()));
@@ -129,7 +165,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
             FileSource {
                 path: path.clone(),
                 follow: !p.until_caught_up,
-                max_batch: p.max_batch_records,
+                max_batch: part,
                 max_wait: p.max_batch_wait,
                 resume,
                 idle_timeout: p.idle_timeout,
@@ -157,7 +193,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                     Arc::new(move || reader.read())
                 },
                 until_caught_up: p.until_caught_up,
-                max_batch: p.max_batch_records,
+                max_batch: part,
                 max_wait: p.max_batch_wait,
                 linger: p.batch_linger,
                 checkpoint: checkpoint.clone(),
@@ -205,8 +241,18 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     };
     let mut sink_error = None;
     let mut waiting = Instant::now();
-    while let Some(batch) = sink_rx.recv().await {
+    let mut carried: Option<SinkBatch> = None;
+    loop {
+        let first = match carried.take() {
+            Some(b) => b,
+            None => match sink_rx.recv().await {
+                Some(b) => b,
+                None => break,
+            },
+        };
         stats.time(&stats.sink_idle_us, waiting);
+        let (batch, next) = gather(first, &mut sink_rx, p.max_batch_records);
+        carried = next;
         let records = batch.records;
         let had_dead = !batch.dead.is_empty();
         let committing = Instant::now();
@@ -503,6 +549,9 @@ fn process_batch(
     let outcomes = plugins.process(&refs);
     drop(refs);
     stats.time(&stats.plugin_us, calling);
+    // Sized once: doubling would leave up to half a batch's slots unused
+    // while it waits for the sink.
+    batch.events.reserve_exact(decoded.len());
     for ((record, _ev), outcome) in decoded.into_iter().zip(outcomes) {
         if outcome.unrouted {
             stats.add(&stats.unrouted, 1);
@@ -541,4 +590,105 @@ fn process_batch(
     batch.offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
     batch.learned = decoder.take_learned();
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RecordId;
+    use crate::source::SourceSignal;
+
+    /// A batch of `n` records of partition `p` starting at `from`.
+    fn batch(p: i32, from: i64, n: i64) -> SinkBatch {
+        let topic: Arc<str> = "t".into();
+        let events = (from..from + n)
+            .map(|offset| {
+                let record = RawRecord {
+                    id: RecordId {
+                        topic: topic.clone(),
+                        partition: p,
+                        offset,
+                    },
+                    key: None,
+                    value: Some(format!("{offset}")),
+                    headers: Arc::from(Vec::new()),
+                    schema: None,
+                };
+                EventWrites::written(record, None, Vec::new())
+            })
+            .collect();
+        SinkBatch {
+            events,
+            offsets: vec![(topic, p, from + n)],
+            records: n as u64,
+            ..Default::default()
+        }
+    }
+
+    fn offsets_of(b: &SinkBatch) -> Vec<(i32, i64)> {
+        let mut o: Vec<(i32, i64)> = b.offsets.iter().map(|(_, p, n)| (*p, *n)).collect();
+        o.sort();
+        o
+    }
+
+    fn queue(batches: Vec<SinkBatch>) -> mpsc::Receiver<SinkBatch> {
+        let (tx, rx) = mpsc::channel(batches.len().max(1));
+        for b in batches {
+            tx.try_send(b).unwrap();
+        }
+        rx
+    }
+
+    #[test]
+    fn a_commit_takes_the_queued_batches_that_fit_and_hands_back_the_next() {
+        let mut rx = queue(vec![batch(1, 0, 3), batch(0, 4, 4), batch(0, 8, 2)]);
+        let (commit, next) = gather(batch(0, 0, 4), &mut rx, 10);
+        assert_eq!(commit.records, 7);
+        let offsets: Vec<i64> = commit.events.iter().map(|e| e.record.id.offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 0, 1, 2]);
+        assert_eq!(offsets_of(&commit), [(0, 4), (1, 3)]);
+        let next = next.expect("the batch that did not fit starts the next commit");
+        assert_eq!((next.records, offsets_of(&next)), (4, vec![(0, 8)]));
+        // The next commit goes on from there, offsets of one partition merged.
+        let (commit, next) = gather(next, &mut rx, 10);
+        assert_eq!((commit.records, offsets_of(&commit)), (6, vec![(0, 10)]));
+        assert!(next.is_none() && rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_batch_with_partition_signals_ends_its_commit() {
+        let mut signalled = batch(0, 4, 2);
+        signalled.signals.push(SourceSignal::Idle {
+            topic: "t".into(),
+            partition: 1,
+        });
+        let mut rx = queue(vec![signalled, batch(1, 0, 2)]);
+        let (commit, next) = gather(batch(0, 0, 4), &mut rx, 100);
+        // The idle signal stays at the end of the commit, after the
+        // records it followed and before the ones that came after it.
+        assert_eq!((commit.records, commit.signals.len()), (6, 1));
+        assert!(next.is_none());
+        let (commit, _) = gather(rx.try_recv().unwrap(), &mut rx, 100);
+        assert_eq!((commit.records, commit.signals.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_sink_that_keeps_up_commits_each_batch_as_it_comes() {
+        let mut rx = queue(Vec::new());
+        let (commit, next) = gather(batch(0, 0, 5), &mut rx, 100);
+        assert_eq!(commit.records, 5);
+        assert!(next.is_none());
+        // A full batch takes nothing more; the queue keeps the next one.
+        let mut rx = queue(vec![batch(0, 5, 1)]);
+        let (commit, next) = gather(batch(0, 0, 5), &mut rx, 5);
+        assert_eq!((commit.records, next.is_none()), (5, true));
+        assert_eq!(rx.try_recv().map(|b| b.records).ok(), Some(1));
+    }
+
+    #[test]
+    fn parts_divide_a_commit() {
+        assert_eq!(part_records(10_000), 2_500);
+        assert_eq!(part_records(3), 1);
+        assert_eq!(part_records(1), 1);
+    }
 }

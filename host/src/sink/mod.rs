@@ -66,6 +66,45 @@ pub struct SinkBatch {
     pub signals: Vec<SourceSignal>,
 }
 
+impl SinkBatch {
+    /// Whether a later batch may join this one in one commit, which must
+    /// mean what the two commits in a row would. Partition signals take
+    /// effect at the end of their batch (an idle partition after the
+    /// batch's records), so a batch that carries any ends a merge.
+    pub fn takes_more(&self) -> bool {
+        self.signals.is_empty()
+    }
+
+    /// Append the batch that followed this one (see `takes_more`): one
+    /// commit for both, events and dead letters in their order, offsets
+    /// the later.
+    pub fn merge(&mut self, next: SinkBatch) {
+        let SinkBatch {
+            events,
+            dead,
+            offsets,
+            records,
+            learned,
+            signals,
+        } = next;
+        self.events.extend(events);
+        self.dead.extend(dead);
+        for (topic, partition, after) in offsets {
+            match self
+                .offsets
+                .iter_mut()
+                .find(|(t, p, _)| *p == partition && *t == topic)
+            {
+                Some((_, _, next)) => *next = (*next).max(after),
+                None => self.offsets.push((topic, partition, after)),
+            }
+        }
+        self.records += records;
+        self.learned.extend(learned);
+        self.signals.extend(signals);
+    }
+}
+
 /// What a commit did beyond the batch's own dead letters.
 #[derive(Debug, Default)]
 pub struct SinkReport {

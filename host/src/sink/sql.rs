@@ -497,10 +497,14 @@ impl SqlSink {
         let mut tx = conn.begin().await.context("BEGIN")?;
         let mut stored = claim_offsets(&mut tx, d, meta, pipeline, offsets).await?;
         report.stale += drop_committed(&stored, events, dead);
-        for ev in std::mem::take(events) {
-            match precheck(d, &ev, broken) {
-                None => events.push(ev),
-                Some(reason) => reject(dead, report, ev, reason),
+        // Rebuilt only when a write is refused (a second buffer of the
+        // batch's events otherwise).
+        if events.iter().any(|ev| precheck(d, ev, broken).is_some()) {
+            for ev in std::mem::take(events) {
+                match precheck(d, &ev, broken) {
+                    None => events.push(ev),
+                    Some(reason) => reject(dead, report, ev, reason),
+                }
             }
         }
         let writes = events.iter().flat_map(|ev| &ev.writes);
