@@ -242,6 +242,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     let mut sink_error = None;
     let mut waiting = Instant::now();
     let mut carried: Option<SinkBatch> = None;
+    let mut committing_began = false;
     loop {
         let first = match carried.take() {
             Some(b) => b,
@@ -250,7 +251,12 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 None => break,
             },
         };
-        stats.time(&stats.sink_idle_us, waiting);
+        // The wait for the first batch is start-up (plugins, Kafka's
+        // assignment), not a sink waiting for a busy processor.
+        if committing_began {
+            stats.time(&stats.sink_idle_us, waiting);
+        }
+        committing_began = true;
         let (batch, next) = gather(first, &mut sink_rx, p.max_batch_records);
         carried = next;
         let records = batch.records;

@@ -101,8 +101,12 @@ impl FileSource {
             let at_eof = n == 0 || !line.ends_with('\n');
             if at_eof && (self.follow || n == 0) {
                 // Hand over what we have, then wait for more (or stop).
-                if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
-                    return Ok(());
+                if !batch.is_empty() {
+                    let sending = Instant::now();
+                    if out.send(std::mem::take(&mut batch)).await.is_err() {
+                        return Ok(());
+                    }
+                    stats.time(&stats.source_blocked_us, sending);
                 }
                 if !self.follow {
                     break;
@@ -225,7 +229,9 @@ impl FileSource {
             }
         }
         if !batch.is_empty() {
+            let sending = Instant::now();
             let _ = out.send(batch).await;
+            stats.time(&stats.source_blocked_us, sending);
         }
         Ok(())
     }
