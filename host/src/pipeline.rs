@@ -33,7 +33,7 @@ use crate::stats::Stats;
 
 /// Records that may wait in each channel between stages: big batches
 /// (catching up) get shallower channels, so memory stays bounded whatever
-/// the batch size.
+/// the batch size (the channel before the sink holds one commit's worth).
 const CHANNEL_RECORDS: usize = 4000;
 
 /// Bounded channel depth between stages, in batches: one at least, so the
@@ -58,16 +58,20 @@ fn part_records(max_commit: usize) -> usize {
 }
 
 /// The next commit: `first` and the batches queued behind it, while they
-/// fit in `max_records` and may share a commit (`SinkBatch::takes_more`);
-/// a queued batch that does not fit is handed back to start the next one.
+/// fit in `max_records` and may share a commit (`SinkBatch::takes`); a
+/// queued batch that may not join is handed back to start the next one.
 fn gather(
     mut batch: SinkBatch,
     queued: &mut mpsc::Receiver<SinkBatch>,
     max_records: usize,
 ) -> (SinkBatch, Option<SinkBatch>) {
-    while batch.takes_more() && (batch.records as usize) < max_records {
+    while batch.signals.is_empty() && (batch.records as usize) < max_records {
         match queued.try_recv() {
-            Ok(next) if (batch.records + next.records) as usize <= max_records => batch.merge(next),
+            Ok(next)
+                if batch.takes(&next) && (batch.records + next.records) as usize <= max_records =>
+            {
+                batch.merge(next)
+            }
             Ok(next) => return (batch, Some(next)),
             Err(_) => break,
         }
@@ -468,9 +472,12 @@ fn process_loop(
     stats: Arc<Stats>,
 ) {
     let mut unrouted_topics: HashMap<Arc<str>, u64> = HashMap::new();
+    // Plugin swaps so far: stamped on each batch (see `SinkBatch::takes`).
+    let mut generation: u64 = 0;
     while let Some(items) = input.blocking_recv() {
         // Batch boundary: swap in finished reloads.
         while let Ok(update) = updates.try_recv() {
+            generation += 1;
             match update {
                 PluginUpdate::Install(p) => {
                     let (name, version) = (p.info.name.clone(), p.info.version.clone());
@@ -485,13 +492,14 @@ fn process_loop(
                 }
             }
         }
-        let batch = process_batch(
+        let mut batch = process_batch(
             items,
             &mut plugins,
             &mut decoder,
             &stats,
             &mut unrouted_topics,
         );
+        batch.plugin_generation = generation;
         if output.blocking_send(batch).is_err() {
             return;
         }
@@ -676,6 +684,22 @@ mod tests {
         assert!(next.is_none());
         let (commit, _) = gather(rx.try_recv().unwrap(), &mut rx, 100);
         assert_eq!((commit.records, commit.signals.len()), (2, 0));
+    }
+
+    #[test]
+    fn batches_of_different_plugin_versions_do_not_share_a_commit() {
+        let mut swapped = batch(0, 4, 2);
+        swapped.plugin_generation = 1;
+        let mut after = batch(0, 6, 2);
+        after.plugin_generation = 1;
+        let mut rx = queue(vec![swapped, after]);
+        let (commit, next) = gather(batch(0, 0, 4), &mut rx, 100);
+        assert_eq!(commit.records, 4);
+        let next = next.expect("the swapped plugins' batch starts the next commit");
+        let (commit, next) = gather(next, &mut rx, 100);
+        assert_eq!((commit.records, commit.plugin_generation), (4, 1));
+        assert_eq!(offsets_of(&commit), [(0, 8)]);
+        assert!(next.is_none());
     }
 
     #[test]

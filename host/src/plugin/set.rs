@@ -506,7 +506,9 @@ fn project_all(
             // Most records feed one aggregation: a Vec's first push would
             // make room for four (~0.5 KB each record of a catching-up batch).
             let ops = &mut outcomes[slots[i]].ops;
-            ops.reserve_exact(1);
+            if ops.capacity() == 0 {
+                ops.reserve_exact(1);
+            }
             ops.push(input);
         }
     }

@@ -64,20 +64,26 @@ pub struct SinkBatch {
     /// What happened to the source's partitions during the batch, in order
     /// (operators' watermarks follow them).
     pub signals: Vec<SourceSignal>,
+    /// The plugin set that processed the batch (the processor counts its
+    /// swaps): batches of different plugin versions never share a commit,
+    /// where the sink runs one version per operator.
+    pub plugin_generation: u64,
 }
 
 impl SinkBatch {
-    /// Whether a later batch may join this one in one commit, which must
-    /// mean what the two commits in a row would. Partition signals take
-    /// effect at the end of their batch (an idle partition after the
-    /// batch's records), so a batch that carries any ends a merge.
-    pub fn takes_more(&self) -> bool {
-        self.signals.is_empty()
+    /// Whether `next`, the batch that followed this one, may join it in
+    /// one commit. Partition signals take effect at the end of their batch
+    /// (an idle partition after the batch's records), so a batch that
+    /// carries any ends a merge; the sink runs one plugin version per
+    /// operator, so a plugin swap between the two ends it too. (Operators
+    /// judge lateness against the watermark at the start of a commit, as
+    /// within any one batch: a merged commit is a bigger batch.)
+    pub fn takes(&self, next: &SinkBatch) -> bool {
+        self.signals.is_empty() && self.plugin_generation == next.plugin_generation
     }
 
-    /// Append the batch that followed this one (see `takes_more`): one
-    /// commit for both, events and dead letters in their order, offsets
-    /// the later.
+    /// Append the batch that followed this one (see `takes`): one commit
+    /// for both, events and dead letters in their order, offsets the later.
     pub fn merge(&mut self, next: SinkBatch) {
         let SinkBatch {
             events,
@@ -86,7 +92,9 @@ impl SinkBatch {
             records,
             learned,
             signals,
+            plugin_generation: _,
         } = next;
+        self.events.reserve_exact(events.len());
         self.events.extend(events);
         self.dead.extend(dead);
         for (topic, partition, after) in offsets {
