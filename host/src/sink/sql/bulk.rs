@@ -137,18 +137,35 @@ fn push_quoted(out: &mut String, s: &str) {
 /// A `bytea` element: its hex form, quoted, the backslash escaped.
 fn push_bytea(out: &mut String, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(b.len() * 2 + 5);
+    out.reserve(bytea_len(b.len()));
     out.push_str("\"\\\\x");
-    for byte in b {
-        out.push(HEX[(byte >> 4) as usize] as char);
-        out.push(HEX[(byte & 15) as usize] as char);
+    // Digits written a block at a time: one append per block, not per char.
+    let mut digits = [0u8; 128];
+    for block in b.chunks(digits.len() / 2) {
+        for (byte, pair) in block.iter().zip(digits.chunks_exact_mut(2)) {
+            pair[0] = HEX[(byte >> 4) as usize];
+            pair[1] = HEX[(byte & 15) as usize];
+        }
+        let text = std::str::from_utf8(&digits[..block.len() * 2]);
+        out.push_str(text.expect("hex digits are ASCII"));
     }
     out.push('"');
 }
 
-/// An array literal of one element per item.
-fn array_of<T>(items: &[T], mut push: impl FnMut(&mut String, &T)) -> String {
-    let mut out = String::with_capacity(items.len() * 16 + 2);
+/// The length of a `bytea` element of `n` bytes (`push_bytea`).
+fn bytea_len(n: usize) -> usize {
+    n * 2 + 5
+}
+
+/// An array literal of one element per item, `size` characters each
+/// about (state values run to kilobytes: sized up front, the literal is
+/// not copied again and again as it grows).
+fn array_of<T>(
+    items: &[T],
+    size: impl Fn(&T) -> usize,
+    mut push: impl FnMut(&mut String, &T),
+) -> String {
+    let mut out = String::with_capacity(items.iter().map(|i| size(i) + 1).sum::<usize>() + 2);
     out.push('{');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -158,6 +175,21 @@ fn array_of<T>(items: &[T], mut push: impl FnMut(&mut String, &T)) -> String {
     }
     out.push('}');
     out
+}
+
+/// The `kind` and stored-key arrays of state writes.
+fn kind_and_key_arrays(chunk: &[&StateWrite]) -> (String, String) {
+    let kinds = array_of(
+        chunk,
+        |w| w.kind.len() + 2,
+        |out, w| push_quoted(out, w.kind),
+    );
+    let keys = array_of(
+        chunk,
+        |w| bytea_len(w.key.len()),
+        |out, w| push_bytea(out, &stored_key(&w.key)),
+    );
+    (kinds, keys)
 }
 
 /// Operator state rows written in two statements (upserts, then deletes),
@@ -181,17 +213,22 @@ pub(super) async fn write_state(
         .collect();
     let deletes: Vec<&StateWrite> = writes.iter().filter(|w| w.value.is_none()).collect();
     for chunk in upserts.chunks(BULK_ROWS) {
-        let kinds = array_of(chunk, |out, w| push_quoted(out, w.kind));
-        let keys = array_of(chunk, |out, w| push_bytea(out, &stored_key(&w.key)));
-        let values = array_of(chunk, |out, w| {
-            push_bytea(out, w.value.as_deref().unwrap_or_default())
-        });
-        let expires = array_of(chunk, |out, w| match w.expires {
-            Some(e) => {
-                let _ = write!(out, "{e}");
-            }
-            None => out.push_str("NULL"),
-        });
+        let (kinds, keys) = kind_and_key_arrays(chunk);
+        let values = array_of(
+            chunk,
+            |w| bytea_len(w.value.as_ref().map_or(0, Vec::len)),
+            |out, w| push_bytea(out, w.value.as_deref().unwrap_or_default()),
+        );
+        let expires = array_of(
+            chunk,
+            |_| 20,
+            |out, w| match w.expires {
+                Some(e) => {
+                    let _ = write!(out, "{e}");
+                }
+                None => out.push_str("NULL"),
+            },
+        );
         sqlx::query(
             "INSERT INTO sluice_state (pipeline, operator, kind, k, v, expires) \
              SELECT $1, $2, u.kind, u.k, u.v, u.expires \
@@ -208,8 +245,7 @@ pub(super) async fn write_state(
         .await?;
     }
     for chunk in deletes.chunks(BULK_ROWS) {
-        let kinds = array_of(chunk, |out, w| push_quoted(out, w.kind));
-        let keys = array_of(chunk, |out, w| push_bytea(out, &stored_key(&w.key)));
+        let (kinds, keys) = kind_and_key_arrays(chunk);
         // By row address, from one key lookup per row (see `read_state`).
         sqlx::query(
             "DELETE FROM sluice_state WHERE ctid = ANY(ARRAY( \
@@ -241,7 +277,7 @@ pub(super) async fn read_state(
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
     let mut rows = Vec::new();
     for chunk in stored.chunks(BULK_ROWS) {
-        let keys = array_of(chunk, |out, k| push_bytea(out, k));
+        let keys = array_of(chunk, |k| bytea_len(k.len()), |out, k| push_bytea(out, k));
         rows.extend(
             sqlx::query(
                 "SELECT s.k, s.v FROM unnest($4::bytea[]) AS u(k) \
@@ -257,4 +293,28 @@ pub(super) async fn read_state(
         );
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bytea_element_is_its_bytes_in_hex_whatever_its_length() {
+        for n in [0usize, 1, 63, 64, 65, 128, 200] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut out = String::from("x");
+            push_bytea(&mut out, &bytes);
+            assert_eq!(out, format!("x\"\\\\x{hex}\""), "{n} bytes");
+            assert_eq!(out.len() - 1, bytea_len(n));
+        }
+    }
+
+    #[test]
+    fn an_array_literal_separates_its_elements() {
+        let items: &[&[u8]] = &[b"\x01", b"", b"\xff\x10"];
+        let text = array_of(items, |b| bytea_len(b.len()), |out, b| push_bytea(out, b));
+        assert_eq!(text, r#"{"\\x01","\\x","\\xff10"}"#);
+    }
 }
