@@ -244,9 +244,11 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         _ => None,
     };
     let mut sink_error = None;
-    let mut waiting = Instant::now();
+    // Since the last commit; `None` before the first batch, whose wait is
+    // start-up (plugins, Kafka's assignment), not a sink waiting for a busy
+    // processor.
+    let mut waiting: Option<Instant> = None;
     let mut carried: Option<SinkBatch> = None;
-    let mut committing_began = false;
     loop {
         let first = match carried.take() {
             Some(b) => b,
@@ -255,12 +257,9 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
                 None => break,
             },
         };
-        // The wait for the first batch is start-up (plugins, Kafka's
-        // assignment), not a sink waiting for a busy processor.
-        if committing_began {
-            stats.time(&stats.sink_idle_us, waiting);
+        if let Some(since) = waiting {
+            stats.time(&stats.sink_idle_us, since);
         }
-        committing_began = true;
         let (batch, next) = gather(first, &mut sink_rx, p.max_batch_records);
         carried = next;
         let records = batch.records;
@@ -268,7 +267,7 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
         let committing = Instant::now();
         let result = sink.commit(batch).await;
         stats.time(&stats.commit_us, committing);
-        waiting = Instant::now();
+        waiting = Some(Instant::now());
         match result {
             Ok(report) => {
                 stats.add(&stats.writes, report.writes);

@@ -101,12 +101,8 @@ impl FileSource {
             let at_eof = n == 0 || !line.ends_with('\n');
             if at_eof && (self.follow || n == 0) {
                 // Hand over what we have, then wait for more (or stop).
-                if !batch.is_empty() {
-                    let sending = Instant::now();
-                    if out.send(std::mem::take(&mut batch)).await.is_err() {
-                        return Ok(());
-                    }
-                    stats.time(&stats.source_blocked_us, sending);
+                if !batch.is_empty() && !hand_over(&out, &mut batch, &stats).await {
+                    return Ok(());
                 }
                 if !self.follow {
                     break;
@@ -220,21 +216,28 @@ impl FileSource {
             stats.add(&stats.read, 1);
             batch.push(item);
             let full = batch.len() >= self.max_batch || batch_started.elapsed() >= self.max_wait;
-            if full {
-                let sending = Instant::now();
-                if out.send(std::mem::take(&mut batch)).await.is_err() {
-                    return Ok(());
-                }
-                stats.time(&stats.source_blocked_us, sending);
+            if full && !hand_over(&out, &mut batch, &stats).await {
+                return Ok(());
             }
         }
         if !batch.is_empty() {
-            let sending = Instant::now();
-            let _ = out.send(batch).await;
-            stats.time(&stats.source_blocked_us, sending);
+            hand_over(&out, &mut batch, &stats).await;
         }
         Ok(())
     }
+}
+
+/// Send the batch on, timing how long the stages ahead kept the source
+/// waiting; false once the pipeline has stopped taking batches.
+async fn hand_over(
+    out: &mpsc::Sender<Vec<SourceItem>>,
+    batch: &mut Vec<SourceItem>,
+    stats: &Stats,
+) -> bool {
+    let sending = Instant::now();
+    let sent = out.send(std::mem::take(batch)).await.is_ok();
+    stats.time(&stats.source_blocked_us, sending);
+    sent
 }
 
 #[cfg(test)]

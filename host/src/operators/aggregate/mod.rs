@@ -11,11 +11,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-/// The state caches' maps, keyed by encoded row and group keys: hashed
-/// with foldhash (randomly seeded, as std's SipHash, at a fraction of its
-/// cost per key: SipHash was ~3 % of an hopping-window aggregation's sink).
-type KeyMap<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
-
 use super::accumulate::GroupAcc;
 use super::codec::{self, CorruptState, Reader, Writer};
 use super::session::{Session, SessionState};
@@ -32,6 +27,11 @@ use output::output_row;
 pub use output::output_table;
 pub use stored::kind;
 use stored::{bound, micros, Contribution, GroupState, RowState};
+
+/// The state caches' maps, keyed by encoded row and group keys: hashed
+/// with foldhash (randomly seeded, as std's SipHash, at a fraction of its
+/// cost per key: SipHash was ~3 % of an hopping-window aggregation's sink).
+type KeyMap<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
 /// An aggregation as the pipeline runs it.
 #[derive(Debug)]
@@ -409,7 +409,8 @@ impl AggregateState {
         Ok(())
     }
 
-    /// Apply the inputs in order. Rows and groups they need must be loaded.
+    /// Apply the inputs in order. Rows and groups they need must be loaded,
+    /// unless the cache is complete (a key not cached is then absent).
     ///
     /// `idle`: partitions signalled idle during the batch. Call
     /// `load_watermarks` first.
