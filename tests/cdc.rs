@@ -581,7 +581,8 @@ fn sluice_kafka(s: &Scratch, topics: &str, name: &str, sink_url: &str) -> Comman
 const AUDITED: &str = "audited.toml";
 
 fn run_ok(mut c: Command) -> Output {
-    let out = c.arg("--until-caught-up").output().unwrap();
+    c.arg("--until-caught-up");
+    let out = output_within(c, Duration::from_secs(600));
     assert!(
         out.status.success(),
         "sluice failed: {}\n{}",
@@ -1137,6 +1138,7 @@ async fn crash_test(sink_db: Db, rounds: i64) {
             .stderr(log)
             .spawn()
             .unwrap();
+        let _guard = KillOnPanic(child.id());
         tokio::time::sleep(after).await;
         // At work: this run committed a batch of its own (stateful batches
         // from the topic's start can take longer than the random wait).
@@ -1799,15 +1801,25 @@ async fn until_caught_up_after_a_killed_static_member(kind: &str) {
     };
     // everything consumed, then two live members hold the group
     let mut first = member("x", true, &logs.join("first.log"));
+    let _guard = KillOnPanic(first.id());
+    let started = Instant::now();
+    let done = loop {
+        match first.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if started.elapsed() > Duration::from_secs(300) => break None,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     assert!(
-        first.wait().unwrap().success(),
-        "{}",
+        done.is_some_and(|st| st.success()),
+        "the first run ended with {done:?} (None: still ran after 300 s):\n{}",
         std::fs::read_to_string(logs.join("first.log")).unwrap()
     );
     let mut live: Vec<Child> = ["y", "z"]
         .iter()
         .map(|id| member(id, false, &logs.join(format!("{id}.log"))))
         .collect();
+    let _guards: Vec<KillOnPanic> = live.iter().map(|c| KillOnPanic(c.id())).collect();
     for id in ["y", "z"] {
         wait_for_log(
             &logs.join(format!("{id}.log")),
