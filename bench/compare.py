@@ -17,6 +17,13 @@ Called by bench/compare.sh (which builds Sluice and installs PySpark). It
    refuses to print a rate for a wrong result;
 4. prints records/s, peak RSS (the whole process tree) and the ratios.
 
+While the systems take turns, the Kafka Connect connectors are stopped
+(and resumed at the end, whatever happens): the dev stack captures the sink
+server itself, and its WAL senders decoded every sink's writes beside the
+run (1.6 s of CPU in a 4 s mirror run on two cores), a load a serving
+database apart from the CDC source does not carry. COMPARE_CAPTURE=on
+keeps them running (figures comparable with runs before this harness did).
+
 Usage: compare.py EVENTS ROUNDS SLUICE_BINARY PLUGIN_DIR SPARK_PYTHON
 """
 
@@ -189,6 +196,40 @@ def make_workload():
     marker.write_text(json.dumps(facts))
     say(f"workload ready: {records} records, {facts['changes']} change events")
     return facts
+
+
+def connector_states():
+    listed = subprocess.run(["curl", "-s", "localhost:8083/connectors?expand=status"],
+                            capture_output=True, text=True).stdout
+    return {name: c["status"]["connector"]["state"] for name, c in json.loads(listed or "{}").items()}
+
+
+def set_connectors(names, action, want):
+    """PUT /connectors/<name>/<action> for each, then wait until all read `want`."""
+    for name in names:
+        sh(["curl", "-sf", "-X", "PUT", f"localhost:8083/connectors/{name}/{action}"])
+    deadline = time.time() + 120
+    while any(connector_states().get(n) != want for n in names):
+        if time.time() > deadline:
+            raise SystemExit(f"connectors did not reach {want}: {connector_states()}")
+        time.sleep(1)
+
+
+class CaptureStopped:
+    """The running connectors stopped for the timed runs, resumed after."""
+
+    def __enter__(self):
+        keep = os.environ.get("COMPARE_CAPTURE") == "on"
+        self.stopped = [] if keep else [n for n, st in connector_states().items() if st == "RUNNING"]
+        if self.stopped:
+            say(f"stopping the connectors while the systems run: {', '.join(self.stopped)}")
+            set_connectors(self.stopped, "stop", "STOPPED")
+        return self
+
+    def __exit__(self, *exc):
+        if self.stopped:
+            say(f"resuming the connectors: {', '.join(self.stopped)}")
+            set_connectors(self.stopped, "resume", "RUNNING")
 
 
 # ------------------------------------------------------------ the truths
@@ -489,6 +530,13 @@ def main():
         ("spark-etl", "etl", "spark ETL → PostgreSQL", pg_orders, truth_rows),
         ("spark-win", "window", "spark window → PostgreSQL", pg_windows, truth_windows),
     ]
+    with CaptureStopped():
+        take_turns(want, sluice_runs, spark_runs, packages, base, changes, truth_rows, runs, wrong)
+    report(records, nchanges, runs, wrong)
+
+
+def take_turns(want, sluice_runs, spark_runs, packages, base, changes, truth_rows, runs, wrong):
+    """Every wanted system, ROUNDS times, each output checked (into `wrong`)."""
     for r in range(1, ROUNDS + 1):
         say(f"round {r} of {ROUNDS}")
         for key, label, plugin, prepare, sink, read, truth in sluice_runs:
@@ -520,6 +568,9 @@ def main():
                 wrong.append(differ(base_label, read(), truth))
                 runs[base_label].append((secs, mb))
 
+
+def report(records, nchanges, runs, wrong):
+    """The table and the ratios; nothing but the wrong results if any."""
     wrong = [w for w in wrong if w]
     if wrong:
         print("WRONG RESULTS: no rates printed", *wrong, sep="\n")
@@ -527,7 +578,8 @@ def main():
     med = {k: statistics.median(s for s, _ in v) for k, v in runs.items()}
     peak = {k: max(m for _, m in v) for k, v in runs.items()}
     print(f"{TOPIC}: {records:,} records ({nchanges:,} change events), median of {ROUNDS} rounds, "
-          f"systems taking turns; every output checked against the source")
+          f"systems taking turns; every output checked against the source; Kafka Connect "
+          f"{'running' if os.environ.get('COMPARE_CAPTURE') == 'on' else 'stopped'} during the runs")
     print(f"{'system':<46}{'events/s':>10}{'seconds':>9}{'peak RSS MB':>13}")
     for k in runs:
         print(f"{k:<46}{nchanges / med[k]:>10,.0f}{med[k]:>9.2f}{peak[k]:>13.0f}")
