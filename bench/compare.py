@@ -50,6 +50,8 @@ WORK.mkdir(parents=True, exist_ok=True)
 TOPIC = ""  # benchpg<stamp>.public.orders, set by the workload
 KAFKA = "localhost:9092"
 PG = dict(PGPASSWORD="sluice", PGHOST="127.0.0.1", PGUSER="sluice")
+# COMPARE_CAPTURE=on: the connectors keep running during the runs (see above)
+KEEP_CAPTURE = os.environ.get("COMPARE_CAPTURE") == "on"
 SPARK_PACKAGES = "org.apache.spark:spark-sql-kafka-0-10_2.13:{v},org.postgresql:postgresql:42.7.4"
 
 
@@ -219,8 +221,7 @@ class CaptureStopped:
     """The running connectors stopped for the timed runs, resumed after."""
 
     def __enter__(self):
-        keep = os.environ.get("COMPARE_CAPTURE") == "on"
-        self.stopped = [] if keep else [n for n, st in connector_states().items() if st == "RUNNING"]
+        self.stopped = [] if KEEP_CAPTURE else [n for n, st in connector_states().items() if st == "RUNNING"]
         if self.stopped:
             say(f"stopping the connectors while the systems run: {', '.join(self.stopped)}")
             set_connectors(self.stopped, "stop", "STOPPED")
@@ -579,7 +580,7 @@ def report(records, nchanges, runs, wrong):
     peak = {k: max(m for _, m in v) for k, v in runs.items()}
     print(f"{TOPIC}: {records:,} records ({nchanges:,} change events), median of {ROUNDS} rounds, "
           f"systems taking turns; every output checked against the source; Kafka Connect "
-          f"{'running' if os.environ.get('COMPARE_CAPTURE') == 'on' else 'stopped'} during the runs")
+          f"{'running' if KEEP_CAPTURE else 'stopped'} during the runs")
     print(f"{'system':<46}{'events/s':>10}{'seconds':>9}{'peak RSS MB':>13}")
     for k in runs:
         print(f"{k:<46}{nchanges / med[k]:>10,.0f}{med[k]:>9.2f}{peak[k]:>13.0f}")
