@@ -60,6 +60,34 @@ pub fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// `work` (as [`off_runtime`]) on a thread of its own while `io` runs on
+/// this one: the sink's CPU work overlapping a database round trip, on two
+/// cores instead of one after the other. On a runtime that cannot block in
+/// place (current-thread: tests), `io` runs first, then `work`.
+pub async fn overlapped<R: Send, T>(
+    work: impl FnOnce() -> R + Send,
+    io: impl std::future::Future<Output = T>,
+) -> (T, R) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|s| {
+                    let worker = s.spawn(work);
+                    let done = h.block_on(io);
+                    match worker.join() {
+                        Ok(r) => (done, r),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                })
+            })
+        }
+        _ => {
+            let done = io.await;
+            (done, off_runtime(work))
+        }
+    }
+}
+
 /// How often the epoch ticks; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -488,5 +516,36 @@ impl tokio::io::AsyncWrite for LogStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The work and the I/O run at the same time: the I/O waits for what
+    /// the work sends (run one after the other, this would never end).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapped_runs_the_work_beside_the_io() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let work = move || {
+            tx.send(7).unwrap();
+            std::thread::current().id()
+        };
+        let io = async { rx.await.unwrap() + 1 };
+        let here = std::thread::current().id();
+        let run = overlapped(work, io);
+        let (got, worker) = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the I/O waited for work that never ran beside it");
+        assert_eq!(got, 8);
+        assert_ne!(worker, here, "the work ran on this thread");
+    }
+
+    /// Where the runtime cannot block in place, both still run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn overlapped_runs_both_on_a_current_thread_runtime() {
+        let (done, result) = overlapped(|| 2 + 2, async { "io" }).await;
+        assert_eq!((done, result), ("io", 4));
     }
 }

@@ -7,12 +7,14 @@ use sha2::Digest as _;
 
 use super::*;
 use crate::model::Value;
-use crate::operators::aggregate::{kind, AggregateState, AggregationOp, OperatorInput, StateWrite};
+use crate::operators::aggregate::{
+    kind, AggregateState, AggregationOp, Applied, OperatorInput, StateWrite,
+};
 use crate::operators::spec::AggregateFn;
 use crate::operators::watermark::idle_partitions;
 use crate::operators::{CustomCalls, NoCustom, StateUpdate};
 use crate::plugin::lazy::LazyInstance;
-use crate::plugin::runtime::{off_runtime, Instance};
+use crate::plugin::runtime::{off_runtime, overlapped, Instance};
 use crate::source::SourceSignal;
 
 use crate::operators::codec::MAX_KEY;
@@ -40,6 +42,9 @@ pub(super) struct OperatorStates {
     /// it and an instance of it (made when first needed, dropped after a trap).
     plugins: HashMap<String, PluginCalls>,
 }
+
+/// An aggregation's inputs in batch order, with the index of their event.
+type Inputs<'a> = [(usize, &'a OperatorInput)];
 
 /// What aggregations read in one commit: the events, and the inputs joins
 /// made of them (by event index).
@@ -113,66 +118,51 @@ impl OperatorStates {
         for (e, input) in fed {
             push_per_operator(&mut per_op, &input.op.id, *e, input);
         }
+        // Read what each aggregation needs first (state rows are per
+        // aggregation, so no read depends on another one's writes), then
+        // apply them in turn, each one's state written while the next one
+        // applies (`overlapped`: the sink's CPU beside the database's).
+        let mut ready: Vec<(String, Vec<(usize, &OperatorInput)>)> = Vec::new();
         for (id, inputs) in per_op {
-            if let Some((_, first)) = inputs.first() {
-                let spec = first.op.spec.clone();
-                self.ops
-                    .entry(id.clone())
-                    .or_insert_with(|| AggregateState::new(spec));
-                self.tables.insert(id.clone(), first.output.clone());
-                if let Some(calls) = PluginCalls::for_op(&first.op) {
-                    let stale = self
-                        .plugins
-                        .get(&id)
-                        .is_none_or(|p| !p.instance.runs_same_code(&calls.instance));
-                    if stale {
-                        self.plugins.insert(id.clone(), calls);
-                    }
-                }
+            if self.prepare(conn, d, pipeline, &id, &inputs).await? {
+                ready.push((id, inputs));
             }
-            let Some(state) = self.ops.get_mut(&id) else {
+        }
+        let mut done: Vec<(&str, &Inputs, Applied)> = Vec::with_capacity(ready.len());
+        let mut unwritten: Option<(&str, Vec<StateWrite>)> = None;
+        for (id, inputs) in &ready {
+            let Some(state) = self.ops.get_mut(id) else {
                 continue;
             };
             let mut none = NoCustom;
-            let calls: &mut dyn CustomCalls = match self.plugins.get_mut(&id) {
+            let calls: &mut dyn CustomCalls = match self.plugins.get_mut(id) {
                 Some(p) => p,
                 None => &mut none,
             };
-            let context = || format!("reading the state of aggregation {id}");
-            if state.needs_watermarks() {
-                if holds_no_state(conn, d, pipeline, &id).await? {
-                    state.mark_complete();
-                }
-                let partitions = read_kind(conn, d, pipeline, &id, kind::PARTITION).await?;
-                let reached = read_kind(conn, d, pipeline, &id, kind::WATERMARK)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .map(|(_, v)| v);
-                state
-                    .load_watermarks(partitions, reached)
-                    .with_context(context)?;
-            }
-            // A complete cache knows every key it lacks is absent (the
-            // operator reads a key not cached as absent): nothing to look
-            // up. Computing the keys alone cost ~7 % of the sink's CPU for
-            // a 7-day hopping window (seven group keys per change).
-            if !state.is_complete() {
-                let missing = state.missing_rows(inputs.iter().map(|(_, i)| *i));
-                let loaded = read_state(conn, d, pipeline, &id, kind::ROW, &missing).await?;
-                state.load_rows(loaded).with_context(context)?;
-                let missing = state.missing_groups(inputs.iter().map(|(_, i)| *i));
-                let loaded = read_state(conn, d, pipeline, &id, kind::GROUP, &missing).await?;
-                state.load_groups(loaded).with_context(context)?;
-            }
             let refs: Vec<&OperatorInput> = inputs.iter().map(|(_, i)| *i).collect();
-            let applied = off_runtime(|| state.apply(&refs, &idle, calls));
+            let apply = || state.apply(&refs, &idle, calls);
+            let mut applied = match unwritten.take() {
+                None => off_runtime(apply),
+                Some((before, writes)) => {
+                    let write = write_state(conn, d, pipeline, before, &writes);
+                    let (written, applied) = overlapped(apply, write).await;
+                    written?;
+                    applied
+                }
+            };
             if !applied.failures.is_empty() {
                 anyhow::bail!(
                     "aggregation {id}: {}; the batch is rolled back and the run stops (a custom aggregate that cannot merge or finish its states is a plugin bug)",
                     applied.failures.join("; ")
                 );
             }
+            unwritten = Some((id, std::mem::take(&mut applied.state)));
+            done.push((id, inputs, applied));
+        }
+        if let Some((id, writes)) = unwritten {
+            write_state(conn, d, pipeline, id, &writes).await?;
+        }
+        for (id, inputs, applied) in done {
             for (i, reason) in applied.rejected {
                 let ev = &events[inputs[i].0];
                 tracing::warn!(
@@ -187,31 +177,114 @@ impl OperatorStates {
                     reason: format!("aggregation `{}`: {reason}", inputs[i].1.op.spec.output),
                 });
             }
-            write_state(conn, d, pipeline, &id, &applied.state).await?;
             report.outputs.extend(applied.outputs);
             report.duplicates += applied.duplicates;
             report.late_applied += applied.late_applied;
             report.late_dead_lettered += applied.late_dead_lettered;
-            // Windows the watermark passed: written (final mode), dropped
-            // (nothing may change them any more).
-            if let Some(before) = state.closing_before() {
-                let closing = read_expired(conn, d, pipeline, &id, kind::GROUP, before).await?;
-                if !closing.is_empty() {
-                    let table = self.tables.get(&id);
-                    let closed =
-                        off_runtime(|| state.close(closing, table, calls)).with_context(context)?;
-                    if !closed.failures.is_empty() {
-                        anyhow::bail!(
-                            "aggregation {id}: {}; the batch is rolled back and the run stops",
-                            closed.failures.join("; ")
-                        );
-                    }
-                    write_state(conn, d, pipeline, &id, &closed.state).await?;
-                    report.outputs.extend(closed.outputs);
+            self.close_windows(conn, d, pipeline, id, &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Set up aggregation `id` for this commit and read the state its
+    /// inputs need (watermarks once; rows and groups unless its cache is
+    /// complete). False: no state for it (no inputs, none known).
+    async fn prepare(
+        &mut self,
+        conn: &mut AnyConnection,
+        d: Dialect,
+        pipeline: &str,
+        id: &str,
+        inputs: &Inputs<'_>,
+    ) -> anyhow::Result<bool> {
+        if let Some((_, first)) = inputs.first() {
+            let spec = first.op.spec.clone();
+            self.ops
+                .entry(id.to_string())
+                .or_insert_with(|| AggregateState::new(spec));
+            self.tables.insert(id.to_string(), first.output.clone());
+            if let Some(calls) = PluginCalls::for_op(&first.op) {
+                let stale = self
+                    .plugins
+                    .get(id)
+                    .is_none_or(|p| !p.instance.runs_same_code(&calls.instance));
+                if stale {
+                    self.plugins.insert(id.to_string(), calls);
                 }
             }
         }
-        Ok(report)
+        let Some(state) = self.ops.get_mut(id) else {
+            return Ok(false);
+        };
+        let context = || format!("reading the state of aggregation {id}");
+        if state.needs_watermarks() {
+            if holds_no_state(conn, d, pipeline, id).await? {
+                state.mark_complete();
+            }
+            let partitions = read_kind(conn, d, pipeline, id, kind::PARTITION).await?;
+            let reached = read_kind(conn, d, pipeline, id, kind::WATERMARK)
+                .await?
+                .into_iter()
+                .next()
+                .map(|(_, v)| v);
+            state
+                .load_watermarks(partitions, reached)
+                .with_context(context)?;
+        }
+        // A complete cache knows every key it lacks is absent (the
+        // operator reads a key not cached as absent): nothing to look
+        // up. Computing the keys alone cost ~7 % of the sink's CPU for
+        // a 7-day hopping window (seven group keys per change).
+        if !state.is_complete() {
+            let missing = state.missing_rows(inputs.iter().map(|(_, i)| *i));
+            let loaded = read_state(conn, d, pipeline, id, kind::ROW, &missing).await?;
+            state.load_rows(loaded).with_context(context)?;
+            let missing = state.missing_groups(inputs.iter().map(|(_, i)| *i));
+            let loaded = read_state(conn, d, pipeline, id, kind::GROUP, &missing).await?;
+            state.load_groups(loaded).with_context(context)?;
+        }
+        Ok(true)
+    }
+
+    /// Windows of aggregation `id` the watermark passed (call after its
+    /// state is written): written (final mode), dropped (nothing may
+    /// change them any more).
+    async fn close_windows(
+        &mut self,
+        conn: &mut AnyConnection,
+        d: Dialect,
+        pipeline: &str,
+        id: &str,
+        report: &mut OperatorReport,
+    ) -> anyhow::Result<()> {
+        let Some(state) = self.ops.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(before) = state.closing_before() else {
+            return Ok(());
+        };
+        let closing = read_expired(conn, d, pipeline, id, kind::GROUP, before).await?;
+        if closing.is_empty() {
+            return Ok(());
+        }
+        let mut none = NoCustom;
+        let calls: &mut dyn CustomCalls = match self.plugins.get_mut(id) {
+            Some(p) => p,
+            None => &mut none,
+        };
+        let table = self.tables.get(id);
+        let closed = off_runtime(|| state.close(closing, table, calls))
+            .with_context(|| format!("reading the state of aggregation {id}"))?;
+        if !closed.failures.is_empty() {
+            anyhow::bail!(
+                "aggregation {id}: {}; the batch is rolled back and the run stops",
+                closed.failures.join("; ")
+            );
+        }
+        write_state(conn, d, pipeline, id, &closed.state).await?;
+        report.outputs.extend(closed.outputs);
+        Ok(())
     }
 }
 
