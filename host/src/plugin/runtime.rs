@@ -72,7 +72,13 @@ pub async fn overlapped<R: Send, T>(
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(|| {
                 std::thread::scope(|s| {
-                    let worker = s.spawn(work);
+                    // in the runtime's context, as `off_runtime`'s work is:
+                    // WASI's blocking calls then use this runtime, not one of
+                    // their own
+                    let worker = s.spawn(|| {
+                        let _context = h.enter();
+                        work()
+                    });
                     let done = h.block_on(io);
                     match worker.join() {
                         Ok(r) => (done, r),
@@ -524,22 +530,25 @@ mod tests {
     use super::*;
 
     /// The work and the I/O run at the same time: the I/O waits for what
-    /// the work sends (run one after the other, this would never end).
+    /// the work sends (run one after the other, this would never end); the
+    /// work sees the runtime, as WASI's blocking calls need.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn overlapped_runs_the_work_beside_the_io() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let work = move || {
             tx.send(7).unwrap();
-            std::thread::current().id()
+            let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+            (std::thread::current().id(), in_runtime)
         };
         let io = async { rx.await.unwrap() + 1 };
         let here = std::thread::current().id();
         let run = overlapped(work, io);
-        let (got, worker) = tokio::time::timeout(Duration::from_secs(10), run)
+        let (got, (worker, in_runtime)) = tokio::time::timeout(Duration::from_secs(10), run)
             .await
             .expect("the I/O waited for work that never ran beside it");
         assert_eq!(got, 8);
         assert_ne!(worker, here, "the work ran on this thread");
+        assert!(in_runtime, "the work ran outside the runtime's context");
     }
 
     /// Where the runtime cannot block in place, both still run.
