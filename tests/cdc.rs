@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1074,22 +1074,6 @@ async fn committed_offsets(sink: &SinkDb, name: &str) -> i64 {
     }
 }
 
-/// `child`'s exit status, waiting at most `limit`; `None`: it still ran
-/// then, and was killed.
-async fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > end {
-            kill(child);
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn kill(child: &mut Child) {
     // SIGKILL: no chance to finish a batch or flush anything.
     child.kill().unwrap();
@@ -1817,7 +1801,7 @@ async fn until_caught_up_after_a_killed_static_member(kind: &str) {
     };
     // everything consumed, then two live members hold the group
     let mut first = member("x", true, &logs.join("first.log"));
-    let done = wait_within(&mut first, Duration::from_secs(300)).await;
+    let done = tokio::task::block_in_place(|| exit_within(&mut first, Duration::from_secs(300)));
     assert!(
         done.is_some_and(|st| st.success()),
         "the first run ended with {done:?} (None: still ran after 300 s):\n{}",
@@ -1863,7 +1847,8 @@ async fn until_caught_up_after_a_killed_static_member(kind: &str) {
         let log = logs.join(format!("restart-{i}.log"));
         let started = Instant::now();
         let mut restart = member("x", true, &log);
-        let status = wait_within(&mut restart, Duration::from_secs(60)).await;
+        let status =
+            tokio::task::block_in_place(|| exit_within(&mut restart, Duration::from_secs(60)));
         kill(&mut churn);
         let text = std::fs::read_to_string(&log).unwrap();
         let summary = std::fs::read_to_string(log.with_extension("out")).unwrap();

@@ -66,16 +66,12 @@ impl Running {
 
     /// Wait until it exits by itself (the test fails after `limit`).
     fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("still running after {limit:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        match exit_within(&mut self.child, limit) {
+            Some(status) => status,
+            None => panic!(
+                "still running after {limit:?} (killed); log:\n{}",
+                self.log()
+            ),
         }
     }
 

@@ -6,7 +6,7 @@ pub mod reference;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -182,6 +182,23 @@ impl Drop for KillOnPanic {
     }
 }
 
+/// `child`'s exit status, waiting at most `limit`; `None`: it still ran
+/// then, and was killed (and reaped).
+pub fn exit_within(child: &mut Child, limit: std::time::Duration) -> Option<ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Run `c` to its end, for at most `limit`: a run that hangs fails its test
 /// with what it printed so far (killed), instead of stalling the whole suite
 /// until CI's time runs out.
@@ -203,18 +220,7 @@ pub fn output_within(mut c: Command, limit: std::time::Duration) -> Output {
     }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, limit);
     let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     match status {
         Some(status) => Output {
