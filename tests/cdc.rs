@@ -682,6 +682,53 @@ fn text(r: &sqlx::any::AnyRow, i: usize) -> Option<String> {
 
 const POISON_MARK: &str = "sluice-poison";
 
+/// Put the sink's operator state back into the `sluice_state` table of
+/// earlier versions (state by name, that version's DDL), as an upgrade
+/// finds it.
+async fn downgrade_state_layout(sink: &SinkDb) {
+    let mut c = connect(sink.db, &sink.name).await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice_state")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(before > 0, "no state to move");
+    let old_table = match sink.db {
+        Db::Pg => {
+            "CREATE TABLE sluice_state_v0 (
+                pipeline TEXT COLLATE \"C\" NOT NULL, operator TEXT COLLATE \"C\" NOT NULL,
+                kind TEXT COLLATE \"C\" NOT NULL, k BYTEA NOT NULL,
+                v BYTEA NOT NULL, expires BIGINT, PRIMARY KEY (pipeline, operator, kind, k))
+                WITH (fillfactor = 50)"
+        }
+        Db::My => {
+            "CREATE TABLE sluice_state_v0 (
+                pipeline VARCHAR(190) NOT NULL, operator VARCHAR(190) NOT NULL, kind VARCHAR(4) NOT NULL,
+                k VARBINARY(1024) NOT NULL, v LONGBLOB NOT NULL, expires BIGINT,
+                PRIMARY KEY (pipeline, operator, kind, k),
+                INDEX sluice_state_expiry (pipeline, operator, kind, expires))
+                ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        }
+    };
+    for sql in [
+        old_table,
+        "INSERT INTO sluice_state_v0 SELECT pipeline, operator, kind, k, v, expires FROM sluice_state",
+        "DROP VIEW sluice_state",
+        "DROP TABLE sluice_state_rows",
+        "DROP TABLE sluice_state_ids",
+        "ALTER TABLE sluice_state_v0 RENAME TO sluice_state",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice_state")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+}
+
 async fn pair(source: Db, sink_db: Db, label: &str) {
     if !stack_ready() {
         return;
@@ -703,7 +750,7 @@ async fn pair(source: Db, sink_db: Db, label: &str) {
         let mut c = connect(sink_db, &sink.name).await;
         let options: String = sqlx::query(
             "SELECT COALESCE(array_to_string(reloptions, ','), '') FROM pg_class \
-             WHERE relname = 'sluice_state' AND relnamespace = current_schema()::regnamespace",
+             WHERE relname = 'sluice_state_rows' AND relnamespace = current_schema()::regnamespace",
         )
         .fetch_one(&mut c)
         .await
@@ -711,12 +758,31 @@ async fn pair(source: Db, sink_db: Db, label: &str) {
         .get(0);
         assert_eq!(options, "fillfactor=50");
     }
+    // The state as a Sluice before numbered state rows stored it: the
+    // resume below moves it over and must go on from it exactly.
+    downgrade_state_layout(&sink).await;
     // a second workload on top: the same pipeline resumes from its checkpoint
     workload(source, 10).await;
     catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;
     assert_aggregates_equal_source(source, &sink).await;
     assert_joins_equal_source(source, &sink).await;
     assert_history_equals_topic(source, &sink).await;
+    let schema = match sink_db {
+        Db::Pg => "current_schema()",
+        Db::My => "DATABASE()",
+    };
+    let mut c = connect(sink_db, &sink.name).await;
+    let views: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'sluice_state' \
+         AND table_schema = {schema} AND table_type = 'VIEW'"
+    ))
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        views, 1,
+        "the old state table was moved and replaced by the view"
+    );
     sink.drop_it().await;
 }
 

@@ -32,6 +32,17 @@ pub async fn locked_ddl(
     dialect: Dialect,
     statements: &[&str],
 ) -> Result<(), sqlx::Error> {
+    locked_ddl_then(conn, dialect, statements, async |_| Ok(())).await
+}
+
+/// Run `statements` in order, then `then` (DDL that depends on what is
+/// there, such as a migration), under the DDL lock.
+pub async fn locked_ddl_then(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    statements: &[&str],
+    then: impl AsyncFnOnce(&mut AnyConnection) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
     acquire(conn, dialect).await?;
     let mut result = Ok(());
     for s in statements {
@@ -39,6 +50,9 @@ pub async fn locked_ddl(
         if result.is_err() {
             break;
         }
+    }
+    if result.is_ok() {
+        result = then(&mut *conn).await;
     }
     let released = release(conn, dialect).await;
     result.and(released)

@@ -39,6 +39,7 @@ mod offsets;
 mod outbox;
 mod rows;
 mod state;
+mod state_ids;
 mod tables;
 mod turn;
 
@@ -244,9 +245,11 @@ impl SqlSink {
                 }
             }
         }
-        ddl_lock::locked_ddl(&mut conn, dialect, dialect.meta_ddl())
-            .await
-            .with_context(|| format!("sink {shown}: creating Sluice's bookkeeping tables"))?;
+        ddl_lock::locked_ddl_then(&mut conn, dialect, dialect.meta_ddl(), async |c| {
+            state_ids::migrate(c, dialect).await
+        })
+        .await
+        .with_context(|| format!("sink {shown}: creating Sluice's bookkeeping tables"))?;
         tracing::info!(sink = %shown, database = dialect.name(), "sink ready");
         Ok(SqlSink {
             conn,
@@ -866,5 +869,95 @@ mod tests {
         assert_eq!(r.writes, 4);
         let want = [(1, "x"), (2, "new"), (3, "only")].map(|(i, v)| (i, v.to_string()));
         assert_eq!(rows(&mut sink).await, want.to_vec());
+    }
+
+    /// A sink whose state an earlier version stored by name (the
+    /// `sluice_state` table) is moved to numbered rows when it opens: every
+    /// row readable as before, through the state reads and the view, and
+    /// written on from there; opening again moves nothing twice.
+    #[tokio::test]
+    async fn state_stored_by_name_is_moved_to_numbered_rows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        sqlx::any::install_default_drivers();
+        let mut old = AnyConnection::connect(&url).await.unwrap();
+        for sql in [
+            "CREATE TABLE sluice_state (
+                pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BLOB NOT NULL,
+                v BLOB NOT NULL, expires INTEGER, PRIMARY KEY (pipeline, operator, kind, k)) WITHOUT ROWID",
+            "INSERT INTO sluice_state VALUES
+                ('p', 'a/out', 'r', X'01', X'0a', NULL), ('p', 'a/out', 'r', X'02', X'0b', NULL),
+                ('p', 'a/out', 'g', X'01', X'0c', 7), ('q', 'a/out', 'r', X'01', X'0d', NULL)",
+        ] {
+            sqlx::query(sql).execute(&mut old).await.unwrap();
+        }
+        drop(old);
+        let everything = "SELECT pipeline, operator, kind, hex(k), hex(v), expires FROM sluice_state ORDER BY 1, 2, 3, 4";
+        let want: Vec<(String, String, String, String, String, Option<i64>)> = [
+            ("p", "a/out", "g", "01", "0C", Some(7)),
+            ("p", "a/out", "r", "01", "0A", None),
+            ("p", "a/out", "r", "02", "0B", None),
+            ("q", "a/out", "r", "01", "0D", None),
+        ]
+        .map(|(p, o, k, key, v, e)| (p.into(), o.into(), k.into(), key.into(), v.into(), e))
+        .to_vec();
+        for _ in 0..2 {
+            let mut sink = open(&dir).await;
+            let got: Vec<(String, String, String, String, String, Option<i64>)> =
+                sqlx::query_as(everything)
+                    .fetch_all(&mut sink.conn)
+                    .await
+                    .unwrap();
+            assert_eq!(got, want);
+            let kind: String =
+                sqlx::query_scalar("SELECT type FROM sqlite_master WHERE name = 'sluice_state'")
+                    .fetch_one(&mut sink.conn)
+                    .await
+                    .unwrap();
+            assert_eq!(kind, "view");
+            let read = state::read_state(
+                &mut sink.conn,
+                Dialect::Sqlite,
+                "p",
+                "a/out",
+                "r",
+                &[vec![1], vec![3]],
+            )
+            .await
+            .unwrap();
+            assert_eq!(read, vec![(vec![1], Some(vec![0x0a])), (vec![3], None)]);
+            let expired =
+                state::read_expired(&mut sink.conn, Dialect::Sqlite, "p", "a/out", "g", 7)
+                    .await
+                    .unwrap();
+            assert_eq!(expired, vec![(vec![1], vec![0x0c])]);
+        }
+        // Written on: an upsert of a new kind, a delete of an old row.
+        let mut sink = open(&dir).await;
+        let writes = [
+            crate::operators::aggregate::StateWrite {
+                kind: "w",
+                key: vec![9],
+                value: Some(vec![0x0e]),
+                expires: None,
+            },
+            crate::operators::aggregate::StateWrite {
+                kind: "r",
+                key: vec![2],
+                value: None,
+                expires: None,
+            },
+        ];
+        state::write_state(&mut sink.conn, Dialect::Sqlite, "p", "a/out", &writes)
+            .await
+            .unwrap();
+        let got: Vec<(String, String)> = sqlx::query_as(
+            "SELECT kind, hex(k) FROM sluice_state WHERE pipeline = 'p' ORDER BY 1, 2",
+        )
+        .fetch_all(&mut sink.conn)
+        .await
+        .unwrap();
+        let want = [("g", "01"), ("r", "01"), ("w", "09")].map(|(a, b)| (a.into(), b.into()));
+        assert_eq!(got, want.to_vec());
     }
 }

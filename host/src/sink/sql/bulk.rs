@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use super::rows::{bound, AnyQuery};
 use super::state::stored_key;
+use super::state_ids::{id_of, ids_of_kinds};
 use super::*;
 use crate::operators::aggregate::StateWrite;
 
@@ -178,18 +179,28 @@ fn array_of<T>(
 }
 
 /// The `kind` and stored-key arrays of state writes.
-fn kind_and_key_arrays(chunk: &[&StateWrite]) -> (String, String) {
-    let kinds = array_of(
+/// The rows' numbers (their kind's, from `ids`) and stored keys, as array
+/// literals; a row of a kind without a number gets NULL (see `write_state`).
+fn id_and_key_arrays(
+    chunk: &[&StateWrite],
+    ids: &[(&'static str, Option<i64>)],
+) -> (String, String) {
+    let sids = array_of(
         chunk,
-        |w| w.kind.len() + 2,
-        |out, w| push_quoted(out, w.kind),
+        |_| 20,
+        |out, w| match id_of(ids, w.kind) {
+            Some(id) => {
+                let _ = write!(out, "{id}");
+            }
+            None => out.push_str("NULL"),
+        },
     );
     let keys = array_of(
         chunk,
         |w| bytea_len(w.key.len()),
         |out, w| push_bytea(out, &stored_key(&w.key)),
     );
-    (kinds, keys)
+    (sids, keys)
 }
 
 /// Operator state rows written in two statements (upserts, then deletes),
@@ -199,7 +210,10 @@ pub(super) async fn write_state(
     pipeline: &str,
     operator: &str,
     writes: &[StateWrite],
-) -> Result<(), sqlx::Error> {
+) -> anyhow::Result<()> {
+    // Every kind with an upsert has a number; a NULL one (deletes of a
+    // kind never written) matches no row.
+    let ids = ids_of_kinds(conn, Dialect::Postgres, pipeline, operator, writes).await?;
     let mut last: HashMap<(&str, &[u8]), usize> = HashMap::with_capacity(writes.len());
     for (i, w) in writes.iter().filter(|w| w.value.is_some()).enumerate() {
         last.insert((w.kind, &w.key), i);
@@ -213,7 +227,7 @@ pub(super) async fn write_state(
         .collect();
     let deletes: Vec<&StateWrite> = writes.iter().filter(|w| w.value.is_none()).collect();
     for chunk in upserts.chunks(BULK_ROWS) {
-        let (kinds, keys) = kind_and_key_arrays(chunk);
+        let (sids, keys) = id_and_key_arrays(chunk, &ids);
         let values = array_of(
             chunk,
             |w| bytea_len(w.value.as_ref().map_or(0, Vec::len)),
@@ -230,14 +244,11 @@ pub(super) async fn write_state(
             },
         );
         sqlx::query(
-            "INSERT INTO sluice_state (pipeline, operator, kind, k, v, expires) \
-             SELECT $1, $2, u.kind, u.k, u.v, u.expires \
-             FROM unnest($3::text[], $4::bytea[], $5::bytea[], $6::bigint[]) AS u(kind, k, v, expires) \
-             ON CONFLICT (pipeline, operator, kind, k) DO UPDATE SET v = excluded.v, expires = excluded.expires",
+            "INSERT INTO sluice_state_rows (sid, k, v, expires) \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[]) \
+             ON CONFLICT (sid, k) DO UPDATE SET v = excluded.v, expires = excluded.expires",
         )
-        .bind(pipeline)
-        .bind(operator)
-        .bind(kinds)
+        .bind(sids)
         .bind(keys)
         .bind(values)
         .bind(expires)
@@ -245,17 +256,15 @@ pub(super) async fn write_state(
         .await?;
     }
     for chunk in deletes.chunks(BULK_ROWS) {
-        let (kinds, keys) = kind_and_key_arrays(chunk);
+        let (sids, keys) = id_and_key_arrays(chunk, &ids);
         // By row address, from one key lookup per row (see `read_state`).
         sqlx::query(
-            "DELETE FROM sluice_state WHERE ctid = ANY(ARRAY( \
-               SELECT s.ctid FROM unnest($3::text[], $4::bytea[]) AS u(kind, k) \
-               CROSS JOIN LATERAL (SELECT ctid FROM sluice_state WHERE pipeline = $1 \
-                 AND operator = $2 AND kind = u.kind AND k = u.k OFFSET 0) AS s))",
+            "DELETE FROM sluice_state_rows WHERE ctid = ANY(ARRAY( \
+               SELECT s.ctid FROM unnest($1::bigint[], $2::bytea[]) AS u(sid, k) \
+               CROSS JOIN LATERAL (SELECT ctid FROM sluice_state_rows WHERE sid = u.sid \
+                 AND k = u.k OFFSET 0) AS s))",
         )
-        .bind(pipeline)
-        .bind(operator)
-        .bind(kinds)
+        .bind(sids)
         .bind(keys)
         .execute(&mut *conn)
         .await?;
@@ -281,8 +290,9 @@ pub(super) async fn read_state(
         rows.extend(
             sqlx::query(
                 "SELECT s.k, s.v FROM unnest($4::bytea[]) AS u(k) \
-                 CROSS JOIN LATERAL (SELECT k, v FROM sluice_state WHERE pipeline = $1 \
-                   AND operator = $2 AND kind = $3 AND k = u.k OFFSET 0) AS s",
+                 CROSS JOIN LATERAL (SELECT k, v FROM sluice_state_rows WHERE sid = \
+                   (SELECT sid FROM sluice_state_ids WHERE pipeline = $1 AND operator = $2 AND kind = $3) \
+                   AND k = u.k OFFSET 0) AS s",
             )
             .bind(pipeline)
             .bind(operator)

@@ -82,8 +82,9 @@ async fn read_index(
         let ranges = vec!["k BETWEEN ? AND ?"; chunk.len()].join(" OR ");
         let sql = d
             .sql(&format!(
-                "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND ({ranges})",
-                key_value(d)
+                "SELECT {} FROM sluice_state_rows WHERE {} AND ({ranges})",
+                key_value(d),
+                super::state_ids::BY_NAME
             ))
             .into_owned();
         let mut q = sqlx::query(&sql)

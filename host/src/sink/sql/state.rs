@@ -19,6 +19,8 @@ use crate::source::SourceSignal;
 
 use crate::operators::codec::MAX_KEY;
 
+use super::state_ids::{id_of, ids_of_kinds, BY_NAME};
+
 pub(super) fn stored_key(k: &[u8]) -> Vec<u8> {
     if k.len() <= MAX_KEY {
         return k.to_vec();
@@ -381,17 +383,34 @@ async fn holds_no_state(
         Dialect::MySql { .. } => " LOCK IN SHARE MODE",
         _ => "",
     };
+    // Its numbers first, by a locking read too (a subquery in a locking
+    // read would read a snapshot on MySQL/MariaDB).
+    let context = || format!("looking for the state of {operator}");
     let sql = d
         .sql(&format!(
-            "SELECT 1 FROM sluice_state WHERE pipeline = ? AND operator = ? LIMIT 1{lock}"
+            "SELECT sid FROM sluice_state_ids WHERE pipeline = ? AND operator = ?{lock}"
         ))
         .into_owned();
-    let found = sqlx::query(&sql)
+    let ids: Vec<i64> = sqlx::query_scalar(&sql)
         .bind(pipeline)
         .bind(operator)
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
-        .with_context(|| format!("looking for the state of {operator}"))?;
+        .with_context(context)?;
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let sql = d
+        .sql(&format!(
+            "SELECT 1 FROM sluice_state_rows WHERE sid IN ({}) LIMIT 1{lock}",
+            vec!["?"; ids.len()].join(", ")
+        ))
+        .into_owned();
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    let found = q.fetch_optional(&mut *conn).await.with_context(context)?;
     Ok(found.is_none())
 }
 
@@ -405,7 +424,7 @@ pub(super) async fn read_kind(
 ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let sql = d
         .sql(&format!(
-            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ?",
+            "SELECT {} FROM sluice_state_rows WHERE {BY_NAME}",
             key_value(d)
         ))
         .into_owned();
@@ -433,7 +452,7 @@ pub(super) async fn read_expired(
 ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let sql = d
         .sql(&format!(
-            "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? \
+            "SELECT {} FROM sluice_state_rows WHERE {BY_NAME} \
              AND expires IS NOT NULL AND expires <= ? ORDER BY expires",
             key_value(d)
         ))
@@ -472,12 +491,13 @@ pub(super) async fn read_state(
         }
     } else {
         for chunk in stored.chunks(CHUNK) {
-            let sql = d.sql(&format!(
-                "SELECT {} FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
-                key_value(d),
-                vec!["?"; chunk.len()].join(", ")
-            ))
-            .into_owned();
+            let sql = d
+                .sql(&format!(
+                    "SELECT {} FROM sluice_state_rows WHERE {BY_NAME} AND k IN ({})",
+                    key_value(d),
+                    vec!["?"; chunk.len()].join(", ")
+                ))
+                .into_owned();
             let mut q = sqlx::query(&sql).bind(pipeline).bind(operator).bind(kind);
             for k in chunk {
                 q = q.bind(&k[..]);
@@ -507,27 +527,26 @@ pub(super) async fn write_state(
             .await
             .with_context(|| format!("writing the state of aggregation {operator}"));
     }
+    let ids = ids_of_kinds(conn, d, pipeline, operator, writes).await?;
     let (upserts, deletes): (Vec<&StateWrite>, Vec<&StateWrite>) =
         writes.iter().partition(|w| w.value.is_some());
-    let cols: Vec<String> = ["pipeline", "operator", "kind", "k", "v", "expires"]
+    let cols: Vec<String> = ["sid", "k", "v", "expires"]
         .iter()
         .map(|c| d.quote(c))
         .collect();
     for chunk in upserts.chunks(CHUNK) {
         let sql = d
             .sql(&format!(
-                "INSERT INTO sluice_state ({}) VALUES {}{}",
+                "INSERT INTO sluice_state_rows ({}) VALUES {}{}",
                 cols.join(", "),
-                vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
-                d.upsert_clause(&cols[..4], &cols[4..])
+                vec!["(?, ?, ?, ?)"; chunk.len()].join(", "),
+                d.upsert_clause(&cols[..2], &cols[2..])
             ))
             .into_owned();
         let mut q = sqlx::query(&sql);
         for w in chunk {
             q = q
-                .bind(pipeline)
-                .bind(operator)
-                .bind(w.kind)
+                .bind(id_of(&ids, w.kind))
                 .bind(stored_key(&w.key))
                 .bind(w.value.clone().unwrap_or_default())
                 .bind(w.expires);
@@ -536,27 +555,19 @@ pub(super) async fn write_state(
             .await
             .with_context(|| format!("writing the state of aggregation {operator}"))?;
     }
-    for chunk in deletes.chunks(CHUNK) {
-        let sql = d.sql(&format!(
-            "DELETE FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        ))
-        .into_owned();
-        // One kind per statement: split if mixed.
-        let kinds: HashSet<&str> = chunk.iter().map(|w| w.kind).collect();
-        for kind in kinds {
-            let keys: Vec<&&StateWrite> = chunk.iter().filter(|w| w.kind == kind).collect();
-            let sql = if keys.len() == chunk.len() {
-                sql.clone()
-            } else {
-                d.sql(&format!(
-                    "DELETE FROM sluice_state WHERE pipeline = ? AND operator = ? AND kind = ? AND k IN ({})",
-                    vec!["?"; keys.len()].join(", ")
+    // One kind (number) per statement; a kind never written has no rows.
+    for (kind, id) in &ids {
+        let Some(id) = id else { continue };
+        let keys: Vec<&&StateWrite> = deletes.iter().filter(|w| w.kind == *kind).collect();
+        for chunk in keys.chunks(CHUNK) {
+            let sql = d
+                .sql(&format!(
+                    "DELETE FROM sluice_state_rows WHERE sid = ? AND k IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
                 ))
-                .into_owned()
-            };
-            let mut q = sqlx::query(&sql).bind(pipeline).bind(operator).bind(kind);
-            for w in keys {
+                .into_owned();
+            let mut q = sqlx::query(&sql).bind(id);
+            for w in chunk {
                 q = q.bind(stored_key(&w.key));
             }
             q.execute(&mut *conn)
