@@ -684,8 +684,9 @@ const POISON_MARK: &str = "sluice-poison";
 
 /// Put the sink's operator state back into the `sluice_state` table of
 /// earlier versions (state by name, that version's DDL), as an upgrade
-/// finds it.
-async fn downgrade_state_layout(sink: &SinkDb) {
+/// finds it; `stopped_moving` (MariaDB): as a move that stopped right after
+/// renaming that table.
+async fn downgrade_state_layout(sink: &SinkDb, stopped_moving: bool) {
     let mut c = connect(sink.db, &sink.name).await;
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice_state")
         .fetch_one(&mut c)
@@ -694,9 +695,9 @@ async fn downgrade_state_layout(sink: &SinkDb) {
     assert!(before > 0, "no state to move");
     let old_table = match sink.db {
         Db::Pg => {
+            // The database's collation, as the first versions made it.
             "CREATE TABLE sluice_state_v0 (
-                pipeline TEXT COLLATE \"C\" NOT NULL, operator TEXT COLLATE \"C\" NOT NULL,
-                kind TEXT COLLATE \"C\" NOT NULL, k BYTEA NOT NULL,
+                pipeline TEXT NOT NULL, operator TEXT NOT NULL, kind TEXT NOT NULL, k BYTEA NOT NULL,
                 v BYTEA NOT NULL, expires BIGINT, PRIMARY KEY (pipeline, operator, kind, k))
                 WITH (fillfactor = 50)"
         }
@@ -715,14 +716,23 @@ async fn downgrade_state_layout(sink: &SinkDb) {
         "DROP VIEW sluice_state",
         "DROP TABLE sluice_state_rows",
         "DROP TABLE sluice_state_ids",
-        "ALTER TABLE sluice_state_v0 RENAME TO sluice_state",
+        if stopped_moving {
+            "ALTER TABLE sluice_state_v0 RENAME TO sluice_state_moving"
+        } else {
+            "ALTER TABLE sluice_state_v0 RENAME TO sluice_state"
+        },
     ] {
         sqlx::query(sql)
             .execute(&mut c)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice_state")
+    let old = if stopped_moving {
+        "sluice_state_moving"
+    } else {
+        "sluice_state"
+    };
+    let after: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {old}"))
         .fetch_one(&mut c)
         .await
         .unwrap();
@@ -759,8 +769,9 @@ async fn pair(source: Db, sink_db: Db, label: &str) {
         assert_eq!(options, "fillfactor=50");
     }
     // The state as a Sluice before numbered state rows stored it: the
-    // resume below moves it over and must go on from it exactly.
-    downgrade_state_layout(&sink).await;
+    // resume below moves it over and must go on from it exactly. Into
+    // MariaDB from PostgreSQL: as a move that stopped after renaming it.
+    downgrade_state_layout(&sink, label == "pgmy").await;
     // a second workload on top: the same pipeline resumes from its checkpoint
     workload(source, 10).await;
     catch_up(source, &sink, &s, &name, Duration::from_secs(120)).await;

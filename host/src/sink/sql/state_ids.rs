@@ -30,55 +30,55 @@ pub(super) async fn state_id(
     create: bool,
 ) -> anyhow::Result<Option<i64>> {
     let context = || format!("numbering the state of {operator} (kind {kind})");
-    let found = find(conn, d, pipeline, operator, kind)
+    // A plain read: a number once given never changes, so the
+    // transaction's snapshot (MySQL/MariaDB) is right whenever it has one.
+    let found = find(conn, d, pipeline, operator, kind, false)
         .await
         .with_context(context)?;
     if found.is_some() || !create {
         return Ok(found);
     }
-    // Not `ON CONFLICT DO NOTHING`: that draws a number from the sequence
-    // (PostgreSQL) or the counter (InnoDB) every time, and numbers would
-    // grow by one each commit. Hosts of a pipeline take turns at state, so
-    // none adds the same name beside this one.
-    let dual = if matches!(d, Dialect::MySql { .. }) {
-        " FROM DUAL"
-    } else {
-        ""
+    // Only on a miss (once per name), so the sequence (PostgreSQL) or
+    // counter (InnoDB) the insert draws from does not grow per commit.
+    // Keyed plugins write state without the pipeline's turn, so two hosts
+    // may add the same name at once: the second waits for the first and
+    // keeps its number. Then a read of the latest commit (a snapshot taken
+    // before the other host's commit would miss it).
+    let insert = match d {
+        Dialect::MySql { .. } => {
+            "INSERT INTO sluice_state_ids (pipeline, operator, kind) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE sid = sid"
+        }
+        _ => {
+            "INSERT INTO sluice_state_ids (pipeline, operator, kind) VALUES (?, ?, ?) \
+             ON CONFLICT (pipeline, operator, kind) DO NOTHING"
+        }
     };
-    let insert = d.sql(&format!(
-        "INSERT INTO sluice_state_ids (pipeline, operator, kind) SELECT ?, ?, ?{dual} \
-         WHERE NOT EXISTS (SELECT 1 FROM sluice_state_ids WHERE pipeline = ? AND operator = ? AND kind = ?)"
-    ))
-    .into_owned();
-    sqlx::query(&insert)
-        .bind(pipeline)
-        .bind(operator)
-        .bind(kind)
+    sqlx::query(&d.sql(insert))
         .bind(pipeline)
         .bind(operator)
         .bind(kind)
         .execute(&mut *conn)
         .await
         .with_context(context)?;
-    let id = find(conn, d, pipeline, operator, kind)
+    let id = find(conn, d, pipeline, operator, kind, true)
         .await
         .with_context(context)?
         .with_context(|| format!("no number for the state of {operator} after giving it one"))?;
     Ok(Some(id))
 }
 
-/// The number of (pipeline, operator, kind), if it has one.
+/// The number of (pipeline, operator, kind), if it has one; `latest`: by a
+/// locking read on MySQL/MariaDB (the latest commit, not the snapshot).
 async fn find(
     conn: &mut AnyConnection,
     d: Dialect,
     pipeline: &str,
     operator: &str,
     kind: &str,
+    latest: bool,
 ) -> Result<Option<i64>, sqlx::Error> {
-    // A locking read on MySQL/MariaDB: the latest commit, not the
-    // transaction's snapshot, which may predate another host's first state
-    // of this operator (its `INSERT … WHERE NOT EXISTS` sees that commit).
-    let lock = if matches!(d, Dialect::MySql { .. }) {
+    let lock = if latest && matches!(d, Dialect::MySql { .. }) {
         " LOCK IN SHARE MODE"
     } else {
         ""
@@ -96,82 +96,155 @@ async fn find(
         .await
 }
 
-/// Move a `sluice_state` table (state by name, before the numbers) into
-/// `sluice_state_ids` and `sluice_state_rows`, then put the view of that
-/// name in its place. Run under the DDL lock, after the tables are made.
-/// The copy and the old table's emptying commit together, so a stop before
-/// the table is dropped (MariaDB commits DDL on its own) copies nothing twice.
-pub(super) async fn migrate(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx::Error> {
-    let old_table = match d {
-        Dialect::Postgres => {
-            "SELECT 1 FROM pg_class WHERE oid = to_regclass('sluice_state') AND relkind IN ('r', 'p')"
-        }
-        Dialect::MySql { .. } => {
+/// The view by name over the numbered rows.
+const VIEW: &str =
+    "VIEW sluice_state AS SELECT i.pipeline, i.operator, i.kind, r.k, r.v, r.expires \
+     FROM sluice_state_rows r JOIN sluice_state_ids i ON i.sid = r.sid";
+
+/// Whether this schema has a relation named `name` of `kind` (a base
+/// table or a view), looked up in this schema alone (PostgreSQL's
+/// `search_path` may reach another sink's tables).
+async fn has(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    name: &str,
+    view: bool,
+) -> Result<bool, sqlx::Error> {
+    let sql = match d {
+        Dialect::Postgres => format!(
+            "SELECT 1 FROM pg_class c WHERE c.relname = '{name}' \
+             AND c.relnamespace = current_schema()::regnamespace AND c.relkind IN ({})",
+            if view { "'v'" } else { "'r', 'p'" }
+        ),
+        Dialect::MySql { .. } => format!(
             "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() \
-             AND table_name = 'sluice_state' AND table_type = 'BASE TABLE'"
-        }
-        Dialect::Sqlite => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sluice_state'",
+             AND table_name = '{name}' AND table_type = '{}'",
+            if view { "VIEW" } else { "BASE TABLE" }
+        ),
+        Dialect::Sqlite => format!(
+            "SELECT 1 FROM sqlite_master WHERE name = '{name}' AND type = '{}'",
+            if view { "view" } else { "table" }
+        ),
     };
-    if sqlx::query(old_table)
+    Ok(sqlx::query(&sql)
         .fetch_optional(&mut *conn)
         .await?
-        .is_some()
-    {
-        tracing::info!("moving the sluice_state table to numbered state rows (once)");
-        // PostgreSQL: the old table's names may have the database's
-        // collation, the new ones byte order; compare them in byte order.
-        let c = if d == Dialect::Postgres {
-            " COLLATE \"C\""
-        } else {
-            ""
-        };
-        let same = format!(
-            "i.pipeline = s.pipeline{c} AND i.operator = s.operator{c} AND i.kind = s.kind{c}"
-        );
-        let mut tx = conn.begin().await?;
-        for s in [
-            format!(
-                "INSERT INTO sluice_state_ids (pipeline, operator, kind) \
-                 SELECT DISTINCT s.pipeline, s.operator, s.kind FROM sluice_state s \
-                 WHERE NOT EXISTS (SELECT 1 FROM sluice_state_ids i WHERE {same})"
-            ),
-            format!(
-                "INSERT INTO sluice_state_rows (sid, k, v, expires) \
-                 SELECT i.sid, s.k, s.v, s.expires FROM sluice_state s JOIN sluice_state_ids i ON {same}"
-            ),
-            "DELETE FROM sluice_state".to_string(),
-        ] {
-            sqlx::query(&s).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        sqlx::query("DROP TABLE sluice_state")
-            .execute(&mut *conn)
-            .await?;
-        tracing::info!("operator state moved to sluice_state_rows (by number); sluice_state is now a view of it");
-    }
-    const VIEW: &str =
-        "VIEW sluice_state AS SELECT i.pipeline, i.operator, i.kind, r.k, r.v, r.expires \
-         FROM sluice_state_rows r JOIN sluice_state_ids i ON i.sid = r.sid";
+        .is_some())
+}
+
+/// Copy a by-name state table `from` into the numbered tables.
+async fn copy_from(conn: &mut AnyConnection, d: Dialect, from: &str) -> Result<u64, sqlx::Error> {
+    // PostgreSQL: the old table's names may have the database's
+    // collation, the new ones byte order; compare them in byte order.
+    let c = if d == Dialect::Postgres {
+        " COLLATE \"C\""
+    } else {
+        ""
+    };
+    let same =
+        format!("i.pipeline = s.pipeline{c} AND i.operator = s.operator{c} AND i.kind = s.kind{c}");
+    sqlx::query(&format!(
+        "INSERT INTO sluice_state_ids (pipeline, operator, kind) \
+         SELECT DISTINCT s.pipeline, s.operator, s.kind FROM {from} s \
+         WHERE NOT EXISTS (SELECT 1 FROM sluice_state_ids i WHERE {same})"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let copied = sqlx::query(&format!(
+        "INSERT INTO sluice_state_rows (sid, k, v, expires) \
+         SELECT i.sid, s.k, s.v, s.expires FROM {from} s JOIN sluice_state_ids i ON {same}"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    Ok(copied.rows_affected())
+}
+
+/// Move a `sluice_state` table (state by name, from before the numbers)
+/// into the numbered tables and put the view of that name in its place.
+/// Run under the DDL lock, after the tables are made. One way: a host of an
+/// earlier version cannot write to the view; its next commit fails and
+/// rolls back, so what it had not committed is not lost (stop every host
+/// before the upgrade).
+pub(super) async fn migrate(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx::Error> {
     match d {
-        Dialect::Postgres => {
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT CAST(to_regclass('sluice_state') AS TEXT)")
-                    .fetch_one(&mut *conn)
-                    .await?;
-            if exists.is_none() {
-                sqlx::query(&format!("CREATE {VIEW}"))
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
+        Dialect::MySql { .. } => migrate_mysql(conn, d).await?,
         _ => {
-            sqlx::query(&format!(
-                "CREATE {}",
-                VIEW.replacen("VIEW", "VIEW IF NOT EXISTS", 1)
-            ))
+            // One transaction: the old table locked first (a commit of an
+            // old host waits, then fails on the view), copied, dropped, the
+            // view made. SQLite: IMMEDIATE takes the write lock first, so a
+            // second host opening the file waits, then finds the view.
+            let begin = if d == Dialect::Sqlite {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN"
+            };
+            sqlx::query(begin).execute(&mut *conn).await?;
+            let moved = async {
+                if has(conn, d, "sluice_state", false).await? {
+                    if d == Dialect::Postgres {
+                        sqlx::query("LOCK TABLE sluice_state IN ACCESS EXCLUSIVE MODE")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    tracing::info!("moving the sluice_state table to numbered state rows (once)");
+                    let n = copy_from(conn, d, "sluice_state").await?;
+                    sqlx::query("DROP TABLE sluice_state")
+                        .execute(&mut *conn)
+                        .await?;
+                    tracing::info!(rows = n, "operator state moved to sluice_state_rows; sluice_state is now a view of it");
+                }
+                if !has(conn, d, "sluice_state", true).await? {
+                    sqlx::query(&format!("CREATE {VIEW}"))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok::<_, sqlx::Error>(())
+            }
+            .await;
+            match moved {
+                Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await?,
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    return Err(e);
+                }
+            };
+        }
+    }
+    Ok(())
+}
+
+/// MySQL/MariaDB commit DDL on their own: the old table is renamed first
+/// (it waits for transactions using it; an old host's next commit then
+/// fails), copied and emptied in one transaction, then dropped; a stop
+/// anywhere resumes from the renamed table at the next start, copying
+/// nothing twice.
+async fn migrate_mysql(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx::Error> {
+    const MOVING: &str = "sluice_state_moving";
+    if has(conn, d, "sluice_state", false).await? {
+        tracing::info!("moving the sluice_state table to numbered state rows (once)");
+        sqlx::query(&format!("RENAME TABLE sluice_state TO {MOVING}"))
             .execute(&mut *conn)
             .await?;
-        }
+    }
+    if has(conn, d, MOVING, false).await? {
+        let mut tx = conn.begin().await?;
+        let n = copy_from(&mut tx, d, MOVING).await?;
+        sqlx::query(&format!("DELETE FROM {MOVING}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        sqlx::query(&format!("DROP TABLE {MOVING}"))
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(
+            rows = n,
+            "operator state moved to sluice_state_rows; sluice_state is now a view of it"
+        );
+    }
+    if !has(conn, d, "sluice_state", true).await? {
+        sqlx::query(&format!("CREATE {VIEW}"))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
