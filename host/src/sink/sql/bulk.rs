@@ -178,19 +178,23 @@ fn array_of<T>(
     out
 }
 
-/// The `kind` and stored-key arrays of state writes.
-/// The rows' numbers (their kind's, from `ids`), NULL for a kind without one.
-fn sid_array(chunk: &[&StateWrite], ids: &[(&'static str, Option<i64>)]) -> String {
+/// A number per state write as an `int[]`/`bigint[]` literal, NULL for `None`.
+fn int_array(chunk: &[&StateWrite], of: impl Fn(&StateWrite) -> Option<i64>) -> String {
     array_of(
         chunk,
         |_| 20,
-        |out, w| match id_of(ids, w.kind) {
-            Some(id) => {
-                let _ = write!(out, "{id}");
+        |out, w| match of(w) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
             }
             None => out.push_str("NULL"),
         },
     )
+}
+
+/// The rows' numbers (their kind's, from `ids`), NULL for a kind without one.
+fn sid_array(chunk: &[&StateWrite], ids: &[(&'static str, Option<i64>)]) -> String {
+    int_array(chunk, |w| id_of(ids, w.kind))
 }
 
 /// The rows' numbers (their kind's, from `ids`) and stored keys, as array
@@ -257,16 +261,7 @@ impl PackedState {
         }
         keys.finish();
         values.finish();
-        let expires = array_of(
-            chunk,
-            |_| 20,
-            |out, w| match w.expires {
-                Some(e) => {
-                    let _ = write!(out, "{e}");
-                }
-                None => out.push_str("NULL"),
-            },
-        );
+        let expires = int_array(chunk, |w| w.expires);
         PackedState {
             sids,
             keys,

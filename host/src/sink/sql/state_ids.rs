@@ -166,51 +166,34 @@ async fn copy_from(conn: &mut AnyConnection, d: Dialect, from: &str) -> Result<u
 /// rolls back, so what it had not committed is not lost (stop every host
 /// before the upgrade).
 pub(super) async fn migrate(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx::Error> {
-    match d {
-        Dialect::MySql { .. } => migrate_mysql(conn, d).await?,
-        _ => {
-            // One transaction: the old table locked first (a commit of an
-            // old host waits, then fails on the view), copied, dropped, the
-            // view made. SQLite: IMMEDIATE takes the write lock first, so a
-            // second host opening the file waits, then finds the view.
-            let begin = if d == Dialect::Sqlite {
-                "BEGIN IMMEDIATE"
-            } else {
-                "BEGIN"
-            };
-            sqlx::query(begin).execute(&mut *conn).await?;
-            let moved = async {
-                if has(conn, d, "sluice_state", false).await? {
-                    if d == Dialect::Postgres {
-                        sqlx::query("LOCK TABLE sluice_state IN ACCESS EXCLUSIVE MODE")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    tracing::info!("moving the sluice_state table to numbered state rows (once)");
-                    let n = copy_from(conn, d, "sluice_state").await?;
-                    sqlx::query("DROP TABLE sluice_state")
-                        .execute(&mut *conn)
-                        .await?;
-                    tracing::info!(rows = n, "operator state moved to sluice_state_rows; sluice_state is now a view of it");
-                }
-                if !has(conn, d, "sluice_state", true).await? {
-                    sqlx::query(&format!("CREATE {VIEW}"))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok::<_, sqlx::Error>(())
-            }
-            .await;
-            match moved {
-                Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await?,
-                Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    return Err(e);
-                }
-            };
-        }
+    if let Dialect::MySql { .. } = d {
+        return migrate_mysql(conn, d).await;
     }
-    Ok(())
+    // One transaction: the old table locked first (a commit of an old host
+    // waits, then fails on the view), copied, dropped, the view made.
+    // SQLite: IMMEDIATE takes the write lock first, so a second host
+    // opening the file waits, then finds the view.
+    let begin = if d == Dialect::Sqlite {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    };
+    let mut tx = conn.begin_with(begin).await?;
+    if has(&mut tx, d, "sluice_state", false).await? {
+        if d == Dialect::Postgres {
+            sqlx::query("LOCK TABLE sluice_state IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tracing::info!("moving the sluice_state table to numbered state rows (once)");
+        let n = copy_from(&mut tx, d, "sluice_state").await?;
+        sqlx::query("DROP TABLE sluice_state")
+            .execute(&mut *tx)
+            .await?;
+        moved(n);
+    }
+    create_view(&mut tx, d).await?;
+    tx.commit().await
 }
 
 /// MySQL/MariaDB commit DDL on their own: the old table is renamed first
@@ -236,17 +219,27 @@ async fn migrate_mysql(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx:
         sqlx::query(&format!("DROP TABLE {MOVING}"))
             .execute(&mut *conn)
             .await?;
-        tracing::info!(
-            rows = n,
-            "operator state moved to sluice_state_rows; sluice_state is now a view of it"
-        );
+        moved(n);
     }
+    create_view(conn, d).await
+}
+
+/// The view `sluice_state`, unless there is one.
+async fn create_view(conn: &mut AnyConnection, d: Dialect) -> Result<(), sqlx::Error> {
     if !has(conn, d, "sluice_state", true).await? {
         sqlx::query(&format!("CREATE {VIEW}"))
             .execute(&mut *conn)
             .await?;
     }
     Ok(())
+}
+
+/// Say the move is done, with the rows it copied.
+fn moved(rows: u64) {
+    tracing::info!(
+        rows,
+        "operator state moved to sluice_state_rows; sluice_state is now a view of it"
+    );
 }
 
 /// The number of each kind `writes` touch (given one if the kind has an
