@@ -531,3 +531,120 @@ async fn postgres_bulk_writes_keep_every_value() {
     drop(sink);
     drop_db("postgres", db).await;
 }
+
+/// An aggregation's state rows its cache knows the sink lacks are inserted
+/// without `ON CONFLICT` (PostgreSQL). Should the cache be wrong — here a
+/// state row put in behind its back — the insert hits that row and the
+/// commit is tried again with the state read afresh: it commits, and the
+/// result counts what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
+    use sluice::model::{SourceOrder, TableDesc};
+    use sluice::operators::aggregate::{output_table, AggregationOp, InputChange, OperatorInput};
+    use sluice::operators::spec::*;
+    use sluice::operators::Projection;
+    if !stack_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (url, db) = fresh("postgres", "fresh_state", &dir).await;
+    let mut sink = SqlSink::open(&url, "fresh_state", "p").await.unwrap();
+    let spec = AggregationSpec {
+        source: "orders".into(),
+        output: "orders_daily".into(),
+        group_by: vec!["customer_id".into()],
+        window: WindowSpec::Tumbling {
+            size: 86_400_000_000,
+            offset: 0,
+        },
+        window_columns: ("window_start".into(), "window_end".into()),
+        event_time: EventTimeSpec::Column("placed_at".into()),
+        measures: vec![
+            MeasureSpec {
+                name: "orders".into(),
+                function: AggregateFn::CountRows,
+                column: None,
+                output_type: None,
+            },
+            MeasureSpec {
+                name: "amount_sum".into(),
+                function: AggregateFn::Sum,
+                column: Some("amount".into()),
+                output_type: None,
+            },
+        ],
+        out_of_orderness: 0,
+        allowed_lateness: 0,
+        emit: EmitMode::Update,
+        late: LatePolicy::Apply,
+        semantics: Semantics::Changelog,
+    };
+    let op = Arc::new(AggregationOp {
+        id: "p/orders_daily".into(),
+        plugin: "p".into(),
+        index: 0,
+        spec: spec.clone(),
+        code: None,
+    });
+    let projection = |amount: i64| Projection {
+        group: vec![Value::Int(7)],
+        event_time: Some(Value::Timestamp(3_600_000_000)),
+        args: vec![Value::Null, Value::Int(amount)],
+    };
+    let source = TableDesc {
+        topic: "topic".into(),
+        name: "orders".into(),
+        namespace: "public".into(),
+        columns: vec![
+            col("customer_id", ColumnType::Int),
+            col("amount", ColumnType::Int),
+        ],
+        key: vec![],
+    };
+    let output = Arc::new(output_table(&spec, &source, Some(&projection(1))));
+    // order `id` at source position = offset: placed for `amount`, or deleted
+    let change = |offset: i64, id: u8, amount: Option<i64>| {
+        let mut ev = event(offset, Vec::new());
+        ev.ops.push(OperatorInput {
+            op: op.clone(),
+            output: output.clone(),
+            row_key: vec![b'o', id],
+            order: Some(SourceOrder([offset as u64, 0, 0])),
+            change: match amount {
+                Some(a) => InputChange::Row(Some(projection(a))),
+                None => InputChange::Delete,
+            },
+            commit_time_ms: None,
+            partition: vec![0],
+        });
+        batch(vec![ev])
+    };
+    sink.commit(change(0, 1, Some(5))).await.unwrap();
+    sink.commit(change(1, 1, None)).await.unwrap();
+    // Order 2's state row appears behind the cache's back: order 1's (a
+    // deleted row at position 1), so reading it changes no count.
+    let mut c = AnyConnection::connect(&url).await.unwrap();
+    let copied = sqlx::query(
+        "INSERT INTO sluice_state_rows (sid, k, v, expires) \
+         SELECT sid, $1, v, expires FROM sluice_state_rows WHERE k = $2",
+    )
+    .bind(vec![b'o', 2])
+    .bind(vec![b'o', 1])
+    .execute(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(copied.rows_affected(), 1);
+    sink.commit(change(2, 2, Some(3)))
+        .await
+        .expect("the commit was not tried again with the state read afresh");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT customer_id::text, orders::text, amount_sum::text FROM orders_daily",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("7".into(), "1".into(), "3".into())]);
+    drop(c);
+    drop(sink);
+    drop_db("postgres", db).await;
+}

@@ -221,7 +221,7 @@ impl AggregationSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn daily_orders() -> AggregationSpec {

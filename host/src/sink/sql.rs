@@ -371,6 +371,7 @@ impl SqlSink {
         let mut report = SinkReport::default();
         let mut attempt = 0;
         let mut table_rounds = 0;
+        let mut stale_rounds = 0;
         loop {
             let result = self
                 .try_commit(
@@ -408,6 +409,15 @@ impl SqlSink {
                             }
                         }
                     }
+                }
+                // An operator's cache took a state row for new that the
+                // sink held: with the caches dropped, the retry reads it.
+                Err(e)
+                    if stale_rounds < 2 && e.chain().any(|c| c.is::<state::CacheDisagrees>()) =>
+                {
+                    tracing::warn!("{e:#}; trying the batch again with the state read afresh");
+                    self.forget_cached_state();
+                    stale_rounds += 1;
                 }
                 // A deadlock with another host of the pipeline (two hosts
                 // writing the same rows in different orders) or a lock wait
@@ -940,12 +950,14 @@ mod tests {
                 key: vec![9],
                 value: Some(vec![0x0e]),
                 expires: None,
+                fresh: false,
             },
             crate::operators::aggregate::StateWrite {
                 kind: "r",
                 key: vec![2],
                 value: None,
                 expires: None,
+                fresh: false,
             },
         ];
         state::write_state(&mut sink.conn, Dialect::Sqlite, "p", "a/out", &writes)

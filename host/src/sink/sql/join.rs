@@ -253,6 +253,7 @@ pub(super) async fn expire(
                     key: index_key(&on, &k),
                     value: None,
                     expires: None,
+                    fresh: false,
                 });
             }
             state.forget(side, &k);
@@ -261,6 +262,7 @@ pub(super) async fn expire(
                 key: k,
                 value: None,
                 expires: None,
+                fresh: false,
             });
         }
         write_state(conn, d, pipeline, operator, &writes).await?;
@@ -286,6 +288,7 @@ pub(super) async fn write(
                 key: w.row_key.clone(),
                 value: Some(w.row.encode()),
                 expires: w.expires,
+                fresh: false,
             });
         }
         let new_on = w.row.live.as_ref().and_then(|l| l.on.as_ref());
@@ -298,6 +301,7 @@ pub(super) async fn write(
                 key: index_key(old, &w.row_key),
                 value: None,
                 expires: None,
+                fresh: false,
             });
         }
         if let Some(new) = new_on {
@@ -306,6 +310,7 @@ pub(super) async fn write(
                 key: index_key(new, &w.row_key),
                 value: Some(w.row_key.clone()),
                 expires: None,
+                fresh: false,
             });
         }
     }

@@ -145,6 +145,7 @@ impl JoinStates {
                         key: Vec::new(),
                         value: Some(vec![1]),
                         expires: None,
+                        fresh: false,
                     }];
                     write_state(conn, d, pipeline, &id, &mark).await?;
                 }

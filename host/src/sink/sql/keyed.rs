@@ -79,6 +79,7 @@ impl KeyedPlugins {
                     key,
                     value: row.map(|r| r.encode()),
                     expires: None,
+                    fresh: false,
                 })
                 .collect();
             write_state(conn, d, pipeline, &op, &writes).await?;

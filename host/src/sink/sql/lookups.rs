@@ -151,6 +151,7 @@ impl LookupTables {
                         key,
                         value: Some(w.buf),
                         expires: None,
+                        fresh: false,
                     }
                 })
                 .collect();

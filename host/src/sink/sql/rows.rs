@@ -300,7 +300,8 @@ fn last_per_key<'w>(writes: &[&'w SinkWrite]) -> Vec<&'w SinkWrite> {
             key
         })
         .collect();
-    let last: HashMap<&[u8], usize> = keys.iter().enumerate().map(|(i, k)| (&k[..], i)).collect();
+    let last: HashMap<&[u8], usize, foldhash::fast::RandomState> =
+        keys.iter().enumerate().map(|(i, k)| (&k[..], i)).collect();
     keys.iter()
         .enumerate()
         .filter(|(i, k)| last.get(&k[..]) == Some(i))

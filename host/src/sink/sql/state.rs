@@ -30,6 +30,13 @@ pub(super) fn stored_key(k: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A state row an operator's cache held absent was in the sink (an insert
+/// of it hit its key): the cache is wrong, so the commit is tried again
+/// with every cache dropped (read afresh, inside the transaction).
+#[derive(Debug, thiserror::Error)]
+#[error("aggregation {0}: a state row it took for new was already in the sink")]
+pub(super) struct CacheDisagrees(pub(super) String);
+
 /// Rows per `IN (…)` read and per multi-row write.
 const CHUNK: usize = 200;
 

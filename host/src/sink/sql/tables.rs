@@ -183,6 +183,7 @@ impl StoredTables {
                             value: rows.and_then(|r| r.rows.get(&key)).map(StoredRow::encode),
                             key,
                             expires: None,
+                            fresh: false,
                         })
                         .collect();
                     (topic, writes)
@@ -197,6 +198,7 @@ impl StoredTables {
                         key: topic.into_bytes(),
                         value: Some(name.clone().into_bytes()),
                         expires: None,
+                        fresh: false,
                     })
                 })
                 .collect();
