@@ -122,7 +122,7 @@ fn process_batch(
     // Sized once: doubling would leave up to half a batch's slots unused
     // while it waits for the sink.
     batch.events.reserve_exact(decoded.len());
-    for ((record, _ev), outcome) in decoded.into_iter().zip(outcomes) {
+    for ((record, ev), outcome) in decoded.into_iter().zip(outcomes) {
         if outcome.unrouted {
             stats.add(&stats.unrouted, 1);
             let n = unrouted_topics.entry(record.id.topic.clone()).or_insert(0);
@@ -154,6 +154,7 @@ fn process_batch(
                 joins: outcome.joins,
                 lookups: outcome.lookups,
                 tables: outcome.tables,
+                created: ev.op == crate::model::Op::Create,
             });
         }
     }

@@ -32,6 +32,10 @@ pub struct EventWrites {
     pub lookups: Vec<LookupInput>,
     /// The record as a change of its stored table (applied in the commit).
     pub tables: Vec<TableChange>,
+    /// The change created its row at the source (Debezium `c`): the rows
+    /// it upserts are most likely new to the sink too (PostgreSQL then
+    /// tries them without `ON CONFLICT`, see `rows::write_upserts`).
+    pub created: bool,
 }
 
 impl EventWrites {
@@ -46,6 +50,7 @@ impl EventWrites {
             joins: Vec::new(),
             lookups: Vec::new(),
             tables: Vec::new(),
+            created: false,
         }
     }
 }

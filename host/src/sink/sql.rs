@@ -520,7 +520,10 @@ impl SqlSink {
                 }
             }
         }
-        let writes = events.iter().flat_map(|ev| &ev.writes);
+        let writes = events
+            .iter()
+            .flat_map(|ev| ev.writes.iter().map(|w| (w, ev.created)))
+            .collect();
         match write_grouped(&mut tx, d, sql, consolidate, writes).await {
             Ok(n) => report.writes += n,
             Err(e) if d.retry_event_by_event(&e) => {
@@ -617,9 +620,15 @@ impl SqlSink {
                 .await?;
             report.late_applied += ops.late_applied;
             report.late_dead_lettered += ops.late_dead_lettered;
-            report.writes += write_grouped(&mut tx, d, sql, consolidate, ops.outputs.iter())
-                .await
-                .context("writing aggregation results")?;
+            report.writes += write_grouped(
+                &mut tx,
+                d,
+                sql,
+                consolidate,
+                ops.outputs.iter().map(|w| (w, false)).collect(),
+            )
+            .await
+            .context("writing aggregation results")?;
             report.duplicates += ops.duplicates;
         }
         report.dlq_aggregate = op_dead.len() as u64 + derived_out.refused_at(Stage::Aggregate);
@@ -787,6 +796,7 @@ mod tests {
             joins: Vec::new(),
             lookups: Vec::new(),
             tables: Vec::new(),
+            created: false,
             writes: vec![SinkWrite::Upsert {
                 table: t.clone(),
                 values: std::iter::once(id)

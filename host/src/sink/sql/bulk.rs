@@ -33,22 +33,29 @@ fn array_params(t: &SinkTable, cols: impl Iterator<Item = usize>) -> Option<Stri
     Some(params?.join(", "))
 }
 
+/// `INSERT … SELECT * FROM unnest(…)` for `t`, if every column has a type:
+/// for rows taken for new (`rows::write_upserts`).
+pub(super) fn insert_sql(t: &SinkTable) -> Option<String> {
+    let d = Dialect::Postgres;
+    let arrays = array_params(t, 0..t.columns.len())?;
+    let cols: Vec<String> = t.columns.iter().map(|c| d.quote(&c.name)).collect();
+    Some(format!(
+        "INSERT INTO {} ({}) SELECT * FROM unnest({arrays})",
+        d.quote(&t.name),
+        cols.join(", "),
+    ))
+}
+
 /// `INSERT … SELECT * FROM unnest(…) ON CONFLICT …` for `t`, if every column has a type.
 pub(super) fn upsert_sql(t: &SinkTable) -> Option<String> {
     let d = Dialect::Postgres;
-    let arrays = array_params(t, 0..t.columns.len())?;
     let cols: Vec<String> = t.columns.iter().map(|c| d.quote(&c.name)).collect();
     let key: Vec<String> = t.key.iter().map(|&k| cols[k as usize].clone()).collect();
     let non_key: Vec<String> = (0..cols.len())
         .filter(|i| !t.key.contains(&(*i as u32)))
         .map(|i| cols[i].clone())
         .collect();
-    Some(format!(
-        "INSERT INTO {} ({}) SELECT * FROM unnest({arrays}){}",
-        d.quote(&t.name),
-        cols.join(", "),
-        d.upsert_clause(&key, &non_key)
-    ))
+    Some(insert_sql(t)? + &d.upsert_clause(&key, &non_key))
 }
 
 /// `DELETE … WHERE (key) IN (SELECT * FROM unnest(…))` for `t`.

@@ -140,7 +140,10 @@ pub(super) async fn write_outputs(
         }
     }
     sqlx::query(DERIVED_SAVEPOINT[0]).execute(&mut *tx).await?;
-    let writes = outputs.iter().flat_map(|o| &o.writes);
+    let writes = outputs
+        .iter()
+        .flat_map(|o| o.writes.iter().map(|w| (w, o.created)))
+        .collect();
     match write_grouped(tx, d, sql, consolidate, writes).await {
         Ok(n) => {
             done.writes += n;

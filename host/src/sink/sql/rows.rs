@@ -47,6 +47,11 @@ pub(super) struct TableSql {
     /// `None` inside when a column has no type to make an array of.
     bulk_upsert: Option<Option<Arc<str>>>,
     bulk_delete: Option<Option<Arc<str>>>,
+    /// PostgreSQL's bulk insert without `ON CONFLICT` (`write_upserts`).
+    bulk_insert: Option<Option<Arc<str>>>,
+    /// Commits left before `write_upserts` tries new rows as plain inserts
+    /// again, after one of them was not new (re-delivered creates).
+    insert_pause: u32,
 }
 
 impl TableSql {
@@ -58,6 +63,8 @@ impl TableSql {
             deletes: HashMap::new(),
             bulk_upsert: None,
             bulk_delete: None,
+            bulk_insert: None,
+            insert_pause: 0,
         }
     }
 
@@ -78,6 +85,14 @@ impl TableSql {
             .map(Arc::from)
         })
         .clone()
+    }
+
+    /// PostgreSQL's bulk insert of rows taken for new, if the table has one.
+    fn bulk_insert(&mut self) -> Option<Arc<str>> {
+        let t = &self.table;
+        self.bulk_insert
+            .get_or_insert_with(|| bulk::insert_sql(t).map(Arc::from))
+            .clone()
     }
 
     fn statement(&mut self, d: Dialect, upsert: bool, rows: usize) -> Arc<str> {
@@ -253,61 +268,137 @@ pub(super) fn key_bytes(table: &SinkTable, w: &SinkWrite, out: &mut Vec<u8>) {
 /// under two declarations in one batch (a column added mid-batch, a second
 /// plugin) keeps its writes in batch order instead (`write_in_order`), as
 /// does every table when `consolidate` is off.
-pub(super) async fn write_grouped<'w>(
+pub(super) async fn write_grouped(
     conn: &mut AnyConnection,
     d: Dialect,
     cache: &mut HashMap<Arc<SinkTable>, TableSql>,
     consolidate: bool,
-    writes: impl Iterator<Item = &'w SinkWrite>,
+    writes: Vec<(&SinkWrite, bool)>,
 ) -> Result<u64, sqlx::Error> {
-    let mut order: Vec<Vec<&SinkWrite>> = Vec::new();
+    let mut order: Vec<Vec<(&SinkWrite, bool)>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for w in writes {
+    for (w, created) in writes {
         let i = *index.entry(w.table().name.as_str()).or_insert_with(|| {
             order.push(Vec::new());
             order.len() - 1
         });
-        order[i].push(w);
+        order[i].push((w, created));
     }
     let mut written = 0;
     for writes in order {
         written += writes.len() as u64;
-        let first = writes[0].table();
+        let first = writes[0].0.table();
         let one_declaration = writes
             .iter()
-            .all(|w| Arc::ptr_eq(w.table(), first) || **w.table() == **first);
+            .all(|(w, _)| Arc::ptr_eq(w.table(), first) || **w.table() == **first);
         if !(consolidate && one_declaration) {
+            let writes: Vec<&SinkWrite> = writes.iter().map(|(w, _)| *w).collect();
             write_in_order(conn, d, cache, &writes).await?;
             continue;
         }
-        let (upserts, deletes): (Vec<&SinkWrite>, Vec<&SinkWrite>) = last_per_key(&writes)
+        let (upserts, deletes): (Vec<_>, Vec<_>) = last_per_key(&writes)
             .into_iter()
-            .partition(|w| is_upsert(w));
+            .partition(|(w, _)| is_upsert(w));
+        let deletes: Vec<&SinkWrite> = deletes.into_iter().map(|(w, _)| w).collect();
         let ts = table_sql(cache, d, first);
         write_unique(conn, d, ts, &deletes).await?;
-        write_unique(conn, d, ts, &upserts).await?;
+        write_upserts(conn, d, ts, upserts).await?;
     }
     Ok(written)
 }
 
-/// The last write of each key, in the order of those last writes.
-fn last_per_key<'w>(writes: &[&'w SinkWrite]) -> Vec<&'w SinkWrite> {
+/// The last write of each key, in the order of those last writes, each
+/// with whether the key's first write in the batch came from a change that
+/// created its row (the row is then most likely new to the sink).
+fn last_per_key<'w>(writes: &[(&'w SinkWrite, bool)]) -> Vec<(&'w SinkWrite, bool)> {
     let keys: Vec<Vec<u8>> = writes
         .iter()
-        .map(|w| {
+        .map(|(w, _)| {
             let mut key = Vec::new();
             key_bytes(w.table(), w, &mut key);
             key
         })
         .collect();
-    let last: HashMap<&[u8], usize, foldhash::fast::RandomState> =
-        keys.iter().enumerate().map(|(i, k)| (&k[..], i)).collect();
+    // (first, last) index per key
+    let mut ends: HashMap<&[u8], (usize, usize), foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(keys.len(), Default::default());
+    for (i, k) in keys.iter().enumerate() {
+        ends.entry(&k[..]).or_insert((i, i)).1 = i;
+    }
     keys.iter()
         .enumerate()
-        .filter(|(i, k)| last.get(&k[..]) == Some(i))
-        .map(|(i, _)| writes[i])
+        .filter_map(|(i, k)| {
+            let (first, last) = ends.get(&k[..])?;
+            (*last == i).then(|| (writes[i].0, writes[*first].1))
+        })
         .collect()
 }
+
+/// Consolidated upserts of one table, one per key. PostgreSQL inserts the
+/// rows taken for new (their key's first change created its row) without
+/// `ON CONFLICT`, which skips the speculative insertion (a third less work
+/// for PostgreSQL, measured here), in a savepoint: should one of them not
+/// be new after all (creates re-delivered by a restarted connector, a sink
+/// that already held the row), the insert is undone and they are upserted
+/// with the others, and the table's new rows are upserted for a while.
+async fn write_upserts(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    ts: &mut TableSql,
+    rows: Vec<(&SinkWrite, bool)>,
+) -> Result<(), sqlx::Error> {
+    let insert = match d {
+        Dialect::Postgres if ts.insert_pause == 0 => ts.bulk_insert(),
+        _ => None,
+    };
+    ts.insert_pause = ts.insert_pause.saturating_sub(1);
+    let Some(insert) = insert.filter(|_| rows.iter().any(|(_, new)| *new)) else {
+        let rows: Vec<&SinkWrite> = rows.into_iter().map(|(w, _)| w).collect();
+        return write_unique(conn, d, ts, &rows).await;
+    };
+    let (new, mut known): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, new)| *new);
+    let new: Vec<&SinkWrite> = new.into_iter().map(|(w, _)| w).collect();
+    let mut known: Vec<&SinkWrite> = known.drain(..).map(|(w, _)| w).collect();
+    sqlx::query(NEW_ROWS_SAVEPOINT[0])
+        .execute(&mut *conn)
+        .await?;
+    let mut inserted = Ok(());
+    for chunk in new.chunks(bulk::BULK_ROWS) {
+        inserted = bulk::bind_arrays(sqlx::query(&insert), &ts.table, chunk)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+        if inserted.is_err() {
+            break;
+        }
+    }
+    match inserted {
+        Ok(()) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            tracing::debug!(table = %ts.table.name, "a row taken for new was in the sink ({e}); upserting");
+            sqlx::query(NEW_ROWS_SAVEPOINT[1])
+                .execute(&mut *conn)
+                .await?;
+            ts.insert_pause = INSERT_PAUSE;
+            known.extend(new);
+        }
+        Err(e) => return Err(e),
+    }
+    sqlx::query(NEW_ROWS_SAVEPOINT[2])
+        .execute(&mut *conn)
+        .await?;
+    write_unique(conn, d, ts, &known).await
+}
+
+/// Savepoint, rollback to it, release: around `write_upserts`'s inserts.
+const NEW_ROWS_SAVEPOINT: [&str; 3] = [
+    "SAVEPOINT sluice_new",
+    "ROLLBACK TO SAVEPOINT sluice_new",
+    "RELEASE SAVEPOINT sluice_new",
+];
+
+/// Commits of a table without plain inserts after one hit a row.
+const INSERT_PAUSE: u32 = 64;
 
 /// Writes of one kind to one table, one per key: in bulk.
 async fn write_unique(
