@@ -540,11 +540,12 @@ async fn postgres_bulk_writes_keep_every_value() {
     drop_db("postgres", db).await;
 }
 
-/// An aggregation's state rows its cache knows the sink lacks are inserted
-/// without `ON CONFLICT` (PostgreSQL). Should the cache be wrong — here a
-/// state row put in behind its back — the insert hits that row and the
-/// commit is tried again with the state read afresh: it commits, and the
-/// result counts what it read.
+/// An aggregation's state rows its cache knows the sink lacks, and the
+/// output rows of those groups, are inserted without `ON CONFLICT`
+/// (PostgreSQL). Should the cache be wrong — here a state row put in
+/// behind its back — the insert hits that row and the commit is tried
+/// again with the state read afresh: it commits, and the result counts
+/// what it read. An output row in the way is upserted over instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
     use sluice::model::{SourceOrder, TableDesc};
@@ -594,8 +595,8 @@ async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
         spec: spec.clone(),
         code: None,
     });
-    let projection = |amount: i64| Projection {
-        group: vec![Value::Int(7)],
+    let projection = |customer: i64, amount: i64| Projection {
+        group: vec![Value::Int(customer)],
         event_time: Some(Value::Timestamp(3_600_000_000)),
         args: vec![Value::Null, Value::Int(amount)],
     };
@@ -609,9 +610,11 @@ async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
         ],
         key: vec![],
     };
-    let output = Arc::new(output_table(&spec, &source, Some(&projection(1))));
-    // order `id` at source position = offset: placed for `amount`, or deleted
+    let output = Arc::new(output_table(&spec, &source, Some(&projection(7, 1))));
+    // order `id` at source position = offset: placed for `amount` by
+    // customer 7 (8 from id 3 on), or deleted
     let change = |offset: i64, id: u8, amount: Option<i64>| {
+        let customer = if id < 3 { 7 } else { 8 };
         let mut ev = event(offset, Vec::new());
         ev.ops.push(OperatorInput {
             op: op.clone(),
@@ -619,7 +622,7 @@ async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
             row_key: vec![b'o', id],
             order: Some(SourceOrder([offset as u64, 0, 0])),
             change: match amount {
-                Some(a) => InputChange::Row(Some(projection(a))),
+                Some(a) => InputChange::Row(Some(projection(customer, a))),
                 None => InputChange::Delete,
             },
             commit_time_ms: None,
@@ -652,6 +655,33 @@ async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
     .await
     .unwrap();
     assert_eq!(rows, [("7".into(), "1".into(), "3".into())]);
+    // The same for a group's output row: customer 8's row put in behind
+    // the cache's back, so the row of a group the cache knows is new hits
+    // it; the table's new rows are upserted instead, over it.
+    sqlx::query(
+        "INSERT INTO orders_daily (customer_id, window_start, window_end, orders, amount_sum) \
+         SELECT 8, window_start, window_end, 99, 99 FROM orders_daily",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sink.commit(change(3, 3, Some(4)))
+        .await
+        .expect("an output row taken for new was not upserted after all");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT customer_id::text, orders::text, amount_sum::text FROM orders_daily \
+         ORDER BY customer_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("7".into(), "1".into(), "3".into()),
+            ("8".into(), "1".into(), "4".into())
+        ]
+    );
     drop(c);
     drop(sink);
     drop_db("postgres", db).await;

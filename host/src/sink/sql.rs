@@ -625,7 +625,7 @@ impl SqlSink {
                 d,
                 sql,
                 consolidate,
-                ops.outputs.iter().map(|w| (w, false)).collect(),
+                ops.outputs.iter().map(|(w, new)| (w, *new)).collect(),
             )
             .await
             .context("writing aggregation results")?;

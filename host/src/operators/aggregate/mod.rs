@@ -143,8 +143,11 @@ pub struct StateWrite {
 /// What applying a batch's inputs produced.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Group rows for the sink, in order.
-    pub outputs: Vec<SinkWrite>,
+    /// Group rows for the sink, in order, each with whether the sink is
+    /// known to lack it (its group's state was: [`StateWrite::fresh`];
+    /// a group's row and its state are written together). A row taken for
+    /// new that is not makes PostgreSQL upsert it after all (`rows.rs`).
+    pub outputs: Vec<(SinkWrite, bool)>,
     pub state: Vec<StateWrite>,
     /// (input index, reason) of inputs that change nothing and go to the DLQ.
     pub rejected: Vec<(usize, String)>,
@@ -590,7 +593,7 @@ impl AggregateState {
             if let (Some(table), Some(g)) = (&output_table, group) {
                 if self.spec.emit == EmitMode::Update || corrected.contains(&k) {
                     match output_row(&self.spec, table, g, calls) {
-                        Ok(w) => applied.outputs.push(w),
+                        Ok(w) => applied.outputs.push((w, fresh)),
                         Err(e) => applied.failures.push(e),
                     }
                 }
@@ -626,7 +629,7 @@ impl AggregateState {
             if self.spec.emit == EmitMode::Final {
                 if let Some(table) = table {
                     match output_row(&self.spec, table, &g, calls) {
-                        Ok(w) => applied.outputs.push(w),
+                        Ok(w) => applied.outputs.push((w, false)),
                         Err(e) => applied.failures.push(e),
                     }
                 }
@@ -726,7 +729,7 @@ impl AggregateState {
                 Self::session_outputs(
                     &self.spec,
                     table,
-                    state,
+                    (state, fresh),
                     before.remove(&k).unwrap_or_default(),
                     gap,
                     applied,
@@ -740,11 +743,12 @@ impl AggregateState {
     }
 
     /// The output rows of one session group's change: rows of sessions
-    /// gone are deleted (as zero-row groups), new and changed ones upserted.
+    /// gone are deleted (as zero-row groups), new and changed ones upserted
+    /// (new to the sink, all of them, when the group is `fresh`).
     fn session_outputs(
         spec: &AggregationSpec,
         table: &Arc<SinkTable>,
-        state: &SessionState,
+        (state, fresh): (&SessionState, bool),
         old: Vec<Session>,
         gap: i64,
         applied: &mut Applied,
@@ -764,13 +768,13 @@ impl AggregateState {
             let mut g = row(gone);
             g.acc.rows = 0;
             match output_row(spec, table, &g, calls) {
-                Ok(w) => applied.outputs.push(w),
+                Ok(w) => applied.outputs.push((w, false)),
                 Err(e) => applied.failures.push(e),
             }
         }
         for s in after.iter().filter(|a| !old.contains(a)) {
             match output_row(spec, table, &row(s), calls) {
-                Ok(w) => applied.outputs.push(w),
+                Ok(w) => applied.outputs.push((w, fresh)),
                 Err(e) => applied.failures.push(e),
             }
         }

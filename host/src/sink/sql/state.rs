@@ -66,7 +66,8 @@ pub(super) struct BatchInputs<'a> {
 /// What the operators did in one commit.
 #[derive(Default)]
 pub(super) struct OperatorReport {
-    pub(super) outputs: Vec<SinkWrite>,
+    /// Group rows, each with whether the sink is known to lack it.
+    pub(super) outputs: Vec<(SinkWrite, bool)>,
     pub(super) duplicates: u64,
     pub(super) late_applied: u64,
     pub(super) late_dead_lettered: u64,
