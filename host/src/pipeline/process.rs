@@ -1,9 +1,6 @@
 //! The processor stage: decode each source batch, run the plugins on its
 //! change events, hand the sink one `SinkBatch` per source batch. Plugin
 //! swaps apply between batches, so every event meets one plugin version.
-//! Decoding runs on a thread of its own, one batch ahead of the plugins:
-//! both are CPU-bound, and on a sink that keeps up (SQLite) they were the
-//! pipeline's one busy thread while the other core idled.
 
 use std::collections::HashMap;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -12,68 +9,28 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::decode::{Decoded, Decoder};
-use crate::model::{ChangeEvent, DeadLetter, RawRecord, Stage};
+use crate::model::{DeadLetter, RawRecord, Stage};
 use crate::plugin::loader::PluginUpdate;
 use crate::plugin::set::PluginSet;
 use crate::sink::{EventWrites, SinkBatch};
 use crate::source::SourceItem;
 use crate::stats::Stats;
 
-/// The processor: decode (on a scoped thread of its own), apply pending
-/// plugin swaps, run plugins, hand the batch to the sink. Runs on its own
-/// thread: decoding and Wasm calls are CPU-bound and must not block the
-/// async runtime. A panic of the decoder thread panics this one too.
+/// The processor: apply pending plugin swaps, decode, run plugins, hand the
+/// batch to the sink. Runs on its own thread: Wasm calls are CPU-bound and
+/// must not block the async runtime.
 pub(super) fn process_loop(
-    input: mpsc::Receiver<Vec<SourceItem>>,
-    output: mpsc::Sender<SinkBatch>,
-    updates: std_mpsc::Receiver<PluginUpdate>,
-    plugins: PluginSet,
-    decoder: Decoder,
-    stats: Arc<Stats>,
-) {
-    // A rendezvous: the decoder holds at most the batch after the one the
-    // plugins run on (each batch in flight costs its records' memory).
-    let (decoded_tx, decoded_rx) = std_mpsc::sync_channel(0);
-    std::thread::scope(|scope| {
-        let decoding = std::thread::Builder::new()
-            .name("sluice-decoder".into())
-            .spawn_scoped(scope, || decode_loop(input, decoded_tx, decoder, &stats));
-        match decoding {
-            Ok(_) => plugin_loop(decoded_rx, output, updates, plugins, &stats),
-            Err(e) => tracing::error!("cannot start the decoder thread: {e}"),
-        }
-    });
-}
-
-/// The decoder thread: each source batch decoded, in order.
-fn decode_loop(
     mut input: mpsc::Receiver<Vec<SourceItem>>,
-    output: std_mpsc::SyncSender<DecodedBatch>,
-    mut decoder: Decoder,
-    stats: &Stats,
-) {
-    while let Some(items) = input.blocking_recv() {
-        if output
-            .send(decode_batch(items, &mut decoder, stats))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The plugin half of the processor.
-fn plugin_loop(
-    input: std_mpsc::Receiver<DecodedBatch>,
     output: mpsc::Sender<SinkBatch>,
     updates: std_mpsc::Receiver<PluginUpdate>,
     mut plugins: PluginSet,
-    stats: &Stats,
+    mut decoder: Decoder,
+    stats: Arc<Stats>,
 ) {
     let mut unrouted_topics: HashMap<Arc<str>, u64> = HashMap::new();
     // Plugin swaps so far: stamped on each batch (see `SinkBatch::takes`).
     let mut generation: u64 = 0;
-    while let Ok(decoded) = input.recv() {
+    while let Some(items) = input.blocking_recv() {
         // Batch boundary: swap in finished reloads.
         while let Ok(update) = updates.try_recv() {
             generation += 1;
@@ -91,7 +48,13 @@ fn plugin_loop(
                 }
             }
         }
-        let mut batch = process_batch(decoded, &mut plugins, stats, &mut unrouted_topics);
+        let mut batch = process_batch(
+            items,
+            &mut plugins,
+            &mut decoder,
+            &stats,
+            &mut unrouted_topics,
+        );
         batch.plugin_generation = generation;
         if output.blocking_send(batch).is_err() {
             return;
@@ -113,15 +76,13 @@ fn dead(record: RawRecord, stage: Stage, plugin: Option<String>, reason: String)
     }
 }
 
-/// A source batch decoded: the sink batch so far (records, signals,
-/// offsets, decode dead letters, learned facts) and the change events for
-/// the plugins, each with its record.
-struct DecodedBatch {
-    batch: SinkBatch,
-    events: Vec<(RawRecord, ChangeEvent)>,
-}
-
-fn decode_batch(items: Vec<SourceItem>, decoder: &mut Decoder, stats: &Stats) -> DecodedBatch {
+fn process_batch(
+    items: Vec<SourceItem>,
+    plugins: &mut PluginSet,
+    decoder: &mut Decoder,
+    stats: &Stats,
+    unrouted_topics: &mut HashMap<Arc<str>, u64>,
+) -> SinkBatch {
     let mut batch = SinkBatch {
         records: items.iter().filter(|i| i.id().is_some()).count() as u64,
         ..Default::default()
@@ -153,24 +114,6 @@ fn decode_batch(items: Vec<SourceItem>, decoder: &mut Decoder, stats: &Stats) ->
         }
     }
     stats.time(&stats.decode_us, decoding);
-    batch.offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
-    batch.learned = decoder.take_learned();
-    DecodedBatch {
-        batch,
-        events: decoded,
-    }
-}
-
-fn process_batch(
-    decoded: DecodedBatch,
-    plugins: &mut PluginSet,
-    stats: &Stats,
-    unrouted_topics: &mut HashMap<Arc<str>, u64>,
-) -> SinkBatch {
-    let DecodedBatch {
-        mut batch,
-        events: decoded,
-    } = decoded;
     let calling = Instant::now();
     let refs: Vec<_> = decoded.iter().map(|(r, ev)| (ev, &r.id)).collect();
     let outcomes = plugins.process(&refs);
@@ -215,5 +158,7 @@ fn process_batch(
             });
         }
     }
+    batch.offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    batch.learned = decoder.take_learned();
     batch
 }
