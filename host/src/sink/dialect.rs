@@ -246,6 +246,12 @@ impl Dialect {
         }
     }
 
+    /// PostgreSQL's unique violation (SQLSTATE 23505): a plain insert of a
+    /// row taken for new met a row with its key.
+    pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+    }
+
     /// An error in a multi-row statement after which the batch is retried
     /// event by event: a row error, or two rows of one statement meeting the
     /// same key (PostgreSQL refuses that: SQLSTATE 21000).

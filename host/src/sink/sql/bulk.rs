@@ -335,7 +335,7 @@ pub(super) async fn write_state(
                 .execute(&mut *conn)
                 .await;
             match done {
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                Err(e) if Dialect::is_unique_violation(&e) => {
                     return Err(super::state::CacheDisagrees(operator.to_string()).into())
                 }
                 other => other?,

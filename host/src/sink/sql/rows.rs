@@ -356,9 +356,9 @@ async fn write_upserts(
         let rows: Vec<&SinkWrite> = rows.into_iter().map(|(w, _)| w).collect();
         return write_unique(conn, d, ts, &rows).await;
     };
-    let (new, mut known): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, new)| *new);
+    let (new, known): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, new)| *new);
     let new: Vec<&SinkWrite> = new.into_iter().map(|(w, _)| w).collect();
-    let mut known: Vec<&SinkWrite> = known.drain(..).map(|(w, _)| w).collect();
+    let mut known: Vec<&SinkWrite> = known.into_iter().map(|(w, _)| w).collect();
     sqlx::query(NEW_ROWS_SAVEPOINT[0])
         .execute(&mut *conn)
         .await?;
@@ -374,7 +374,7 @@ async fn write_upserts(
     }
     match inserted {
         Ok(()) => {}
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+        Err(e) if Dialect::is_unique_violation(&e) => {
             tracing::debug!(table = %ts.table.name, "a row taken for new was in the sink ({e}); upserting");
             sqlx::query(NEW_ROWS_SAVEPOINT[1])
                 .execute(&mut *conn)
