@@ -8,6 +8,7 @@
 //! database is the truth: whichever host of the pipeline committed last,
 //! the next commit reads its state.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -99,6 +100,22 @@ fn absent_from_sink<V>(cached: Option<&Option<V>>, complete: bool) -> bool {
         Some(Some(_)) => false,
         Some(None) => true,
         None => complete,
+    }
+}
+
+/// The cache entry of `key` (made, empty, when it has none) and whether the
+/// sink holds no row for it: one hash lookup for both.
+fn cached_entry<V>(
+    map: &mut KeyMap<Option<V>>,
+    key: Vec<u8>,
+    complete: bool,
+) -> (&mut Option<V>, bool) {
+    match map.entry(key) {
+        Entry::Occupied(o) => {
+            let absent = absent_from_sink(Some(o.get()), complete);
+            (o.into_mut(), absent)
+        }
+        Entry::Vacant(v) => (v.insert(None), absent_from_sink::<V>(None, complete)),
     }
 }
 
@@ -535,14 +552,15 @@ impl AggregateState {
             // A row without a source position (a joined row: the join
             // skips re-deliveries) keeps nothing once it contributes nothing.
             let keep = input.order.is_some() || contribution.is_some();
-            let absent = absent_from_sink(self.rows.get(&input.row_key), self.complete);
-            self.rows.insert(
+            // (the entry the insert replaces is the cache's before the apply)
+            let replaced = self.rows.insert(
                 input.row_key.clone(),
                 keep.then_some(RowState {
                     order: input.order,
                     contribution,
                 }),
             );
+            let absent = absent_from_sink(replaced.as_ref(), self.complete);
             dirty_rows.push((input.row_key.clone(), absent));
         }
         for (k, fresh) in distinct(dirty_rows) {
@@ -686,8 +704,7 @@ impl AggregateState {
         let mut touched = Vec::new();
         for (k, c, t, weight) in steps {
             let measures = &self.spec.measures;
-            let absent = absent_from_sink(self.sessions.get(&k), self.complete);
-            let entry = self.sessions.entry(k.clone()).or_insert(None);
+            let (entry, absent) = cached_entry(&mut self.sessions, k.clone(), self.complete);
             before.entry(k.clone()).or_insert_with(|| {
                 entry
                     .as_ref()
@@ -843,8 +860,7 @@ impl AggregateState {
         }
         let mut touched = Vec::with_capacity(steps.len());
         for (k, c, w, weight) in steps {
-            let absent = absent_from_sink(self.groups.get(&k), self.complete);
-            let entry = self.groups.entry(k.clone()).or_insert(None);
+            let (entry, absent) = cached_entry(&mut self.groups, k.clone(), self.complete);
             let g = entry.get_or_insert_with(|| GroupState {
                 group: c.group.clone(),
                 window: w,
