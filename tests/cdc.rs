@@ -1436,6 +1436,7 @@ fn fence_batch(ids: std::ops::Range<i64>, v: &str) -> sluice::sink::SinkBatch {
         name: "t".into(),
         columns: vec![col("id", ColumnType::Int), col("v", ColumnType::Text)],
         key: vec![0],
+        rewritten: false,
     });
     let next = ids.end;
     sluice::sink::SinkBatch {

@@ -44,6 +44,7 @@ fn pairs() -> Arc<SinkTable> {
         name: "pairs".into(),
         columns: vec![a, b, col("v", ColumnType::Int)],
         key: vec![0, 1],
+        rewritten: false,
     })
 }
 
@@ -115,6 +116,15 @@ async fn fresh(kind: &str, label: &str, dir: &tempfile::TempDir) -> (String, Opt
             (format!("{MY}/{name}"), Some(name))
         }
     }
+}
+
+/// A PostgreSQL table's storage options (`{fillfactor=50}`), if any.
+async fn reloptions(c: &mut AnyConnection, table: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT reloptions::text FROM pg_class WHERE relname = $1")
+        .bind(table)
+        .fetch_one(c)
+        .await
+        .unwrap()
 }
 
 async fn drop_db(kind: &str, name: Option<String>) {
@@ -334,6 +344,7 @@ async fn postgres_bulk_writes_keep_every_value() {
             col("j", ColumnType::Json),
         ],
         key: vec![0],
+        rewritten: false,
     });
     let row = |i: i64, t_: Value, b, f, d: &str, by: &[u8], j: &str| SinkWrite::Upsert {
         table: t.clone(),
@@ -535,6 +546,8 @@ async fn postgres_bulk_writes_keep_every_value() {
             (3, s("now set"), s("ab"))
         ]
     );
+    // a plugin's own table is made with PostgreSQL's default page fill
+    assert_eq!(reloptions(&mut c, "vals").await, None);
     drop(c);
     drop(sink);
     drop_db("postgres", db).await;
@@ -681,6 +694,11 @@ async fn a_state_row_the_cache_took_for_new_is_read_and_the_commit_retried() {
             ("7".into(), "1".into(), "3".into()),
             ("8".into(), "1".into(), "4".into())
         ]
+    );
+    // an aggregation's rows are rewritten in place: pages left half free
+    assert_eq!(
+        reloptions(&mut c, "orders_daily").await.as_deref(),
+        Some("{fillfactor=50}")
     );
     drop(c);
     drop(sink);

@@ -192,6 +192,10 @@ pub struct SinkTable {
     pub name: String,
     pub columns: Vec<Column>,
     pub key: Vec<u32>,
+    /// Its rows are rewritten in place as they change, most of them on
+    /// nearly every batch (an aggregation's groups): PostgreSQL creates
+    /// such a table with room left on each page for the rewrites.
+    pub rewritten: bool,
 }
 
 /// One write for the sink.

@@ -457,6 +457,7 @@ fn project_all(
                     name: op.spec.output.clone(),
                     columns: Vec::new(),
                     key: Vec::new(),
+                    rewritten: true,
                 }),
                 row_key: row_key(ev),
                 order: ev.source_order,

@@ -109,11 +109,20 @@ impl Dialect {
     }
 
     /// Table options after the column list.
-    pub fn table_options(self) -> String {
+    ///
+    /// PostgreSQL fills a page of a `rewritten` table to half only: an
+    /// update that finds room on its row's page is heap-only (HOT), adding
+    /// no entry to the key index (as `sluice_state_rows`). Measured on
+    /// 305k events, means of alternating runs: `orders_by_customer` (~2.3M
+    /// group rows rewritten) 38.1 s against 42.1 s, `orders_events_5m`
+    /// 4.41 s against 4.67 s. Tables of plugins' rows keep the default:
+    /// mostly inserted, a half-filled page would double them on disk.
+    pub fn table_options(self, rewritten: bool) -> String {
         match self {
             Dialect::MySql { collation } => {
                 format!(" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}")
             }
+            Dialect::Postgres if rewritten => " WITH (fillfactor = 50)".to_string(),
             _ => String::new(),
         }
     }

@@ -763,6 +763,7 @@ mod tests {
             name: "t".into(),
             columns: cols,
             key: vec![0],
+            rewritten: false,
         })
     }
 

@@ -902,6 +902,7 @@ mod tests {
                 name: "orders_daily".into(),
                 columns: Vec::new(),
                 key: Vec::new(),
+                rewritten: true,
             }),
             row_key: vec![row],
             order: Some(SourceOrder([pos, 0, 0])),

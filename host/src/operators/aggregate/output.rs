@@ -152,5 +152,7 @@ pub fn output_table(
         name: spec.output.clone(),
         columns,
         key,
+        // a group's row changes with each change of its rows
+        rewritten: true,
     }
 }

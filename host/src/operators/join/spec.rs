@@ -211,6 +211,7 @@ impl JoinSpec {
             name: self.output.clone().unwrap_or_else(|| self.name.clone()),
             columns,
             key,
+            rewritten: false,
         }
     }
 
@@ -512,6 +513,7 @@ mod tests {
             name: "orders_with_customer".into(),
             columns: vec![col("order_id"), col("customer_name"), col("amount")],
             key: vec![0],
+            rewritten: false,
         });
         let delta = |weight, order: i64, customer: Option<i64>| JoinDelta {
             cause: order as usize * 10 + customer.unwrap_or(0) as usize,

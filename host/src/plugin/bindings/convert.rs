@@ -179,6 +179,7 @@ macro_rules! model_conversions {
                         name: t.name,
                         columns: t.columns.into_iter().map(model_column).collect(),
                         key: t.key,
+                        rewritten: false,
                     })
                 })
                 .collect();
