@@ -22,6 +22,7 @@ use super::{CustomCalls, Projection};
 use crate::model::{SinkTable, SinkWrite, SourceOrder, Value};
 
 mod output;
+mod panes;
 mod stored;
 
 use output::output_row;
@@ -194,6 +195,11 @@ pub struct AggregateState {
     /// since): a key not cached is known absent and needs no read. A fresh
     /// pipeline catching up reads no state at all.
     complete: bool,
+    /// A hopping window kept by panes (see `AggregateState::pane_length`):
+    /// the pane length, µs; `None`: group state per window.
+    panes: Option<i64>,
+    /// The pane layout's marker row is still to be written (a fresh start).
+    layout_unwritten: bool,
 }
 
 impl AggregateState {
@@ -205,6 +211,8 @@ impl AggregateState {
             sessions: KeyMap::default(),
             watermarks: None,
             complete: false,
+            panes: None,
+            layout_unwritten: false,
         }
     }
 
@@ -299,6 +307,8 @@ impl AggregateState {
         self.sessions.clear();
         self.watermarks = None;
         self.complete = false;
+        self.panes = None;
+        self.layout_unwritten = false;
     }
 
     /// (state rows, encoded bytes) held in memory, for the summary.
@@ -342,10 +352,14 @@ impl AggregateState {
     }
 
     fn group_key(c: &Contribution, w: Window) -> Vec<u8> {
+        Self::window_key(&c.group, w)
+    }
+
+    fn window_key(group: &[Value], w: Window) -> Vec<u8> {
         let mut k = Writer::default();
         k.i64(w.0);
         k.i64(w.1);
-        k.values(&c.group);
+        k.values(group);
         k.buf
     }
 
@@ -419,9 +433,17 @@ impl AggregateState {
                 return;
             }
             for w in self.windows(c).unwrap_or_default() {
-                let k = Self::group_key(c, w);
-                if !self.groups.contains_key(&k) {
-                    out.insert(k);
+                // kept by panes: every pane of the windows it counts in
+                // (their rows are merged from them)
+                let cells: Vec<Window> = match self.panes {
+                    Some(pane) => Self::panes_of(w, pane).collect(),
+                    None => vec![w],
+                };
+                for cell in cells {
+                    let k = Self::group_key(c, cell);
+                    if !self.groups.contains_key(&k) {
+                        out.insert(k);
+                    }
                 }
             }
         };
@@ -480,6 +502,19 @@ impl AggregateState {
         // Sessions of each touched session group before this batch.
         let mut sessions_before: KeyMap<Vec<Session>> = KeyMap::default();
         let mut output_table: Option<Arc<SinkTable>> = None;
+        // Kept by panes: an event time of each touched pane (the type its
+        // windows' bounds take).
+        let mut likes: KeyMap<Value> = KeyMap::default();
+        if self.layout_unwritten {
+            self.layout_unwritten = false;
+            applied.state.push(StateWrite {
+                kind: kind::PANES,
+                key: Vec::new(),
+                value: Some(vec![1]),
+                expires: None,
+                fresh: false,
+            });
+        }
         for (idx, input) in inputs.iter().enumerate() {
             output_table = Some(input.output.clone());
             let stored = self.rows.get(&input.row_key).and_then(Option::as_ref);
@@ -531,7 +566,7 @@ impl AggregateState {
                 Some(gap) => {
                     self.move_in_sessions(old.as_ref(), new.as_ref(), gap, &mut sessions_before)
                 }
-                None => self.move_contribution(old.as_ref(), new.as_ref(), calls),
+                None => self.move_contribution(old.as_ref(), new.as_ref(), calls, &mut likes),
             };
             match moved {
                 Ok(touched) => {
@@ -594,6 +629,10 @@ impl AggregateState {
                 &mut applied,
                 calls,
             );
+            return applied;
+        }
+        if let Some(pane) = self.panes {
+            self.pane_writes(dirty_groups, likes, pane, output_table, &mut applied, calls);
             return applied;
         }
         for (k, fresh) in distinct(dirty_groups) {
@@ -804,15 +843,16 @@ impl AggregateState {
         old: Option<&Contribution>,
         new: Option<&Contribution>,
         calls: &mut dyn CustomCalls,
+        likes: &mut KeyMap<Value>,
     ) -> Result<Vec<Dirty>, String> {
         let mut steps: Vec<(Vec<u8>, &Contribution, Window, i64)> = Vec::new();
         if let Some(c) = old {
-            for w in self.windows(c)? {
+            for w in self.cells(c)? {
                 steps.push((Self::group_key(c, w), c, w, -1));
             }
         }
         if let Some(c) = new {
-            for w in self.windows(c)? {
+            for w in self.cells(c)? {
                 steps.push((Self::group_key(c, w), c, w, 1));
             }
         }
@@ -868,6 +908,11 @@ impl AggregateState {
                 acc: GroupAcc::new(&self.spec.measures),
             });
             g.acc.apply(&c.args, weight);
+            if self.panes.is_some() && !likes.contains_key(&k) {
+                if let Some(t) = &c.time {
+                    likes.insert(k.clone(), t.clone());
+                }
+            }
             touched.push((k, absent));
         }
         for (k, m, part, state) in partials {
@@ -885,10 +930,10 @@ mod tests {
     use crate::operators::spec::tests::daily_orders;
     use crate::operators::NoCustom;
 
-    const HOUR: i64 = 3_600_000_000;
+    pub(super) const HOUR: i64 = 3_600_000_000;
 
     /// Order `row` at source position `pos`: customer and hour, or deleted.
-    fn input(row: u8, pos: u64, placed: Option<(i64, i64)>) -> OperatorInput {
+    pub(super) fn input(row: u8, pos: u64, placed: Option<(i64, i64)>) -> OperatorInput {
         let spec = daily_orders();
         OperatorInput {
             op: Arc::new(AggregationOp {

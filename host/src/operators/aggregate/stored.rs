@@ -13,6 +13,9 @@ pub mod kind {
     pub const PARTITION: &str = "w";
     /// The watermark reached (one row, empty key).
     pub const WATERMARK: &str = "m";
+    /// The state is kept by panes (one row, empty key; see
+    /// `AggregateState::set_layout`): its groups are panes, not windows.
+    pub const PANES: &str = "p";
 }
 
 /// What a row currently contributes: its group, event time and arguments.

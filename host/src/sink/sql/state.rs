@@ -229,9 +229,16 @@ impl OperatorStates {
         };
         let context = || format!("reading the state of aggregation {id}");
         if state.needs_watermarks() {
-            if holds_no_state(conn, d, pipeline, id).await? {
+            let fresh = holds_no_state(conn, d, pipeline, id).await?;
+            if fresh {
                 state.mark_complete();
             }
+            let marked = !fresh
+                && state.could_keep_panes()
+                && !read_kind(conn, d, pipeline, id, kind::PANES)
+                    .await?
+                    .is_empty();
+            state.set_layout(fresh, marked);
             let partitions = read_kind(conn, d, pipeline, id, kind::PARTITION).await?;
             let reached = read_kind(conn, d, pipeline, id, kind::WATERMARK)
                 .await?

@@ -1,0 +1,357 @@
+//! Hopping windows kept by panes (Flink's window slices): a pane is one
+//! slide of a group's rows, a window's row the merge of its panes, so a
+//! change writes one pane's state instead of one per window it counts in.
+
+use super::*;
+
+impl AggregateState {
+    /// The pane length a hopping window could be kept by: its slide, when
+    /// the size is a whole number of slides and its windows never close
+    /// (update mode applying late rows) and no measure is custom. A pane
+    /// is one slide of a group's rows; a window's row is the merge of its
+    /// panes, so a change writes one pane's state instead of one state per
+    /// window (seven for 7 days sliding by one), as Flink's window slices.
+    pub(super) fn pane_length(spec: &AggregationSpec) -> Option<i64> {
+        let WindowSpec::Hopping { size, slide, .. } = spec.window else {
+            return None;
+        };
+        let custom = spec
+            .measures
+            .iter()
+            .any(|m| m.function == crate::operators::spec::AggregateFn::Custom);
+        let closes = spec.emit == EmitMode::Final || spec.late == LatePolicy::DeadLetter;
+        (size % slide == 0 && size > slide && !closes && !custom).then_some(slide)
+    }
+
+    /// Choose the state layout when the state is first loaded: panes when
+    /// the window allows them and the database holds no state of this
+    /// aggregation yet (`fresh`: the marker row is written with the first
+    /// commit) or its state is marked as kept by panes (`marked`); state an
+    /// older host kept per window stays per window.
+    pub fn set_layout(&mut self, fresh: bool, marked: bool) {
+        self.panes = Self::pane_length(&self.spec).filter(|_| fresh || marked);
+        self.layout_unwritten = fresh && self.panes.is_some();
+    }
+
+    /// Whether this aggregation's window allows panes (a marker row then
+    /// says whether its stored state is kept by them).
+    pub fn could_keep_panes(&self) -> bool {
+        Self::pane_length(&self.spec).is_some()
+    }
+
+    /// Whether the state is kept by panes (see `set_layout`).
+    pub fn keeps_panes(&self) -> bool {
+        self.panes.is_some()
+    }
+
+    /// The windows whose state a contribution changes: its pane when kept
+    /// by panes, else every window it counts in.
+    pub(super) fn cells(&self, c: &Contribution) -> Result<Vec<Window>, String> {
+        match (self.panes, &c.time) {
+            (Some(pane), Some(t)) => {
+                let t = micros(t)?;
+                let offset = match self.spec.window {
+                    WindowSpec::Hopping { offset, .. } => offset,
+                    _ => 0,
+                };
+                let start = offset + (t - offset).div_euclid(pane) * pane;
+                Ok(vec![(start, start.saturating_add(pane))])
+            }
+            _ => self.windows(c),
+        }
+    }
+
+    /// The panes of window `w` (pane length `pane`).
+    pub(super) fn panes_of(w: Window, pane: i64) -> impl Iterator<Item = Window> {
+        (w.0..w.1)
+            .step_by(pane as usize)
+            .map(move |s| (s, s.saturating_add(pane)))
+    }
+
+    /// State and output writes of the touched panes (kept by panes): each
+    /// pane's state (deleted when emptied), and the row of every window
+    /// that holds one of them, merged from its panes — new to the sink
+    /// when all of its panes were.
+    pub(super) fn pane_writes(
+        &mut self,
+        dirty: Vec<Dirty>,
+        likes: KeyMap<Value>,
+        pane: i64,
+        table: Option<Arc<SinkTable>>,
+        applied: &mut Applied,
+        calls: &mut dyn CustomCalls,
+    ) {
+        let size = match self.spec.window {
+            WindowSpec::Hopping { size, .. } => size,
+            _ => pane,
+        };
+        let dirty = distinct(dirty);
+        let mut windows: Vec<(Vec<Value>, Window, Value)> = Vec::new();
+        let mut seen: HashSet<Vec<u8>, foldhash::fast::RandomState> = HashSet::default();
+        for (k, fresh) in &dirty {
+            let value = self
+                .groups
+                .get(k)
+                .and_then(Option::as_ref)
+                .filter(|g| g.acc.rows > 0)
+                .map(GroupState::encode);
+            if value.is_none() {
+                self.groups.insert(k.clone(), None);
+            }
+            applied.state.push(StateWrite {
+                kind: kind::GROUP,
+                key: k.clone(),
+                fresh: *fresh && value.is_some(),
+                value,
+                expires: None,
+            });
+            let (Some(like), Ok((start, group))) = (likes.get(k), pane_of_key(k)) else {
+                continue;
+            };
+            // the windows holding the pane: those starting up to a
+            // window's length before it
+            let mut s = start.saturating_sub(size - pane);
+            while s <= start {
+                let w = (s, s.saturating_add(size));
+                if seen.insert(Self::window_key(&group, w)) {
+                    windows.push((group.clone(), w, like.clone()));
+                }
+                s += pane;
+            }
+        }
+        let Some(table) = table else {
+            return;
+        };
+        let before: KeyMap<bool> = dirty.into_iter().collect();
+        for (group, w, like) in windows {
+            let mut acc = GroupAcc::new(&self.spec.measures);
+            let mut fresh = true;
+            for p in Self::panes_of(w, pane) {
+                let k = Self::window_key(&group, p);
+                let cached = self.groups.get(&k);
+                fresh &= match before.get(&k) {
+                    Some(absent) => *absent,
+                    None => absent_from_sink(cached, self.complete),
+                };
+                if let Some(Some(g)) = cached {
+                    acc.merge(&g.acc);
+                }
+            }
+            let g = GroupState {
+                group,
+                window: w,
+                bounds: Some((bound(&like, w.0), bound(&like, w.1))),
+                acc,
+            };
+            match output_row(&self.spec, &table, &g, calls) {
+                Ok(w) => applied.outputs.push((w, fresh)),
+                Err(e) => applied.failures.push(e),
+            }
+        }
+    }
+}
+
+/// A pane's start and group, from its state key (`window_key`).
+pub(super) fn pane_of_key(k: &[u8]) -> Result<(i64, Vec<Value>), CorruptState> {
+    let mut r = Reader::new(k);
+    let start = r.i64()?;
+    r.i64()?;
+    Ok((start, r.values()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{input, HOUR};
+    use super::*;
+    use crate::operators::spec::tests::daily_orders;
+    use crate::operators::NoCustom;
+    use std::collections::BTreeMap;
+
+    /// Orders by customer in 4-hour windows sliding by an hour, with the
+    /// largest amount (a multiset to merge) besides count and sum.
+    fn hopping() -> AggregationSpec {
+        let mut spec = daily_orders();
+        spec.window = WindowSpec::Hopping {
+            size: 4 * HOUR,
+            slide: HOUR,
+            offset: 0,
+        };
+        spec.measures.push(crate::operators::spec::MeasureSpec {
+            name: "amount_max".into(),
+            function: crate::operators::spec::AggregateFn::Max,
+            column: Some("amount".into()),
+            output_type: None,
+        });
+        spec
+    }
+
+    /// Order `row` at position `pos`: (customer, minute, amount), or deleted.
+    fn order(row: u8, pos: u64, placed: Option<(i64, i64, i64)>) -> OperatorInput {
+        let mut i = input(row, pos, None);
+        if let Some((customer, minute, amount)) = placed {
+            i.change = InputChange::Row(Some(Projection {
+                group: vec![Value::Int(customer)],
+                event_time: Some(Value::Timestamp(minute * 60_000_000)),
+                args: vec![Value::Null, Value::Int(amount), Value::Int(amount)],
+            }));
+        }
+        i
+    }
+
+    /// What the sink would hold: output rows by (window start, customer),
+    /// state rows by (kind, key). Checks every write flagged fresh finds
+    /// nothing in its place.
+    #[derive(Default)]
+    struct Sink {
+        rows: BTreeMap<String, Vec<Value>>,
+        state: HashMap<(&'static str, Vec<u8>), Vec<u8>>,
+    }
+
+    impl Sink {
+        fn take(&mut self, applied: Applied) {
+            assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+            for (w, fresh) in applied.outputs {
+                let (key, values) = match w {
+                    SinkWrite::Upsert { values, .. } => {
+                        (format!("{:?}", (&values[0], &values[2])), Some(values))
+                    }
+                    SinkWrite::Delete { key, .. } => (format!("{:?}", (&key[0], &key[1])), None),
+                };
+                assert!(
+                    !(fresh && self.rows.contains_key(&key)),
+                    "row {key} taken for new is in the sink"
+                );
+                match values {
+                    Some(v) => self.rows.insert(key, v),
+                    None => self.rows.remove(&key),
+                };
+            }
+            for w in applied.state {
+                let key = (w.kind, w.key);
+                assert!(
+                    !(w.fresh && self.state.contains_key(&key)),
+                    "state row {key:?} taken for new is in the sink"
+                );
+                match w.value {
+                    Some(v) => self.state.insert(key, v),
+                    None => self.state.remove(&key),
+                };
+            }
+        }
+    }
+
+    /// Random changes (rows moving between customers and hours, amounts
+    /// changing, rows deleted and re-created) in random batches: a
+    /// hopping window kept by panes writes the rows the same window kept
+    /// per window writes, each window's row equal to a count, sum and max
+    /// over the live rows; and each change writes one pane's state.
+    #[test]
+    fn panes_write_the_rows_windows_write() {
+        let start = |fresh: bool| {
+            let mut state = AggregateState::new(hopping());
+            state.set_layout(fresh, false);
+            state.mark_complete();
+            state.load_watermarks(Vec::new(), None).unwrap();
+            state
+        };
+        let (mut panes, mut windows) = (start(true), start(false));
+        assert!(panes.keeps_panes() && !windows.keeps_panes());
+        let (mut by_panes, mut by_windows) = (Sink::default(), Sink::default());
+        let mut live: HashMap<u8, (i64, i64, i64)> = HashMap::new();
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut pos = 0;
+        while pos < 600 {
+            let n = 1 + next(12);
+            let mut batch = Vec::new();
+            for _ in 0..n {
+                pos += 1;
+                let row = next(25) as u8;
+                let placed = (next(7) > 0).then(|| {
+                    (
+                        1 + next(3) as i64,
+                        next(12 * 60) as i64,
+                        1 + next(100) as i64,
+                    )
+                });
+                match placed {
+                    Some(p) => live.insert(row, p),
+                    None => live.remove(&row),
+                };
+                batch.push(order(row, pos, placed));
+            }
+            let refs: Vec<&OperatorInput> = batch.iter().collect();
+            let applied = panes.apply(&refs, &[], &mut NoCustom);
+            let groups = applied.state.iter().filter(|w| w.kind == kind::GROUP);
+            assert!(
+                groups.count() <= 2 * refs.len(),
+                "more than a pane per change"
+            );
+            by_panes.take(applied);
+            by_windows.take(windows.apply(&refs, &[], &mut NoCustom));
+            assert_eq!(by_panes.rows, by_windows.rows, "after position {pos}");
+        }
+        // against a count, sum and max over the live rows
+        let mut expected: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for &(customer, minute, amount) in live.values() {
+            let hour = minute / 60;
+            for s in hour - 3..=hour {
+                let key = format!("{:?}", (Value::Timestamp(s * HOUR), Value::Int(customer)));
+                let row = expected.entry(key).or_insert_with(|| {
+                    vec![
+                        Value::Timestamp(s * HOUR),
+                        Value::Timestamp((s + 4) * HOUR),
+                        Value::Int(customer),
+                        Value::Int(0),
+                        Value::Int(0),
+                        Value::Int(0),
+                    ]
+                });
+                let int = |v: &Value| match v {
+                    Value::Int(n) => *n,
+                    _ => 0,
+                };
+                row[3] = Value::Int(int(&row[3]) + 1);
+                row[4] = Value::Int(int(&row[4]) + amount);
+                row[5] = Value::Int(int(&row[5]).max(amount));
+            }
+        }
+        assert_eq!(by_panes.rows, expected);
+        // the pane layout is marked once, with the first commit
+        assert_eq!(
+            by_panes.state.get(&(kind::PANES, Vec::new())),
+            Some(&vec![1])
+        );
+        assert!(!by_windows.state.contains_key(&(kind::PANES, Vec::new())));
+    }
+
+    /// Panes only where the window allows them, and state kept per window
+    /// (an older host's, not marked) stays per window.
+    #[test]
+    fn panes_are_chosen_for_fresh_or_marked_state_of_windows_that_allow_them() {
+        let layout = |spec: AggregationSpec, fresh: bool, marked: bool| {
+            let mut s = AggregateState::new(spec);
+            s.set_layout(fresh, marked);
+            s.keeps_panes()
+        };
+        assert!(layout(hopping(), true, false));
+        assert!(layout(hopping(), false, true));
+        assert!(!layout(hopping(), false, false));
+        assert!(!layout(daily_orders(), true, false));
+        let mut closing = hopping();
+        closing.late = LatePolicy::DeadLetter;
+        assert!(!layout(closing, true, false));
+        let mut uneven = hopping();
+        uneven.window = WindowSpec::Hopping {
+            size: 5 * HOUR / 2,
+            slide: HOUR,
+            offset: 0,
+        };
+        assert!(!layout(uneven, true, false));
+    }
+}
