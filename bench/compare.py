@@ -298,6 +298,23 @@ def daily_truth(rows):
     return {k: (n, a) for k, (n, a) in g.items()}
 
 
+def weekly_truth(rows):
+    """orders_by_customer_7d from the source table: per 7-day window sliding
+    by a UTC day (keyed by its first day) and customer, count and sum."""
+    g = defaultdict(lambda: [0, Decimal(0)])
+    for _, (customer, amount, _, placed_us, _) in rows.items():
+        day = placed_us // 86_400_000_000
+        for start in range(day - 6, day + 1):
+            g[(start, customer)][0] += 1
+            g[(start, customer)][1] += amount
+    return {k: (n, a) for k, (n, a) in g.items()}
+
+
+def by_table(tables):
+    """One dict of several tables' rows: {(table, *key): row}."""
+    return {(name,) + k: v for name, rows in tables.items() for k, v in rows.items()}
+
+
 # ----------------------------------------------------------- the sinks
 
 
@@ -336,9 +353,9 @@ def pg_windows(db):
     return {(int(a), int(b)): (int(c), Decimal(d)) for a, b, c, d in (l.split("\t") for l in out.splitlines())}
 
 
-def pg_daily(db):
+def pg_daily(db, table="orders_by_customer_daily"):
     out = psql(db, "SELECT (extract(epoch FROM window_start) * 1000000)::bigint / 86400000000, customer_id, "
-               "orders, amount_sum::text FROM orders_by_customer_daily")
+               f"orders, amount_sum::text FROM {table}")
     return {(int(a), int(b)): (int(c), Decimal(d)) for a, b, c, d in (l.split("\t") for l in out.splitlines())}
 
 
@@ -497,7 +514,10 @@ def main():
     truth_rows = source_rows()
     truth_windows = window_truth(changes)
     truth_daily = daily_truth(truth_rows)
-    say(f"truths: {len(truth_rows)} source rows, {len(truth_windows)} windows, {len(truth_daily)} days")
+    truth_weekly = weekly_truth(truth_rows)
+    truth_obc = by_table({"daily": truth_daily, "7d": truth_weekly})
+    say(f"truths: {len(truth_rows)} source rows, {len(truth_windows)} windows, {len(truth_daily)} days, "
+        f"{len(truth_weekly)} 7-day windows")
 
     # COMPARE_ONLY=mirror-pg,spark-etl,... runs a subset (while debugging);
     # COMPARE_BASE=<binary> also runs that Sluice build on each Sluice system
@@ -524,7 +544,9 @@ def main():
         ("win", "sluice orders_events_5m → PostgreSQL", "orders_events_5m", lambda: fresh_pg("cmp_win_pg"),
          pgurl + "cmp_win_pg", lambda: pg_windows("cmp_win_pg"), truth_windows),
         ("obc", "sluice orders_by_customer → PostgreSQL", "orders_by_customer",
-         lambda: fresh_pg("cmp_obc_pg"), pgurl + "cmp_obc_pg", lambda: pg_daily("cmp_obc_pg"), truth_daily),
+         lambda: fresh_pg("cmp_obc_pg"), pgurl + "cmp_obc_pg",
+         lambda: by_table({"daily": pg_daily("cmp_obc_pg"),
+                           "7d": pg_daily("cmp_obc_pg", "orders_by_customer_7d")}), truth_obc),
     ]
     # (key, seed_job.py mode, label, read the output from a database, the truth)
     spark_runs = [

@@ -156,6 +156,30 @@ impl Sum {
         Ok(())
     }
 
+    /// Add another sum of the same column (a pane's to a window's), exact
+    /// for every kind: a float sum's units are added as they are, not
+    /// rounded to an f64 first.
+    fn merge(&mut self, other: &Sum) -> Result<(), String> {
+        match (&mut *self, other) {
+            (_, Sum::Empty) => {}
+            (Sum::Empty, o) => *self = o.clone(),
+            (Sum::Int(s), Sum::Int(o)) => {
+                *s = s.checked_add(*o).ok_or("integer sum overflows 128 bits")?
+            }
+            (Sum::Float(s), Sum::Float(o)) => *s += o,
+            (Sum::Decimal(s, scale), Sum::Decimal(o, sc)) => {
+                if *sc > *scale {
+                    *s = rescale(s, *scale, *sc);
+                    *scale = *sc;
+                }
+                *s += rescale(o, *sc, *scale);
+            }
+            // mixed kinds: as adding the other's value
+            (_, o) => self.add(&o.value(), 1)?,
+        }
+        Ok(())
+    }
+
     fn value(&self) -> Value {
         match self {
             Sum::Empty => Value::Null,
@@ -410,11 +434,8 @@ impl Acc {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::Sum(a, na), Acc::Sum(b, nb)) => {
-                // Re-add b's sum as one value: exact for every kind.
-                let v = b.value();
-                if *nb != 0 && a.add(&v, 1).is_ok() {
-                    *na += nb;
-                }
+                let merged = *nb != 0 && a.merge(b).is_ok();
+                *na += if merged { *nb } else { 0 };
             }
             (Acc::Multiset(a), Acc::Multiset(b)) => {
                 for (k, n) in b {
@@ -708,6 +729,31 @@ mod tests {
             g.finish(&ms, &mut super::super::NoCustom).unwrap()[0],
             Value::Float(0.1)
         );
+    }
+
+    /// Merging groups (panes into a window) adds their exact sums: the
+    /// same value one group holding all the rows gives, not the merge of
+    /// rounded ones (1 + 2^-53 rounds to 1 as an f64).
+    #[test]
+    fn merged_float_sums_are_the_sum_of_all_the_rows() {
+        let ms = measures(&[AggregateFn::Sum]);
+        let tiny = Value::Float(2f64.powi(-53));
+        let (mut a, mut b, mut all) = (GroupAcc::new(&ms), GroupAcc::new(&ms), GroupAcc::new(&ms));
+        for (in_a, v) in [
+            (true, Value::Float(1.0)),
+            (true, tiny.clone()),
+            (false, tiny),
+        ] {
+            let g = if in_a { &mut a } else { &mut b };
+            g.apply(std::slice::from_ref(&v), 1);
+            all.apply(&[v], 1);
+        }
+        let mut merged = GroupAcc::new(&ms);
+        merged.merge(&a);
+        merged.merge(&b);
+        let sum = |g: &GroupAcc| g.finish(&ms, &mut super::super::NoCustom).unwrap()[0].clone();
+        assert_eq!(sum(&all), Value::Float(1.0 + 2f64.powi(-52)));
+        assert_eq!(sum(&merged), sum(&all));
     }
 
     #[test]

@@ -23,20 +23,39 @@ impl AggregateState {
         (size % slide == 0 && size > slide && !closes && !custom).then_some(slide)
     }
 
-    /// Choose the state layout when the state is first loaded: panes when
-    /// the window allows them and the database holds no state of this
-    /// aggregation yet (`fresh`: the marker row is written with the first
-    /// commit) or its state is marked as kept by panes (`marked`); state an
-    /// older host kept per window stays per window.
-    pub fn set_layout(&mut self, fresh: bool, marked: bool) {
-        self.panes = Self::pane_length(&self.spec).filter(|_| fresh || marked);
+    /// Choose the state layout when the state is first loaded, from what
+    /// the database holds: no state of this aggregation yet (`fresh`):
+    /// panes when the window allows them (the marker row, the pane length,
+    /// is written with the first commit); state marked as kept by panes
+    /// (`marker`): panes of that length, or `Err` when the declaration no
+    /// longer allows them (its stored state cannot be read as windows);
+    /// state without a marker (an older host's) stays per window.
+    pub fn set_layout(&mut self, fresh: bool, marker: Option<&[u8]>) -> Result<(), String> {
+        let allowed = Self::pane_length(&self.spec);
+        self.panes = match (fresh, marker) {
+            (true, _) => allowed,
+            (false, None) => None,
+            (false, Some(bytes)) => {
+                let pane = bytes
+                    .try_into()
+                    .map(i64::from_le_bytes)
+                    .map_err(|_| "its pane marker is corrupt".to_string())?;
+                if allowed != Some(pane) {
+                    return Err(format!(
+                        "its stored state is kept by panes of {pane} µs, which this declaration                          does not allow (it needs a hopping window sliding by {pane} µs whose size                          is a whole number of slides, `update` emission, late rows applied and no                          custom measure); keep the declaration that wrote the state, or run the                          new one under a new pipeline name"
+                    ));
+                }
+                Some(pane)
+            }
+        };
         self.layout_unwritten = fresh && self.panes.is_some();
+        Ok(())
     }
 
-    /// Whether this aggregation's window allows panes (a marker row then
-    /// says whether its stored state is kept by them).
-    pub fn could_keep_panes(&self) -> bool {
-        Self::pane_length(&self.spec).is_some()
+    /// Whether its stored state may be kept by panes (hopping windows): a
+    /// marker row then says so.
+    pub fn may_keep_panes(&self) -> bool {
+        matches!(self.spec.window, WindowSpec::Hopping { .. })
     }
 
     /// Whether the state is kept by panes (see `set_layout`).
@@ -109,14 +128,15 @@ impl AggregateState {
                 continue;
             };
             // the windows holding the pane: those starting up to a
-            // window's length before it
-            let mut s = start.saturating_sub(size - pane);
-            while s <= start {
+            // window's length before it (saturating: times at the ends of
+            // the range give fewer windows, never a wrap-around)
+            let first = start.saturating_sub(size - pane);
+            for k in 0..size / pane {
+                let s = first.saturating_add(k.saturating_mul(pane)).min(start);
                 let w = (s, s.saturating_add(size));
                 if seen.insert(Self::window_key(&group, w)) {
                     windows.push((group.clone(), w, like.clone()));
                 }
-                s += pane;
             }
         }
         let Some(table) = table else {
@@ -249,7 +269,7 @@ mod tests {
     fn panes_write_the_rows_windows_write() {
         let start = |fresh: bool| {
             let mut state = AggregateState::new(hopping());
-            state.set_layout(fresh, false);
+            state.set_layout(fresh, None).unwrap();
             state.mark_complete();
             state.load_watermarks(Vec::new(), None).unwrap();
             state
@@ -325,33 +345,69 @@ mod tests {
         // the pane layout is marked once, with the first commit
         assert_eq!(
             by_panes.state.get(&(kind::PANES, Vec::new())),
-            Some(&vec![1])
+            Some(&HOUR.to_le_bytes().to_vec())
         );
         assert!(!by_windows.state.contains_key(&(kind::PANES, Vec::new())));
     }
 
-    /// Panes only where the window allows them, and state kept per window
-    /// (an older host's, not marked) stays per window.
+    /// Panes only where the window allows them; state kept per window (an
+    /// older host's: no marker) stays per window; state kept by panes that
+    /// the declaration no longer allows is refused, with the reason.
     #[test]
-    fn panes_are_chosen_for_fresh_or_marked_state_of_windows_that_allow_them() {
-        let layout = |spec: AggregationSpec, fresh: bool, marked: bool| {
+    fn the_layout_follows_the_stored_state_and_unreadable_panes_are_refused() {
+        let hour = HOUR.to_le_bytes();
+        let layout = |spec: AggregationSpec, fresh: bool, marker: Option<&[u8]>| {
             let mut s = AggregateState::new(spec);
-            s.set_layout(fresh, marked);
-            s.keeps_panes()
+            s.set_layout(fresh, marker).map(|()| s.keeps_panes())
         };
-        assert!(layout(hopping(), true, false));
-        assert!(layout(hopping(), false, true));
-        assert!(!layout(hopping(), false, false));
-        assert!(!layout(daily_orders(), true, false));
+        assert_eq!(layout(hopping(), true, None), Ok(true));
+        assert_eq!(layout(hopping(), false, Some(&hour)), Ok(true));
+        assert_eq!(layout(hopping(), false, None), Ok(false));
+        assert_eq!(layout(daily_orders(), true, None), Ok(false));
         let mut closing = hopping();
         closing.late = LatePolicy::DeadLetter;
-        assert!(!layout(closing, true, false));
+        assert_eq!(layout(closing.clone(), true, None), Ok(false));
+        let refused = layout(closing, false, Some(&hour)).unwrap_err();
+        assert!(
+            refused.contains("kept by panes of 3600000000 µs"),
+            "{refused}"
+        );
         let mut uneven = hopping();
         uneven.window = WindowSpec::Hopping {
             size: 5 * HOUR / 2,
             slide: HOUR,
             offset: 0,
         };
-        assert!(!layout(uneven, true, false));
+        assert_eq!(layout(uneven, true, None), Ok(false));
+        let mut slower = hopping();
+        slower.window = WindowSpec::Hopping {
+            size: 4 * HOUR,
+            slide: 2 * HOUR,
+            offset: 0,
+        };
+        assert!(layout(slower, false, Some(&hour)).is_err());
+        assert!(layout(hopping(), false, Some(&[1])).is_err());
+    }
+
+    /// An event time at the top of the range: its windows end there
+    /// (saturating), the same rows either way, and no loop wraps around.
+    #[test]
+    fn a_time_at_the_end_of_the_range_gives_the_windows_per_window_gives() {
+        let rows = |fresh: bool| {
+            let mut state = AggregateState::new(hopping());
+            state.set_layout(fresh, None).unwrap();
+            state.mark_complete();
+            state.load_watermarks(Vec::new(), None).unwrap();
+            let mut i = order(1, 1, Some((7, 0, 5)));
+            if let InputChange::Row(Some(p)) = &mut i.change {
+                p.event_time = Some(Value::Timestamp(i64::MAX - 10));
+            }
+            let mut sink = Sink::default();
+            sink.take(state.apply(&[&i], &[], &mut NoCustom));
+            sink.rows
+        };
+        let by_panes = rows(true);
+        assert_eq!(by_panes.len(), 4);
+        assert_eq!(by_panes, rows(false));
     }
 }

@@ -233,12 +233,17 @@ impl OperatorStates {
             if fresh {
                 state.mark_complete();
             }
-            let marked = !fresh
-                && state.could_keep_panes()
-                && !read_kind(conn, d, pipeline, id, kind::PANES)
+            let marker = match !fresh && state.may_keep_panes() {
+                true => read_kind(conn, d, pipeline, id, kind::PANES)
                     .await?
-                    .is_empty();
-            state.set_layout(fresh, marked);
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| v),
+                false => None,
+            };
+            state
+                .set_layout(fresh, marker.as_deref())
+                .map_err(|e| anyhow::anyhow!("aggregation {id}: {e}"))?;
             let partitions = read_kind(conn, d, pipeline, id, kind::PARTITION).await?;
             let reached = read_kind(conn, d, pipeline, id, kind::WATERMARK)
                 .await?
