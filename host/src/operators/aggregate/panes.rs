@@ -260,6 +260,16 @@ mod tests {
         }
     }
 
+    /// `hopping()` on an empty sink: kept by panes when `fresh`, else per
+    /// window (as an older host's state).
+    fn started(fresh: bool) -> AggregateState {
+        let mut state = AggregateState::new(hopping());
+        state.set_layout(fresh, None).unwrap();
+        state.mark_complete();
+        state.load_watermarks(Vec::new(), None).unwrap();
+        state
+    }
+
     /// Random changes (rows moving between customers and hours, amounts
     /// changing, rows deleted and re-created) in random batches: a
     /// hopping window kept by panes writes the rows the same window kept
@@ -267,14 +277,7 @@ mod tests {
     /// over the live rows; and each change writes one pane's state.
     #[test]
     fn panes_write_the_rows_windows_write() {
-        let start = |fresh: bool| {
-            let mut state = AggregateState::new(hopping());
-            state.set_layout(fresh, None).unwrap();
-            state.mark_complete();
-            state.load_watermarks(Vec::new(), None).unwrap();
-            state
-        };
-        let (mut panes, mut windows) = (start(true), start(false));
+        let (mut panes, mut windows) = (started(true), started(false));
         assert!(panes.keeps_panes() && !windows.keeps_panes());
         let (mut by_panes, mut by_windows) = (Sink::default(), Sink::default());
         let mut live: HashMap<u8, (i64, i64, i64)> = HashMap::new();
@@ -394,10 +397,7 @@ mod tests {
     #[test]
     fn a_time_at_the_end_of_the_range_gives_the_windows_per_window_gives() {
         let rows = |fresh: bool| {
-            let mut state = AggregateState::new(hopping());
-            state.set_layout(fresh, None).unwrap();
-            state.mark_complete();
-            state.load_watermarks(Vec::new(), None).unwrap();
+            let mut state = started(fresh);
             let mut i = order(1, 1, Some((7, 0, 5)));
             if let InputChange::Row(Some(p)) = &mut i.change {
                 p.event_time = Some(Value::Timestamp(i64::MAX - 10));
