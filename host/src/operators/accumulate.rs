@@ -167,6 +167,9 @@ impl Sum {
                 *s = s.checked_add(*o).ok_or("integer sum overflows 128 bits")?
             }
             (Sum::Float(s), Sum::Float(o)) => *s += o,
+            // as `add` mixes them: the integer as an f64
+            (Sum::Float(s), Sum::Int(o)) => *s += float_units(*o as f64)?,
+            (Sum::Int(s), Sum::Float(o)) => *self = Sum::Float(float_units(*s as f64)? + o),
             (Sum::Decimal(s, scale), Sum::Decimal(o, sc)) => {
                 if *sc > *scale {
                     *s = rescale(s, *scale, *sc);
@@ -430,12 +433,12 @@ impl Acc {
         }
     }
 
-    fn merge(&mut self, other: &Acc) {
+    fn merge(&mut self, other: &Acc) -> Result<(), String> {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
-            (Acc::Sum(a, na), Acc::Sum(b, nb)) => {
-                let merged = *nb != 0 && a.merge(b).is_ok();
-                *na += if merged { *nb } else { 0 };
+            (Acc::Sum(a, na), Acc::Sum(b, nb)) if *nb != 0 => {
+                a.merge(b)?;
+                *na += nb;
             }
             (Acc::Multiset(a), Acc::Multiset(b)) => {
                 for (k, n) in b {
@@ -444,6 +447,7 @@ impl Acc {
             }
             _ => {}
         }
+        Ok(())
     }
 
     fn finish(
@@ -571,11 +575,15 @@ impl GroupAcc {
         }
     }
 
-    pub fn merge(&mut self, other: &GroupAcc) {
+    /// Add another group's rows (a pane's to a window's, a time's to a
+    /// session's). `Err`: their sums cannot be added (a float sum and a
+    /// decimal one); the group is then unusable.
+    pub fn merge(&mut self, other: &GroupAcc) -> Result<(), String> {
         self.rows += other.rows;
         for (a, b) in self.measures.iter_mut().zip(&other.measures) {
-            a.merge(b);
+            a.merge(b)?;
         }
+        Ok(())
     }
 
     /// The measure values, in declaration order; custom ones through the
@@ -749,8 +757,8 @@ mod tests {
             all.apply(&[v], 1);
         }
         let mut merged = GroupAcc::new(&ms);
-        merged.merge(&a);
-        merged.merge(&b);
+        merged.merge(&a).unwrap();
+        merged.merge(&b).unwrap();
         let sum = |g: &GroupAcc| g.finish(&ms, &mut super::super::NoCustom).unwrap()[0].clone();
         assert_eq!(sum(&all), Value::Float(1.0 + 2f64.powi(-52)));
         assert_eq!(sum(&merged), sum(&all));

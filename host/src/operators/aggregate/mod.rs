@@ -510,7 +510,7 @@ impl AggregateState {
             applied.state.push(StateWrite {
                 kind: kind::PANES,
                 key: Vec::new(),
-                value: self.panes.map(|p| p.to_le_bytes().to_vec()),
+                value: Some(self.marker()),
                 expires: None,
                 fresh: false,
             });

@@ -25,37 +25,44 @@ impl AggregateState {
 
     /// Choose the state layout when the state is first loaded, from what
     /// the database holds: no state of this aggregation yet (`fresh`):
-    /// panes when the window allows them (the marker row, the pane length,
+    /// panes when the window allows them (the marker row, [`Self::marker`],
     /// is written with the first commit); state marked as kept by panes
-    /// (`marker`): panes of that length, or `Err` when the declaration no
-    /// longer allows them (its stored state cannot be read as windows);
+    /// (`marker`): those panes, or `Err` when the declaration does not
+    /// keep the same ones (its stored state cannot be read any other way);
     /// state without a marker (an older host's) stays per window.
     pub fn set_layout(&mut self, fresh: bool, marker: Option<&[u8]>) -> Result<(), String> {
-        let allowed = Self::pane_length(&self.spec);
         self.panes = match (fresh, marker) {
-            (true, _) => allowed,
+            (true, _) => Self::pane_length(&self.spec),
             (false, None) => None,
             (false, Some(bytes)) => {
-                let pane = bytes
-                    .try_into()
-                    .map(i64::from_le_bytes)
-                    .map_err(|_| "its pane marker is corrupt".to_string())?;
-                if allowed != Some(pane) {
+                let (pane, offset) =
+                    decode_marker(bytes).ok_or_else(|| "its pane marker is corrupt".to_string())?;
+                let allowed = Self::pane_length(&self.spec);
+                if allowed.is_none() || self.marker() != bytes {
                     return Err(format!(
-                        "its stored state is kept by panes of {pane} µs, which this declaration                          does not allow (it needs a hopping window sliding by {pane} µs whose size                          is a whole number of slides, `update` emission, late rows applied and no                          custom measure); keep the declaration that wrote the state, or run the                          new one under a new pipeline name"
+                        "its stored state is kept by panes of {pane} µs from offset {offset} µs, \
+                         which this declaration does not keep (it needs a hopping window \
+                         sliding by {pane} µs from that offset, whose size is a whole number \
+                         of slides, `update` emission, late rows applied and no custom \
+                         measure); keep the declaration that wrote the state, or run the new \
+                         one under a new pipeline name"
                     ));
                 }
-                Some(pane)
+                allowed
             }
         };
         self.layout_unwritten = fresh && self.panes.is_some();
         Ok(())
     }
 
-    /// Whether its stored state may be kept by panes (hopping windows): a
-    /// marker row then says so.
-    pub fn may_keep_panes(&self) -> bool {
-        matches!(self.spec.window, WindowSpec::Hopping { .. })
+    /// The marker row's value: pane length and window offset, µs.
+    pub(super) fn marker(&self) -> Vec<u8> {
+        let offset = match self.spec.window {
+            WindowSpec::Hopping { offset, .. } => offset,
+            _ => 0,
+        };
+        let pane = Self::pane_length(&self.spec).unwrap_or_default();
+        [pane.to_le_bytes(), offset.to_le_bytes()].concat()
     }
 
     /// Whether the state is kept by panes (see `set_layout`).
@@ -154,7 +161,11 @@ impl AggregateState {
                     None => absent_from_sink(cached, self.complete),
                 };
                 if let Some(Some(g)) = cached {
-                    acc.merge(&g.acc);
+                    if let Err(e) = acc.merge(&g.acc) {
+                        applied
+                            .failures
+                            .push(format!("merging the panes of a window: {e}"));
+                    }
                 }
             }
             let g = GroupState {
@@ -169,6 +180,13 @@ impl AggregateState {
             }
         }
     }
+}
+
+/// (pane length, offset) of a marker row.
+fn decode_marker(bytes: &[u8]) -> Option<(i64, i64)> {
+    let pane = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let offset = i64::from_le_bytes(bytes.get(8..)?.try_into().ok()?);
+    Some((pane, offset))
 }
 
 /// A pane's start and group, from its state key (`window_key`).
@@ -348,7 +366,7 @@ mod tests {
         // the pane layout is marked once, with the first commit
         assert_eq!(
             by_panes.state.get(&(kind::PANES, Vec::new())),
-            Some(&HOUR.to_le_bytes().to_vec())
+            Some(&[HOUR.to_le_bytes(), 0i64.to_le_bytes()].concat())
         );
         assert!(!by_windows.state.contains_key(&(kind::PANES, Vec::new())));
     }
@@ -358,7 +376,7 @@ mod tests {
     /// the declaration no longer allows is refused, with the reason.
     #[test]
     fn the_layout_follows_the_stored_state_and_unreadable_panes_are_refused() {
-        let hour = HOUR.to_le_bytes();
+        let hour = [HOUR.to_le_bytes(), 0i64.to_le_bytes()].concat();
         let layout = |spec: AggregationSpec, fresh: bool, marker: Option<&[u8]>| {
             let mut s = AggregateState::new(spec);
             s.set_layout(fresh, marker).map(|()| s.keeps_panes())
@@ -372,9 +390,18 @@ mod tests {
         assert_eq!(layout(closing.clone(), true, None), Ok(false));
         let refused = layout(closing, false, Some(&hour)).unwrap_err();
         assert!(
-            refused.contains("kept by panes of 3600000000 µs"),
+            refused.contains("kept by panes of 3600000000 µs from offset 0 µs, which"),
             "{refused}"
         );
+        // another kind of window, or the same slide from another offset
+        assert!(layout(daily_orders(), false, Some(&hour)).is_err());
+        let mut shifted = hopping();
+        shifted.window = WindowSpec::Hopping {
+            size: 4 * HOUR,
+            slide: HOUR,
+            offset: HOUR / 2,
+        };
+        assert!(layout(shifted, false, Some(&hour)).is_err());
         let mut uneven = hopping();
         uneven.window = WindowSpec::Hopping {
             size: 5 * HOUR / 2,
@@ -389,7 +416,36 @@ mod tests {
             offset: 0,
         };
         assert!(layout(slower, false, Some(&hour)).is_err());
-        assert!(layout(hopping(), false, Some(&[1])).is_err());
+        assert!(layout(hopping(), false, Some(&HOUR.to_le_bytes())).is_err());
+    }
+
+    /// Sums a window cannot add (a float one and a decimal one, from a
+    /// projection giving both types) stop the batch with the reason: not
+    /// a window row with some of its rows' sums left out.
+    #[test]
+    fn panes_whose_sums_cannot_be_added_fail_the_batch() {
+        let mut state = started(true);
+        let row = |id: u8, minute: i64, amount: Value| {
+            let mut i = order(id, id as u64, Some((7, minute, 1)));
+            if let InputChange::Row(Some(p)) = &mut i.change {
+                p.args = vec![Value::Null, amount.clone(), amount];
+            }
+            i
+        };
+        let (a, b) = (
+            row(1, 0, Value::Float(1.5)),
+            row(2, 60, Value::Decimal("2.5".into())),
+        );
+        let applied = state.apply(&[&a, &b], &[], &mut NoCustom);
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        assert!(
+            applied
+                .failures
+                .iter()
+                .any(|f| f.contains("merging the panes")),
+            "{:?}",
+            applied.failures
+        );
     }
 
     /// An event time at the top of the range: its windows end there

@@ -233,13 +233,15 @@ impl OperatorStates {
             if fresh {
                 state.mark_complete();
             }
-            let marker = match !fresh && state.may_keep_panes() {
-                true => read_kind(conn, d, pipeline, id, kind::PANES)
+            // (read for every aggregation: marked state its declaration
+            // cannot read as panes must stop the run, whatever the window)
+            let marker = match fresh {
+                false => read_kind(conn, d, pipeline, id, kind::PANES)
                     .await?
                     .into_iter()
                     .next()
                     .map(|(_, v)| v),
-                false => None,
+                true => None,
             };
             state
                 .set_layout(fresh, marker.as_deref())
