@@ -27,6 +27,7 @@ mod stored;
 
 use output::output_row;
 pub use output::output_table;
+use panes::TouchedPane;
 pub use stored::kind;
 use stored::{bound, micros, Contribution, GroupState, RowState};
 
@@ -502,9 +503,8 @@ impl AggregateState {
         // Sessions of each touched session group before this batch.
         let mut sessions_before: KeyMap<Vec<Session>> = KeyMap::default();
         let mut output_table: Option<Arc<SinkTable>> = None;
-        // Kept by panes: an event time of each touched pane (the type its
-        // windows' bounds take).
-        let mut likes: KeyMap<Value> = KeyMap::default();
+        // Kept by panes: each touched pane's group, start and an event time.
+        let mut panes_touched: KeyMap<TouchedPane> = KeyMap::default();
         if self.layout_unwritten {
             self.layout_unwritten = false;
             applied.state.push(StateWrite {
@@ -566,7 +566,9 @@ impl AggregateState {
                 Some(gap) => {
                     self.move_in_sessions(old.as_ref(), new.as_ref(), gap, &mut sessions_before)
                 }
-                None => self.move_contribution(old.as_ref(), new.as_ref(), calls, &mut likes),
+                None => {
+                    self.move_contribution(old.as_ref(), new.as_ref(), calls, &mut panes_touched)
+                }
             };
             match moved {
                 Ok(touched) => {
@@ -632,7 +634,14 @@ impl AggregateState {
             return applied;
         }
         if let Some(pane) = self.panes {
-            self.pane_writes(dirty_groups, likes, pane, output_table, &mut applied, calls);
+            self.pane_writes(
+                dirty_groups,
+                panes_touched,
+                pane,
+                output_table,
+                &mut applied,
+                calls,
+            );
             return applied;
         }
         for (k, fresh) in distinct(dirty_groups) {
@@ -843,7 +852,7 @@ impl AggregateState {
         old: Option<&Contribution>,
         new: Option<&Contribution>,
         calls: &mut dyn CustomCalls,
-        likes: &mut KeyMap<Value>,
+        panes_touched: &mut KeyMap<TouchedPane>,
     ) -> Result<Vec<Dirty>, String> {
         let mut steps: Vec<(Vec<u8>, &Contribution, Window, i64)> = Vec::new();
         if let Some(c) = old {
@@ -908,9 +917,14 @@ impl AggregateState {
                 acc: GroupAcc::new(&self.spec.measures),
             });
             g.acc.apply(&c.args, weight);
-            if self.panes.is_some() && !likes.contains_key(&k) {
-                if let Some(t) = &c.time {
-                    likes.insert(k.clone(), t.clone());
+            if let (Some(_), Some(t)) = (self.panes, &c.time) {
+                if !panes_touched.contains_key(&k) {
+                    let pane = TouchedPane {
+                        group: c.group.clone(),
+                        start: w.0,
+                        time: t.clone(),
+                    };
+                    panes_touched.insert(k.clone(), pane);
                 }
             }
             touched.push((k, absent));

@@ -57,12 +57,16 @@ impl AggregateState {
 
     /// The marker row's value: pane length and window offset, µs.
     pub(super) fn marker(&self) -> Vec<u8> {
-        let offset = match self.spec.window {
-            WindowSpec::Hopping { offset, .. } => offset,
-            _ => 0,
-        };
         let pane = Self::pane_length(&self.spec).unwrap_or_default();
-        [pane.to_le_bytes(), offset.to_le_bytes()].concat()
+        [pane.to_le_bytes(), self.hopping().1.to_le_bytes()].concat()
+    }
+
+    /// (size, offset) of the hopping window, µs ((0, 0) for another kind).
+    fn hopping(&self) -> (i64, i64) {
+        match self.spec.window {
+            WindowSpec::Hopping { size, offset, .. } => (size, offset),
+            _ => (0, 0),
+        }
     }
 
     /// Whether the state is kept by panes (see `set_layout`).
@@ -76,10 +80,7 @@ impl AggregateState {
         match (self.panes, &c.time) {
             (Some(pane), Some(t)) => {
                 let t = micros(t)?;
-                let offset = match self.spec.window {
-                    WindowSpec::Hopping { offset, .. } => offset,
-                    _ => 0,
-                };
+                let offset = self.hopping().1;
                 let start = offset + (t - offset).div_euclid(pane) * pane;
                 Ok(vec![(start, start.saturating_add(pane))])
             }
@@ -101,16 +102,13 @@ impl AggregateState {
     pub(super) fn pane_writes(
         &mut self,
         dirty: Vec<Dirty>,
-        likes: KeyMap<Value>,
+        touched: KeyMap<TouchedPane>,
         pane: i64,
         table: Option<Arc<SinkTable>>,
         applied: &mut Applied,
         calls: &mut dyn CustomCalls,
     ) {
-        let size = match self.spec.window {
-            WindowSpec::Hopping { size, .. } => size,
-            _ => pane,
-        };
+        let size = self.hopping().0;
         let dirty = distinct(dirty);
         let mut windows: Vec<(Vec<Value>, Window, Value)> = Vec::new();
         let mut seen: HashSet<Vec<u8>, foldhash::fast::RandomState> = HashSet::default();
@@ -131,9 +129,19 @@ impl AggregateState {
                 value,
                 expires: None,
             });
-            let (Some(like), Ok((start, group))) = (likes.get(k), pane_of_key(k)) else {
+            let Some(TouchedPane {
+                group,
+                start,
+                time: like,
+            }) = touched.get(k)
+            else {
+                applied.failures.push(format!(
+                    "a pane of {} was written without its group",
+                    self.spec.output
+                ));
                 continue;
             };
+            let start = *start;
             // the windows holding the pane: those starting up to a
             // window's length before it (saturating: times at the ends of
             // the range give fewer windows, never a wrap-around)
@@ -141,7 +149,7 @@ impl AggregateState {
             for k in 0..size / pane {
                 let s = first.saturating_add(k.saturating_mul(pane)).min(start);
                 let w = (s, s.saturating_add(size));
-                if seen.insert(Self::window_key(&group, w)) {
+                if seen.insert(Self::window_key(group, w)) {
                     windows.push((group.clone(), w, like.clone()));
                 }
             }
@@ -189,12 +197,13 @@ fn decode_marker(bytes: &[u8]) -> Option<(i64, i64)> {
     Some((pane, offset))
 }
 
-/// A pane's start and group, from its state key (`window_key`).
-pub(super) fn pane_of_key(k: &[u8]) -> Result<(i64, Vec<Value>), CorruptState> {
-    let mut r = Reader::new(k);
-    let start = r.i64()?;
-    r.i64()?;
-    Ok((start, r.values()?))
+/// A pane an apply changed, as its first change saw it: the windows
+/// holding it and their bounds' type come from here.
+pub(super) struct TouchedPane {
+    pub(super) group: Vec<Value>,
+    pub(super) start: i64,
+    /// An event time in it (bounds are typed like it).
+    pub(super) time: Value,
 }
 
 #[cfg(test)]

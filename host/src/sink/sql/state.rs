@@ -235,13 +235,11 @@ impl OperatorStates {
             }
             // (read for every aggregation: marked state its declaration
             // cannot read as panes must stop the run, whatever the window)
-            let marker = match fresh {
-                false => read_kind(conn, d, pipeline, id, kind::PANES)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .map(|(_, v)| v),
-                true => None,
+            let marker = if fresh {
+                None
+            } else {
+                let rows = read_kind(conn, d, pipeline, id, kind::PANES).await?;
+                rows.into_iter().next().map(|(_, v)| v)
             };
             state
                 .set_layout(fresh, marker.as_deref())
