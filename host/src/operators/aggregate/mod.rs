@@ -876,17 +876,33 @@ impl AggregateState {
                 steps.push((Self::group_key(c, w), c, w, 1));
             }
         }
-        // Check against the groups as they would be step by step.
+        // Check against the groups as they would be step by step: a group
+        // one step touches is checked as it is; only one that two steps
+        // touch (the row stays in its group) is copied to check the
+        // second step against the first one's result (a copy per step
+        // was a copy of every min/max multiset per change).
         let mut scratch: HashMap<&[u8], GroupAcc, foldhash::fast::RandomState> = HashMap::default();
-        for (k, c, _, weight) in &steps {
-            let acc = scratch.entry(k.as_slice()).or_insert_with(|| {
-                self.groups
-                    .get(k)
-                    .and_then(|g| Some(g.as_ref()?.acc.clone()))
-                    .unwrap_or_else(|| GroupAcc::new(&self.spec.measures))
-            });
-            acc.check(&c.args, *weight)?;
-            acc.apply(&c.args, *weight);
+        for (i, (k, c, _, weight)) in steps.iter().enumerate() {
+            let again = steps[i + 1..].iter().any(|(later, ..)| later == k);
+            let cached = self.groups.get(k).and_then(Option::as_ref).map(|g| &g.acc);
+            match scratch.get_mut(k.as_slice()) {
+                Some(acc) => {
+                    acc.check(&c.args, *weight)?;
+                    acc.apply(&c.args, *weight);
+                }
+                None if again => {
+                    let mut acc = cached
+                        .cloned()
+                        .unwrap_or_else(|| GroupAcc::new(&self.spec.measures));
+                    acc.check(&c.args, *weight)?;
+                    acc.apply(&c.args, *weight);
+                    scratch.insert(k, acc);
+                }
+                None => match cached {
+                    Some(acc) => acc.check(&c.args, *weight)?,
+                    None => GroupAcc::new(&self.spec.measures).check(&c.args, *weight)?,
+                },
+            }
         }
         // Custom measures: the plugin folds the row into the state of the
         // partition the row came from (refusing aborts the whole change).
@@ -1092,5 +1108,67 @@ mod tests {
         assert_eq!(moved.0, [("r", true), ("g", false), ("g", true)]);
         // and the skipped change, re-delivered now, is behind it
         assert_eq!(apply(&mut state, input(1, 2, Some((7, 1)))), (vec![], 0, 1));
+    }
+
+    /// A change is checked step by step before it touches a group: a
+    /// retraction from a group that does not hold the row is refused and
+    /// changes nothing; a row that stays in its group is checked against
+    /// the group as its retraction leaves it.
+    #[test]
+    fn a_change_is_checked_against_the_groups_as_its_steps_leave_them() {
+        let with_amount = |mut input: OperatorInput, amount: Value| {
+            if let InputChange::Row(Some(p)) = &mut input.change {
+                p.args[1] = amount;
+            }
+            input
+        };
+        let mut state = AggregateState::new(daily_orders());
+        state.mark_complete();
+        state.load_watermarks(Vec::new(), None).unwrap();
+        let created = with_amount(input(1, 1, Some((7, 1))), Value::Float(1.5));
+        let seven = state.contribution(&created).unwrap().unwrap();
+        let day = AggregateState::group_key(&seven, state.windows(&seven).unwrap()[0]);
+        let applied = state.apply(&[&created], &[], &mut NoCustom);
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        // the only row of its group changes its amount from a float to a
+        // decimal: retracted, the sum is empty and takes a decimal
+        let decimal = with_amount(input(1, 2, Some((7, 1))), Value::Decimal("2.50".into()));
+        let applied = state.apply(&[&decimal], &[], &mut NoCustom);
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        let sum = |state: &AggregateState| {
+            state.groups[&day]
+                .as_ref()
+                .map(|g| g.acc.finish(&state.spec.measures, &mut NoCustom).unwrap())
+        };
+        assert_eq!(
+            sum(&state),
+            Some(vec![Value::Int(1), Value::Decimal("2.50".into())])
+        );
+        // a second row: the first one's retraction no longer empties the
+        // sum, so a float amount is refused, and nothing changes
+        let other = with_amount(input(2, 3, Some((7, 2))), Value::Decimal("1.00".into()));
+        assert!(state
+            .apply(&[&other], &[], &mut NoCustom)
+            .rejected
+            .is_empty());
+        let float = with_amount(input(1, 4, Some((7, 1))), Value::Float(3.0));
+        let applied = state.apply(&[&float], &[], &mut NoCustom);
+        assert_eq!(applied.rejected.len(), 1, "{:?}", applied.rejected);
+        let before = sum(&state);
+        assert_eq!(
+            before,
+            Some(vec![Value::Int(2), Value::Decimal("3.50".into())])
+        );
+        // a group that lost the row (corrupt state): its retraction is
+        // refused and the group is left as it was
+        state.groups.insert(day.clone(), None);
+        let applied = state.apply(&[&input(2, 5, None)], &[], &mut NoCustom);
+        assert_eq!(applied.rejected.len(), 1, "{:?}", applied.rejected);
+        assert!(
+            applied.rejected[0].1.contains("matches no row"),
+            "{:?}",
+            applied.rejected
+        );
+        assert_eq!(state.groups[&day], None);
     }
 }

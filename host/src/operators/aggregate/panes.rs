@@ -110,8 +110,13 @@ impl AggregateState {
     ) {
         let size = self.hopping().0;
         let dirty = distinct(dirty);
-        let mut windows: Vec<(Vec<Value>, Window, Value)> = Vec::new();
-        let mut seen: HashSet<Vec<u8>, foldhash::fast::RandomState> = HashSet::default();
+        // Each touched group once (its encoded values: the tail of its
+        // panes' keys), and the windows of its touched panes, first seen
+        // first.
+        let mut groups: Vec<(Vec<Value>, Vec<u8>)> = Vec::new();
+        let mut group_index: KeyMap<usize> = KeyMap::default();
+        let mut windows: Vec<(usize, Window, Value)> = Vec::new();
+        let mut seen: HashSet<(usize, Window), foldhash::fast::RandomState> = HashSet::default();
         for (k, fresh) in &dirty {
             let value = self
                 .groups
@@ -141,6 +146,12 @@ impl AggregateState {
                 ));
                 continue;
             };
+            let mut encoded = Writer::default();
+            encoded.values(group);
+            let g = *group_index.entry(encoded.buf).or_insert_with_key(|bytes| {
+                groups.push((group.clone(), bytes.clone()));
+                groups.len() - 1
+            });
             let start = *start;
             // the windows holding the pane: those starting up to a
             // window's length before it (saturating: times at the ends of
@@ -149,8 +160,8 @@ impl AggregateState {
             for k in 0..size / pane {
                 let s = first.saturating_add(k.saturating_mul(pane)).min(start);
                 let w = (s, s.saturating_add(size));
-                if seen.insert(Self::window_key(group, w)) {
-                    windows.push((group.clone(), w, like.clone()));
+                if seen.insert((g, w)) {
+                    windows.push((g, w, like.clone()));
                 }
             }
         }
@@ -158,18 +169,34 @@ impl AggregateState {
             return;
         };
         let before: KeyMap<bool> = dirty.into_iter().collect();
-        for (group, w, like) in windows {
+        // Each pane looked up once, however many of the windows hold it
+        // (seven for 7 days by 1): its accumulators and whether the sink
+        // lacks its windows' rows as far as it is concerned.
+        let mut panes: HashMap<
+            (usize, i64),
+            (Option<&GroupAcc>, bool),
+            foldhash::fast::RandomState,
+        > = HashMap::default();
+        let mut key = Vec::new();
+        for (g, w, like) in windows {
             let mut acc = GroupAcc::new(&self.spec.measures);
             let mut fresh = true;
             for p in Self::panes_of(w, pane) {
-                let k = Self::window_key(&group, p);
-                let cached = self.groups.get(&k);
-                fresh &= match before.get(&k) {
-                    Some(absent) => *absent,
-                    None => absent_from_sink(cached, self.complete),
-                };
-                if let Some(Some(g)) = cached {
-                    if let Err(e) = acc.merge(&g.acc) {
+                let (cached, absent) = *panes.entry((g, p.0)).or_insert_with(|| {
+                    key.clear();
+                    key.extend_from_slice(&p.0.to_le_bytes());
+                    key.extend_from_slice(&p.1.to_le_bytes());
+                    key.extend_from_slice(&groups[g].1);
+                    let cached = self.groups.get(key.as_slice());
+                    let absent = match before.get(key.as_slice()) {
+                        Some(absent) => *absent,
+                        None => absent_from_sink(cached, self.complete),
+                    };
+                    (cached.and_then(Option::as_ref).map(|s| &s.acc), absent)
+                });
+                fresh &= absent;
+                if let Some(pane_acc) = cached {
+                    if let Err(e) = acc.merge(pane_acc) {
                         applied
                             .failures
                             .push(format!("merging the panes of a window: {e}"));
@@ -177,7 +204,7 @@ impl AggregateState {
                 }
             }
             let g = GroupState {
-                group,
+                group: groups[g].0.clone(),
                 window: w,
                 bounds: Some((bound(&like, w.0), bound(&like, w.1))),
                 acc,
