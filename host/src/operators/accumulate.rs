@@ -118,6 +118,16 @@ impl Sum {
                 *self = Sum::Decimal(u * weight, scale);
             }
             (Sum::Decimal(s, scale), Value::Decimal(d)) => {
+                // The common case without a temporary big integer: a plain
+                // decimal whose scale the sum already has, scaled in i128.
+                if let Some(v) = plain_decimal(d)
+                    .filter(|(_, sc)| *sc <= *scale)
+                    .and_then(|(u, sc)| u.checked_mul(10i128.checked_pow(*scale - sc)?))
+                    .and_then(|u| u.checked_mul(w))
+                {
+                    *s += v;
+                    return Ok(());
+                }
                 let (u, sc) = parse_decimal(d)?;
                 if sc > *scale {
                     *s = rescale(s, *scale, sc);
@@ -282,6 +292,20 @@ fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
         (Value::Float(x), Value::Int(y)) => x.total_cmp(&(*y as f64)),
         (Value::Int(x), Value::Float(y)) => (*x as f64).total_cmp(y),
         _ => {
+            // Plain decimals (and integers) compared in i128 when both fit
+            // at the larger scale: no big integers for the min/max of money.
+            let plain = |v: &Value| match v {
+                Value::Int(i) => Some((*i as i128, 0)),
+                Value::Decimal(d) => plain_decimal(d),
+                _ => None,
+            };
+            if let (Some((x, sx)), Some((y, sy))) = (plain(a), plain(b)) {
+                let s = sx.max(sy);
+                let at = |u: i128, from: u32| u.checked_mul(10i128.checked_pow(s - from)?);
+                if let (Some(x), Some(y)) = (at(x, sx), at(y, sy)) {
+                    return x.cmp(&y);
+                }
+            }
             let exact = |v: &Value| match v {
                 Value::Int(i) => Some((BigInt::from(*i), 0)),
                 Value::Decimal(d) => parse_decimal(d).ok(),
@@ -830,5 +854,66 @@ mod tests {
         let mut w = Writer::default();
         g.write(&mut w);
         assert_eq!(GroupAcc::read(&mut Reader::new(&w.buf)).unwrap(), g);
+    }
+
+    /// Decimals compare and sum in i128 where they fit and as big
+    /// integers where not, with the same results: every pair of a set of
+    /// values across signs, scales and the i128 edge is ordered as their
+    /// exact values are, and summing them in turn (each added, some taken
+    /// away again) gives the exact sum.
+    #[test]
+    fn decimals_compare_and_sum_exactly_in_and_out_of_i128() {
+        let texts = [
+            "0",
+            "-0.00",
+            "1.5",
+            "1.50",
+            "-1.5",
+            "2.25",
+            "0.001",
+            "-0.0001",
+            "12345678901234567890.12345678",
+            "99999999999999999999999999999999999999",
+            "-99999999999999999999999999999999999999",
+            "9999999999999999999999999999999999999.9",
+            "0.00000000000000000000000000000000000001",
+        ];
+        let exact = |t: &str| {
+            let (neg, body) = match t.strip_prefix('-') {
+                Some(b) => (true, b),
+                None => (false, t),
+            };
+            let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+            let digits: BigInt = format!("{int}{frac}").parse().unwrap();
+            (if neg { -digits } else { digits }, frac.len() as u32)
+        };
+        let at = |(u, s): (BigInt, u32), to: u32| u * BigInt::from(10u32).pow(to - s);
+        for a in texts {
+            for b in texts {
+                let (ea, eb) = (exact(a), exact(b));
+                let s = ea.1.max(eb.1);
+                let want = at(ea, s).cmp(&at(eb, s));
+                let got = Ordered(Value::Decimal(a.into())).cmp(&Ordered(Value::Decimal(b.into())));
+                assert_eq!(got, want, "{a} against {b}");
+            }
+            for i in [0i64, 7, -3, i64::MAX] {
+                let (e, s) = exact(a);
+                let want = at((e, s), s).cmp(&at((BigInt::from(i), 0), s));
+                let got = Ordered(Value::Decimal(a.into())).cmp(&Ordered(Value::Int(i)));
+                assert_eq!(got, want, "{a} against {i}");
+            }
+        }
+        let scale = texts.iter().map(|t| exact(t).1).max().unwrap();
+        let mut sum = Sum::Empty;
+        let mut want = BigInt::from(0);
+        for (i, t) in texts.iter().enumerate() {
+            let weight = [1, 3, -1][i % 3];
+            sum.add(&Value::Decimal((*t).into()), weight).unwrap();
+            want += at(exact(t), scale) * weight;
+        }
+        match sum {
+            Sum::Decimal(u, s) => assert_eq!(at((u, s), scale), want),
+            other => panic!("a decimal sum, not {other:?}"),
+        }
     }
 }
