@@ -74,6 +74,11 @@ fn rescale(v: &BigInt, from: u32, to: u32) -> BigInt {
     v * BigInt::from(10u32).pow(to - from)
 }
 
+/// `rescale` in i128, `None` where the result does not fit.
+fn rescale_i128(v: i128, from: u32, to: u32) -> Option<i128> {
+    v.checked_mul(10i128.checked_pow(to - from)?)
+}
+
 /// An f64 in units of 2^-1074, exactly.
 fn float_units(f: f64) -> Result<BigInt, String> {
     if !f.is_finite() {
@@ -122,7 +127,7 @@ impl Sum {
                 // decimal whose scale the sum already has, scaled in i128.
                 if let Some(v) = plain_decimal(d)
                     .filter(|(_, sc)| *sc <= *scale)
-                    .and_then(|(u, sc)| u.checked_mul(10i128.checked_pow(*scale - sc)?))
+                    .and_then(|(u, sc)| rescale_i128(u, sc, *scale))
                     .and_then(|u| u.checked_mul(w))
                 {
                     *s += v;
@@ -301,8 +306,7 @@ fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
             };
             if let (Some((x, sx)), Some((y, sy))) = (plain(a), plain(b)) {
                 let s = sx.max(sy);
-                let at = |u: i128, from: u32| u.checked_mul(10i128.checked_pow(s - from)?);
-                if let (Some(x), Some(y)) = (at(x, sx), at(y, sy)) {
+                if let (Some(x), Some(y)) = (rescale_i128(x, sx, s), rescale_i128(y, sy, s)) {
                     return x.cmp(&y);
                 }
             }

@@ -381,10 +381,16 @@ impl AggregateState {
 
     fn window_key(group: &[Value], w: Window) -> Vec<u8> {
         let mut k = Writer::default();
-        k.i64(w.0);
-        k.i64(w.1);
+        Self::window_key_bounds(&mut k, w);
         k.values(group);
         k.buf
+    }
+
+    /// The head of a window's state key: its bounds (the group's values
+    /// follow, as `Writer::values` encodes them).
+    fn window_key_bounds(k: &mut Writer, w: Window) {
+        k.i64(w.0);
+        k.i64(w.1);
     }
 
     /// The contribution an input brings (or why it cannot count).
@@ -930,21 +936,21 @@ impl AggregateState {
         };
         for (i, (k, c, _, weight)) in steps.iter().enumerate() {
             let again = again[i];
-            let cached = self.groups.get(k).and_then(Option::as_ref).map(|g| &g.acc);
+            let cached = || self.groups.get(k).and_then(Option::as_ref).map(|g| &g.acc);
             match scratch.get_mut(k.as_slice()) {
                 Some(acc) => {
                     acc.check(&c.args, *weight)?;
                     acc.apply(&c.args, *weight);
                 }
                 None if again => {
-                    let mut acc = cached
+                    let mut acc = cached()
                         .cloned()
                         .unwrap_or_else(|| GroupAcc::new(&self.spec.measures));
                     acc.check(&c.args, *weight)?;
                     acc.apply(&c.args, *weight);
                     scratch.insert(k, acc);
                 }
-                None => match cached {
+                None => match cached() {
                     Some(acc) => acc.check(&c.args, *weight)?,
                     None => GroupAcc::new(&self.spec.measures).check(&c.args, *weight)?,
                 },

@@ -177,18 +177,18 @@ impl AggregateState {
             (Option<&GroupAcc>, bool),
             foldhash::fast::RandomState,
         > = HashMap::default();
-        let mut key = Vec::new();
+        let mut key = Writer::default();
         for (g, w, like) in windows {
             let mut acc = GroupAcc::new(&self.spec.measures);
             let mut fresh = true;
             for p in Self::panes_of(w, pane) {
                 let (cached, absent) = *panes.entry((g, p.0)).or_insert_with(|| {
-                    key.clear();
-                    key.extend_from_slice(&p.0.to_le_bytes());
-                    key.extend_from_slice(&p.1.to_le_bytes());
-                    key.extend_from_slice(&groups[g].1);
-                    let cached = self.groups.get(key.as_slice());
-                    let absent = match before.get(key.as_slice()) {
+                    // `window_key` of the pane, from the group's encoding
+                    key.buf.clear();
+                    Self::window_key_bounds(&mut key, p);
+                    key.buf.extend_from_slice(&groups[g].1);
+                    let cached = self.groups.get(key.buf.as_slice());
+                    let absent = match before.get(key.buf.as_slice()) {
                         Some(absent) => *absent,
                         None => absent_from_sink(cached, self.complete),
                     };
