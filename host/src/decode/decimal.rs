@@ -6,15 +6,25 @@ use num_bigint::BigInt;
 
 /// Canonical text of `unscaled × 10^-scale`, keeping the scale (`1234`, 2 → `12.34`).
 pub fn from_unscaled(unscaled: &BigInt, scale: u32) -> String {
-    let digits = unscaled.magnitude().to_string();
     let neg = unscaled.sign() == num_bigint::Sign::Minus;
+    with_point(neg, &unscaled.magnitude().to_string(), scale)
+}
+
+/// `from_unscaled` for a value that fits in an `i128` (nearly every
+/// decimal a database holds: 38 digits), without a big integer.
+pub fn from_unscaled_i128(unscaled: i128, scale: u32) -> String {
+    with_point(unscaled < 0, &unscaled.unsigned_abs().to_string(), scale)
+}
+
+/// The text of a decimal given its sign, unscaled digits and scale.
+fn with_point(neg: bool, digits: &str, scale: u32) -> String {
     let scale = scale as usize;
     let mut out = String::with_capacity(digits.len() + scale + 3);
     if neg {
         out.push('-');
     }
     if scale == 0 {
-        out.push_str(&digits);
+        out.push_str(digits);
     } else if digits.len() > scale {
         let (int, frac) = digits.split_at(digits.len() - scale);
         out.push_str(int);
@@ -23,7 +33,7 @@ pub fn from_unscaled(unscaled: &BigInt, scale: u32) -> String {
     } else {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', scale - digits.len()));
-        out.push_str(&digits);
+        out.push_str(digits);
     }
     out
 }
@@ -31,6 +41,19 @@ pub fn from_unscaled(unscaled: &BigInt, scale: u32) -> String {
 /// Decode Connect's `Decimal` bytes (base64 of a big-endian two's complement
 /// unscaled integer) with the scale from the schema.
 pub fn from_base64(text: &str, scale: u32) -> Result<String, String> {
+    // Up to 16 bytes (24 base64 characters): an i128 on the stack, no
+    // big integer (anything else, errors included, takes the general way).
+    if text.len() <= 24 {
+        let mut buf = [0u8; 18];
+        if let Ok(n @ 1..=16) =
+            base64::engine::general_purpose::STANDARD.decode_slice(text, &mut buf)
+        {
+            let fill = if buf[0] >= 0x80 { 0xff } else { 0 };
+            let mut full = [fill; 16];
+            full[16 - n..].copy_from_slice(&buf[..n]);
+            return Ok(from_unscaled_i128(i128::from_be_bytes(full), scale));
+        }
+    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|e| format!("`{text}` is not base64 decimal bytes: {e}"))?;
@@ -107,6 +130,44 @@ mod tests {
         assert_eq!(from_base64("AIA=", 0).unwrap(), "128");
         assert_eq!(from_base64("Bw==", 3).unwrap(), "0.007");
         assert!(from_base64("not base64!", 2).is_err());
+    }
+
+    /// The i128 path gives what the big-integer one gives, for every byte
+    /// length up to 16 and at its edges (17 bytes take the big one).
+    #[test]
+    fn base64_decimals_decode_alike_in_and_out_of_i128() {
+        use base64::engine::general_purpose::STANDARD;
+        let general =
+            |bytes: &[u8], scale: u32| from_unscaled(&BigInt::from_signed_bytes_be(bytes), scale);
+        let mut values: Vec<i128> = vec![0, 1, -1, 127, 128, -128, -129, i128::MAX, i128::MIN];
+        for shift in 0..127 {
+            let p = 1i128 << shift;
+            values.extend([p, p - 1, -p, -p + 1, p + 1]);
+        }
+        values.extend((0..39).map(|e| 10i128.pow(e)));
+        for v in values {
+            let be = v.to_be_bytes();
+            // as Connect writes it: the fewest bytes that keep the sign
+            let skip = (0..15)
+                .take_while(|&i| {
+                    (be[i] == 0 && be[i + 1] < 0x80) || (be[i] == 0xff && be[i + 1] >= 0x80)
+                })
+                .count();
+            for bytes in [&be[skip..], &be[..]] {
+                for scale in [0, 2, 7, 38, 40] {
+                    let text = STANDARD.encode(bytes);
+                    assert_eq!(
+                        from_base64(&text, scale).unwrap(),
+                        general(bytes, scale),
+                        "{v} at {scale}"
+                    );
+                }
+            }
+        }
+        let wide = [0x7fu8; 17];
+        let text = STANDARD.encode(wide);
+        assert_eq!(from_base64(&text, 3).unwrap(), general(&wide, 3));
+        assert!(from_base64("", 2).is_err());
     }
 
     #[test]

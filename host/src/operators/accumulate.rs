@@ -24,9 +24,107 @@ pub enum Sum {
     Empty,
     Int(i128),
     /// Unscaled value and scale.
-    Decimal(BigInt, u32),
+    Decimal(Unscaled, u32),
     /// Units of 2^-1074.
     Float(BigInt),
+}
+
+/// A decimal sum's unscaled value: an `i128` while it fits (38 digits:
+/// every sum of money), a big integer only beyond, so the common sum is
+/// added, merged, copied and stored without a heap allocation. Canonical —
+/// `Big` never holds a value `Small` can — so the derived equality is the
+/// numbers' equality.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Unscaled {
+    Small(i128),
+    /// Boxed: the rare case keeps the accumulator small.
+    Big(Box<BigInt>),
+}
+
+impl Unscaled {
+    fn from_big(b: BigInt) -> Unscaled {
+        match b.to_i128() {
+            Some(s) => Unscaled::Small(s),
+            None => Unscaled::Big(Box::new(b)),
+        }
+    }
+
+    fn to_big(&self) -> BigInt {
+        match self {
+            Unscaled::Small(s) => BigInt::from(*s),
+            Unscaled::Big(b) => (**b).clone(),
+        }
+    }
+
+    /// `self` += `v` × 10^(`to` − `from`) × `weight`, in i128 where every
+    /// step fits.
+    fn add_scaled(&mut self, v: &Unscaled, from: u32, to: u32, weight: i64) {
+        if let (Unscaled::Small(s), Unscaled::Small(v)) = (&*self, v) {
+            if let Some(sum) = rescale_i128(*v, from, to)
+                .and_then(|v| v.checked_mul(weight as i128))
+                .and_then(|v| s.checked_add(v))
+            {
+                *self = Unscaled::Small(sum);
+                return;
+            }
+        }
+        *self = Unscaled::from_big(self.to_big() + rescale(&v.to_big(), from, to) * weight);
+    }
+
+    /// `self` × 10^(`to` − `from`).
+    fn rescaled(&self, from: u32, to: u32) -> Unscaled {
+        if let Unscaled::Small(s) = self {
+            if let Some(r) = rescale_i128(*s, from, to) {
+                return Unscaled::Small(r);
+            }
+        }
+        Unscaled::from_big(rescale(&self.to_big(), from, to))
+    }
+
+    /// The minimal little-endian two's complement bytes, as
+    /// `BigInt::to_signed_bytes_le` writes them (the stored layout).
+    fn write(&self, w: &mut Writer) {
+        match self {
+            Unscaled::Small(s) => {
+                let bytes = s.to_le_bytes();
+                let mut n = 16;
+                // drop a top byte that only repeats the sign of the one below
+                while n > 1 {
+                    let (top, below) = (bytes[n - 1], bytes[n - 2]);
+                    if (top == 0 && below < 0x80) || (top == 0xff && below >= 0x80) {
+                        n -= 1;
+                    } else {
+                        break;
+                    }
+                }
+                w.bytes(&bytes[..n]);
+            }
+            Unscaled::Big(b) => w.bytes(&b.to_signed_bytes_le()),
+        }
+    }
+
+    fn read(bytes: &[u8]) -> Unscaled {
+        match bytes.len() {
+            1..=16 => {
+                let fill = if bytes[bytes.len() - 1] >= 0x80 {
+                    0xff
+                } else {
+                    0
+                };
+                let mut full = [fill; 16];
+                full[..bytes.len()].copy_from_slice(bytes);
+                Unscaled::Small(i128::from_le_bytes(full))
+            }
+            _ => Unscaled::from_big(BigInt::from_signed_bytes_le(bytes)),
+        }
+    }
+
+    fn text(&self, scale: u32) -> String {
+        match self {
+            Unscaled::Small(s) => decimal::from_unscaled_i128(*s, scale),
+            Unscaled::Big(b) => decimal::from_unscaled(b, scale),
+        }
+    }
 }
 
 /// `text` as (unscaled, scale).
@@ -45,6 +143,14 @@ fn parse_decimal(text: &str) -> Result<(BigInt, u32), String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a decimal number"))?;
     Ok((if neg { -digits } else { digits }, frac.len() as u32))
+}
+
+/// `text` as (unscaled, scale), without a big integer for a plain one.
+fn parse_unscaled(text: &str) -> Result<(Unscaled, u32), String> {
+    match plain_decimal(text) {
+        Some((u, scale)) => Ok((Unscaled::Small(u), scale)),
+        None => parse_decimal(text).map(|(u, scale)| (Unscaled::from_big(u), scale)),
+    }
 }
 
 /// The common shape, `-?digits[.digits]` with at most 38 digits, parsed
@@ -119,35 +225,33 @@ impl Sum {
                     .ok_or("integer sum overflows 128 bits")?
             }
             (Sum::Empty, Value::Decimal(d)) => {
-                let (u, scale) = parse_decimal(d)?;
-                *self = Sum::Decimal(u * weight, scale);
+                let (u, scale) = parse_unscaled(d)?;
+                let mut s = Unscaled::Small(0);
+                s.add_scaled(&u, scale, scale, weight);
+                *self = Sum::Decimal(s, scale);
             }
             (Sum::Decimal(s, scale), Value::Decimal(d)) => {
                 // The common case without a temporary big integer: a plain
                 // decimal whose scale the sum already has, scaled in i128.
-                if let Some(v) = plain_decimal(d)
-                    .filter(|(_, sc)| *sc <= *scale)
-                    .and_then(|(u, sc)| rescale_i128(u, sc, *scale))
-                    .and_then(|u| u.checked_mul(w))
-                {
-                    *s += v;
+                if let Some((u, sc)) = plain_decimal(d).filter(|(_, sc)| *sc <= *scale) {
+                    s.add_scaled(&Unscaled::Small(u), sc, *scale, weight);
                     return Ok(());
                 }
-                let (u, sc) = parse_decimal(d)?;
+                let (u, sc) = parse_unscaled(d)?;
                 if sc > *scale {
-                    *s = rescale(s, *scale, sc);
+                    *s = s.rescaled(*scale, sc);
                     *scale = sc;
                 }
-                *s += rescale(&u, sc, *scale) * weight;
+                s.add_scaled(&u, sc, *scale, weight);
             }
             (Sum::Decimal(s, scale), Value::Int(i)) => {
-                *s += rescale(&BigInt::from(*i), 0, *scale) * weight
+                s.add_scaled(&Unscaled::Small(*i as i128), 0, *scale, weight)
             }
             (Sum::Float(s), Value::Int(i)) => *s += float_units(*i as f64)? * weight,
             (Sum::Int(s), Value::Decimal(d)) => {
-                let (u, sc) = parse_decimal(d)?;
-                let mut acc = rescale(&BigInt::from(*s), 0, sc);
-                acc += u * weight;
+                let (u, sc) = parse_unscaled(d)?;
+                let mut acc = Unscaled::Small(*s).rescaled(0, sc);
+                acc.add_scaled(&u, sc, sc, weight);
                 *self = Sum::Decimal(acc, sc);
             }
             (Sum::Empty, Value::Float(f)) => *self = Sum::Float(float_units(*f)? * weight),
@@ -187,10 +291,10 @@ impl Sum {
             (Sum::Int(s), Sum::Float(o)) => *self = Sum::Float(float_units(*s as f64)? + o),
             (Sum::Decimal(s, scale), Sum::Decimal(o, sc)) => {
                 if *sc > *scale {
-                    *s = rescale(s, *scale, *sc);
+                    *s = s.rescaled(*scale, *sc);
                     *scale = *sc;
                 }
-                *s += rescale(o, *sc, *scale);
+                s.add_scaled(o, *sc, *scale, 1);
             }
             // mixed kinds: as adding the other's value
             (_, o) => self.add(&o.value(), 1)?,
@@ -205,7 +309,7 @@ impl Sum {
                 Ok(v) => Value::Int(v),
                 Err(_) => Value::Decimal(i.to_string()),
             },
-            Sum::Decimal(u, scale) => Value::Decimal(decimal::from_unscaled(u, *scale)),
+            Sum::Decimal(u, scale) => Value::Decimal(u.text(*scale)),
             Sum::Float(u) => Value::Float(units_to_f64(u)),
         }
     }
@@ -222,7 +326,7 @@ impl Sum {
             Sum::Decimal(u, scale) => {
                 // Six more digits than the inputs, rounded half away from zero.
                 let out_scale = scale + 6;
-                let num = rescale(u, *scale, out_scale);
+                let num = rescale(&u.to_big(), *scale, out_scale);
                 let n = BigInt::from(n);
                 let half = if num.is_negative() { -&n } else { n.clone() };
                 let q = (num * 2 + half) / (n * 2);
@@ -240,7 +344,7 @@ impl Sum {
             }
             Sum::Decimal(u, scale) => {
                 w.u8(2);
-                w.bytes(&u.to_signed_bytes_le());
+                u.write(w);
                 w.u32(*scale);
             }
             Sum::Float(u) => {
@@ -259,7 +363,7 @@ impl Sum {
                 Sum::Int((lo | (hi << 64)) as i128)
             }
             2 => {
-                let u = BigInt::from_signed_bytes_le(r.bytes()?);
+                let u = Unscaled::read(r.bytes()?);
                 Sum::Decimal(u, r.u32()?)
             }
             3 => Sum::Float(BigInt::from_signed_bytes_le(r.bytes()?)),
@@ -916,8 +1020,80 @@ mod tests {
             want += at(exact(t), scale) * weight;
         }
         match sum {
-            Sum::Decimal(u, s) => assert_eq!(at((u, s), scale), want),
+            Sum::Decimal(u, s) => assert_eq!(at((u.to_big(), s), scale), want),
             other => panic!("a decimal sum, not {other:?}"),
+        }
+    }
+
+    /// A decimal sum is an i128 while it fits and a big integer beyond,
+    /// always canonical (so equal sums compare equal), and stored in the
+    /// layout big integers were stored in (state written before reads back).
+    #[test]
+    fn decimal_sums_cross_the_i128_edge_and_keep_their_stored_layout() {
+        let max = Value::Decimal(i128::MAX.to_string());
+        let mut sum = Sum::Empty;
+        sum.add(&max, 1).unwrap();
+        assert_eq!(sum, Sum::Decimal(Unscaled::Small(i128::MAX), 0));
+        sum.add(&Value::Decimal("1".into()), 1).unwrap();
+        let over: BigInt = BigInt::from(i128::MAX) + 1;
+        assert_eq!(sum, Sum::Decimal(Unscaled::Big(Box::new(over.clone())), 0));
+        assert_eq!(sum.value(), Value::Decimal(over.to_string()));
+        // back under the edge: small again, equal to a sum that never left it
+        sum.add(&Value::Int(1), -1).unwrap();
+        assert_eq!(sum, Sum::Decimal(Unscaled::Small(i128::MAX), 0));
+        let mut merged = Sum::Empty;
+        merged
+            .merge(&Sum::Decimal(Unscaled::Small(i128::MAX), 0))
+            .unwrap();
+        merged
+            .merge(&Sum::Decimal(Unscaled::Small(i128::MAX), 0))
+            .unwrap();
+        let twice: BigInt = BigInt::from(i128::MAX) * 2;
+        assert_eq!(
+            merged,
+            Sum::Decimal(Unscaled::Big(Box::new(twice.clone())), 0)
+        );
+        // a finer scale that no longer fits rescales as a big integer
+        let mut fine = Sum::Decimal(Unscaled::Small(i128::MAX / 10), 0);
+        fine.add(&Value::Decimal("0.5".into()), 1).unwrap();
+        let want: BigInt = BigInt::from(i128::MAX / 10) * 10 + 5;
+        assert_eq!(fine, Sum::Decimal(Unscaled::from_big(want), 1));
+
+        let mut values: Vec<BigInt> = [
+            0i128,
+            1,
+            -1,
+            127,
+            128,
+            -128,
+            -129,
+            255,
+            256,
+            i128::MAX,
+            i128::MIN,
+        ]
+        .into_iter()
+        .map(BigInt::from)
+        .collect();
+        for shift in 0..130 {
+            let p: BigInt = BigInt::from(1) << shift;
+            values.extend([p.clone(), &p - 1, -p.clone(), -&p + 1]);
+        }
+        for v in values {
+            let u = Unscaled::from_big(v.clone());
+            assert_eq!(
+                matches!(u, Unscaled::Small(_)),
+                v.to_i128().is_some(),
+                "{v}"
+            );
+            let mut w = Writer::default();
+            u.write(&mut w);
+            let mut want = Writer::default();
+            want.bytes(&v.to_signed_bytes_le());
+            assert_eq!(w.buf, want.buf, "{v}");
+            let back = Unscaled::read(Reader::new(&w.buf).bytes().unwrap());
+            assert_eq!(back, u, "{v}");
+            assert_eq!(u.text(3), decimal::from_unscaled(&v, 3), "{v}");
         }
     }
 }
