@@ -1054,10 +1054,10 @@ mod tests {
             Sum::Decimal(Unscaled::Big(Box::new(twice.clone())), 0)
         );
         // a finer scale that no longer fits rescales as a big integer
-        let mut fine = Sum::Decimal(Unscaled::Small(i128::MAX / 10), 0);
+        let mut fine = Sum::Decimal(Unscaled::Small(i128::MAX / 5), 0);
         fine.add(&Value::Decimal("0.5".into()), 1).unwrap();
-        let want: BigInt = BigInt::from(i128::MAX / 10) * 10 + 5;
-        assert_eq!(fine, Sum::Decimal(Unscaled::from_big(want), 1));
+        let want: BigInt = BigInt::from(i128::MAX / 5) * 10 + 5;
+        assert_eq!(fine, Sum::Decimal(Unscaled::Big(Box::new(want)), 1));
 
         let mut values: Vec<BigInt> = [
             0i128,
