@@ -316,6 +316,48 @@ async fn a_batch_of_many_keys_is_written_in_statements_that_fit_mariadb() {
     a_batch_of_many_keys_is_written_in_statements_that_fit("mariadb").await;
 }
 
+/// `[tables] fillfactor`: PostgreSQL makes the plugins' tables with that
+/// page fill (an update then finds room on its row's page); other sinks
+/// say it does not apply and make their tables as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_fillfactor_makes_postgres_tables_with_room_for_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = fresh("sqlite", "ff", &dir).await;
+    let mut sink = SqlSink::open(&url, "sqlite", "p").await.unwrap();
+    assert!(!sink.set_table_fillfactor(70), "SQLite has no fillfactor");
+    if !stack_ready() {
+        return;
+    }
+    let (url, db) = fresh("postgres", "ff", &dir).await;
+    let mut sink = SqlSink::open(&url, "postgres", "p").await.unwrap();
+    assert!(sink.set_table_fillfactor(70));
+    let t = pairs();
+    let upsert = |offset: i64, v: i64| {
+        event(
+            offset,
+            vec![SinkWrite::Upsert {
+                table: t.clone(),
+                values: vec![Value::Int(1), Value::Text("k".into()), Value::Int(v)],
+            }],
+        )
+    };
+    sink.commit(batch(vec![upsert(0, 1)])).await.unwrap();
+    sink.commit(batch(vec![upsert(1, 2)])).await.unwrap();
+    let mut c = AnyConnection::connect(&url).await.unwrap();
+    assert_eq!(
+        reloptions(&mut c, "pairs").await.as_deref(),
+        Some("{fillfactor=70}")
+    );
+    let v: i64 = sqlx::query_scalar("SELECT v FROM pairs")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    drop(c);
+    drop(sink);
+    drop_db("postgres", db).await;
+}
+
 /// Every value type through PostgreSQL's bulk path, with the texts an
 /// array literal must escape, read back as PostgreSQL renders them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,8 @@ pub struct PipelineFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub streaming: StreamingFile,
+    #[serde(default)]
+    pub tables: TablesFile,
     /// Column types for schemaless streams, per table name or full topic.
     #[serde(default)]
     pub columns: HashMap<String, HashMap<String, ColumnHint>>,
@@ -88,6 +90,20 @@ pub struct LimitsFile {
     pub call_timeout: Option<String>,
     /// Memory cap per instance in MiB.
     pub memory_mib: Option<u64>,
+}
+
+/// `[tables]` section: how the sink tables plugins write are created.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesFile {
+    /// PostgreSQL: percent of each page that new rows fill (10–100,
+    /// PostgreSQL's default 100). Room left on a page lets an update
+    /// rewrite its row there (a heap-only update, no new index entry): for
+    /// tables whose rows change often, as a mirror of an updated source
+    /// table's do. Rows that are never updated leave that room empty.
+    /// Applies to tables created from then on; aggregations' output tables
+    /// are always made at 50.
+    pub fillfactor: Option<u8>,
 }
 
 /// `[streaming]` section: event time and watermarks.
@@ -206,6 +222,8 @@ pub struct Pipeline {
     pub batch_linger: Duration,
     /// See `BatchFile::consolidate`.
     pub consolidate: bool,
+    /// See `TablesFile::fillfactor`.
+    pub table_fillfactor: Option<u8>,
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
     /// See `StreamingFile::idle_timeout`.
@@ -408,6 +426,11 @@ impl Pipeline {
         if max_batch_records == 0 {
             bail!("key `batch.max_records` must be at least 1");
         }
+        if let Some(f) = pf.tables.fillfactor.filter(|f| !(10..=100).contains(f)) {
+            bail!(
+                "key `tables.fillfactor` must be between 10 and 100 (percent of a page), not {f}"
+            );
+        }
         let max_batch_wait = match pf.batch.max_wait {
             Some(s) => parse_duration(&s).context("key `batch.max_wait`")?,
             None => Duration::from_millis(200),
@@ -472,6 +495,7 @@ impl Pipeline {
             max_batch_wait,
             batch_linger,
             consolidate: pf.batch.consolidate.unwrap_or(true),
+            table_fillfactor: pf.tables.fillfactor,
             call_timeout,
             memory_limit_bytes: (memory_mib as usize) << 20,
             idle_timeout,
@@ -641,6 +665,8 @@ mod tests {
             max_wait = "50ms"
             linger = "20ms"
             consolidate = false
+            [tables]
+            fillfactor = 70
             [columns.orders]
             amount = { type = "decimal", scale = 2 }
             placed_at = { type = "local-timestamp", unit = "us" }
@@ -653,6 +679,14 @@ mod tests {
         assert_eq!(p.max_batch_wait, Duration::from_millis(50));
         assert_eq!(p.batch_linger, Duration::from_millis(20));
         assert!(!p.consolidate);
+        assert_eq!(p.table_fillfactor, Some(70));
+        for bad in ["9", "101"] {
+            let e = parse(&format!("source = \"file:e\"\nsink = \"sqlite:o.db\"\nplugins = \"p\"\n[tables]\nfillfactor = {bad}\n"))
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(e.contains("tables.fillfactor") && e.contains(bad), "{e}");
+        }
         let e = parse("source = \"file:e\"\nsink = \"sqlite:o.db\"\nplugins = \"p\"\n[batch]\nmax_wait = \"50ms\"\nlinger = \"1s\"\n")
             .err()
             .map(|e| format!("{e:#}"))

@@ -107,6 +107,14 @@ pub async fn run(p: Pipeline, cancel: CancellationToken) -> anyhow::Result<RunSu
     }
     let mut sink = SqlSink::open(p.sink.url(), &p.sink.shown(), &p.name).await?;
     sink.set_consolidate(p.consolidate);
+    if let Some(f) = p.table_fillfactor {
+        if !sink.set_table_fillfactor(f) {
+            tracing::warn!(
+                fillfactor = f,
+                "`tables.fillfactor` applies to PostgreSQL sinks only: ignored"
+            );
+        }
+    }
     let resume = sink.load_offsets().await?;
     let learned = sink.load_learned().await?;
     if !resume.is_empty() {

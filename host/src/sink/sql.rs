@@ -101,6 +101,8 @@ pub struct SqlSink {
     refused: HashMap<SinkTable, String>,
     /// Write only the last change per key of a batch (`rows::write_grouped`).
     consolidate: bool,
+    /// PostgreSQL page fill of the plugins' tables made from now on.
+    table_fillfactor: Option<u8>,
 }
 
 /// Keyed plugins, joins or the aggregations joins feed wrote tables the
@@ -266,6 +268,7 @@ impl SqlSink {
             store: tables::StoredTables::default(),
             refused: HashMap::new(),
             consolidate: true,
+            table_fillfactor: None,
         })
     }
 
@@ -274,6 +277,17 @@ impl SqlSink {
     /// see each change; slower).
     pub fn set_consolidate(&mut self, on: bool) {
         self.consolidate = on;
+    }
+
+    /// PostgreSQL: how full new rows fill the pages of the plugins' tables
+    /// made from now on (`[tables] fillfactor`). False: the sink is not
+    /// PostgreSQL, and nothing changes.
+    pub fn set_table_fillfactor(&mut self, fillfactor: u8) -> bool {
+        let applies = matches!(self.dialect, Dialect::Postgres);
+        if applies {
+            self.table_fillfactor = Some(fillfactor);
+        }
+        applies
     }
 
     /// The checkpoint: next offset per (topic, partition) for this pipeline.

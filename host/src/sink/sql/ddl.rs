@@ -151,7 +151,7 @@ impl SqlSink {
                         .map(|k| d.quote(k))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    d.table_options(table.rewritten)
+                    d.table_options(table.rewritten, self.table_fillfactor)
                 );
                 if let Err(e) = ddl_lock::locked_ddl(&mut self.conn, d, &[&ddl]).await {
                     // Another host of the pipeline may have created it at the
