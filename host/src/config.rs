@@ -103,7 +103,8 @@ pub struct TablesFile {
     /// table's do. Rows that are never updated leave that room empty.
     /// Applies to tables created from then on; aggregations' output tables
     /// are always made at 50.
-    pub fillfactor: Option<u8>,
+    /// (Read wide so that any integer out of range gets the same message.)
+    pub fillfactor: Option<i64>,
 }
 
 /// `[streaming]` section: event time and watermarks.
@@ -426,11 +427,15 @@ impl Pipeline {
         if max_batch_records == 0 {
             bail!("key `batch.max_records` must be at least 1");
         }
-        if let Some(f) = pf.tables.fillfactor.filter(|f| !(10..=100).contains(f)) {
-            bail!(
-                "key `tables.fillfactor` must be between 10 and 100 (percent of a page), not {f}"
-            );
-        }
+        let table_fillfactor = match pf.tables.fillfactor {
+            None => None,
+            Some(f) => match u8::try_from(f).ok().filter(|f| (10..=100).contains(f)) {
+                Some(f) => Some(f),
+                None => bail!(
+                    "key `tables.fillfactor` must be between 10 and 100 (percent of a page), not {f}"
+                ),
+            },
+        };
         let max_batch_wait = match pf.batch.max_wait {
             Some(s) => parse_duration(&s).context("key `batch.max_wait`")?,
             None => Duration::from_millis(200),
@@ -495,7 +500,7 @@ impl Pipeline {
             max_batch_wait,
             batch_linger,
             consolidate: pf.batch.consolidate.unwrap_or(true),
-            table_fillfactor: pf.tables.fillfactor,
+            table_fillfactor,
             call_timeout,
             memory_limit_bytes: (memory_mib as usize) << 20,
             idle_timeout,
@@ -680,7 +685,7 @@ mod tests {
         assert_eq!(p.batch_linger, Duration::from_millis(20));
         assert!(!p.consolidate);
         assert_eq!(p.table_fillfactor, Some(70));
-        for bad in ["9", "101"] {
+        for bad in ["9", "101", "300", "-1"] {
             let e = parse(&format!("source = \"file:e\"\nsink = \"sqlite:o.db\"\nplugins = \"p\"\n[tables]\nfillfactor = {bad}\n"))
                 .err()
                 .map(|e| format!("{e:#}"))
