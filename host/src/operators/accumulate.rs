@@ -231,12 +231,8 @@ impl Sum {
                 *self = Sum::Decimal(s, scale);
             }
             (Sum::Decimal(s, scale), Value::Decimal(d)) => {
-                // The common case without a temporary big integer: a plain
-                // decimal whose scale the sum already has, scaled in i128.
-                if let Some((u, sc)) = plain_decimal(d).filter(|(_, sc)| *sc <= *scale) {
-                    s.add_scaled(&Unscaled::Small(u), sc, *scale, weight);
-                    return Ok(());
-                }
+                // A plain decimal parses to an i128 and adds in i128 (no
+                // temporary big integer) while everything fits.
                 let (u, sc) = parse_unscaled(d)?;
                 if sc > *scale {
                     *s = s.rescaled(*scale, sc);
